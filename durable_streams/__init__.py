@@ -1,0 +1,74 @@
+"""durable_streams: a sync-first client for the Durable Streams protocol.
+
+- :class:`DurableStream`: blocking create / connect / head / append / close / delete.
+- :class:`IdempotentProducer`: non-blocking ``append()``, background batching, exactly-once.
+- :func:`stream`: catch-up, long-poll and SSE reads from any offset, with EOF.
+"""
+
+from ._http import RetryPolicy
+from .errors import (
+    BadRequestError,
+    BufferFullError,
+    ConflictError,
+    ContentTypeMismatchError,
+    DeliveryError,
+    DurableStreamError,
+    ForbiddenError,
+    InvalidOffsetError,
+    ParseError,
+    ProducerClosedError,
+    ProducerError,
+    ProducerForkedError,
+    RateLimitedError,
+    RetentionGoneError,
+    SeqConflictError,
+    SequenceGapError,
+    ServerError,
+    StaleEpochError,
+    StreamClosedError,
+    StreamExistsError,
+    StreamNotFoundError,
+    TransportError,
+    UnauthorizedError,
+)
+from .producer import IdempotentProducer, ProducerStats
+from .reading import JsonBatch, StreamEvent, StreamResponse, stream
+from .stream import DurableStream, StreamInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadRequestError",
+    "BufferFullError",
+    "ConflictError",
+    "ContentTypeMismatchError",
+    "DeliveryError",
+    "DurableStream",
+    "DurableStreamError",
+    "ForbiddenError",
+    "IdempotentProducer",
+    "InvalidOffsetError",
+    "JsonBatch",
+    "ParseError",
+    "ProducerClosedError",
+    "ProducerError",
+    "ProducerForkedError",
+    "ProducerStats",
+    "RateLimitedError",
+    "RetentionGoneError",
+    "RetryPolicy",
+    "SeqConflictError",
+    "SequenceGapError",
+    "ServerError",
+    "StaleEpochError",
+    "StreamClosedError",
+    "StreamEvent",
+    "StreamExistsError",
+    "StreamInfo",
+    "StreamNotFoundError",
+    "StreamResponse",
+    "TransportError",
+    "UnauthorizedError",
+    "__version__",
+    "stream",
+]

@@ -1,0 +1,305 @@
+"""The only module that talks HTTP: sessions, timeouts, dynamic headers, the retry policy."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import requests
+import requests.adapters
+from urllib3.exceptions import NewConnectionError
+
+from . import _protocol as P
+from . import errors
+
+log = logging.getLogger("durable_streams")
+
+HeaderValue = Union[str, Callable[[], "str | None"], None]
+#: Headers or query parameters: a mapping whose values are strings or zero-argument
+#: callables (evaluated on every request, e.g. for token refresh), or a zero-argument
+#: callable returning such a mapping.
+HeadersLike = Union[Mapping[str, HeaderValue], Callable[[], Mapping[str, HeaderValue]], None]
+ParamsLike = HeadersLike
+
+#: ``(connect, read)`` timeouts in seconds used when none is given.
+DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
+TimeoutLike = Union[float, tuple[float, float], None]
+
+
+def resolve(values: HeadersLike) -> dict[str, str]:
+    """Evaluate headers/params now: call callables, drop ``None`` values."""
+    if values is None:
+        return {}
+    mapping = values() if callable(values) else values
+    out: dict[str, str] = {}
+    for key, value in mapping.items():
+        if callable(value):
+            value = value()
+        if value is None:
+            continue
+        out[str(key)] = str(value)
+    return out
+
+
+def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Merge header dicts case-insensitively; later layers win."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            merged[key.lower()] = (key, value)
+    return dict(merged.values())
+
+
+def _check_number(name: str, py_name: str, value: float, *, minimum: float, strict: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{py_name} ({name}) must be a number, got {value!r}")
+    if value != value or (value <= minimum if strict else value < minimum):
+        op = ">" if strict else ">="
+        raise ValueError(f"{py_name} ({name}) must be {op} {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to retry a request that failed transiently.
+
+    Retried: connection errors and timeouts, HTTP 5xx and 429 (``Retry-After`` is honoured
+    as a lower bound on the wait). Waits grow from ``initial_delay_ms`` by ``multiplier``
+    up to ``max_delay_ms``, with jitter. ``max_retries`` bounds the number of retries
+    (``0`` disables them).
+    """
+
+    max_retries: int = 5
+    initial_delay_ms: float = 100.0
+    max_delay_ms: float = 10_000.0
+    multiplier: float = 2.0
+    jitter: bool = True
+    #: Never wait longer than this for one ``Retry-After`` (seconds).
+    max_retry_after: float = 60.0
+    retry_statuses: frozenset[int] = field(
+        default_factory=lambda: frozenset({429, 500, 502, 503, 504})
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise TypeError(f"max_retries (maxRetries) must be an int, got {self.max_retries!r}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries (maxRetries) must be >= 0, got {self.max_retries}")
+        _check_number("initialDelayMs", "initial_delay_ms", self.initial_delay_ms,
+                      minimum=0, strict=True)
+        _check_number("maxDelayMs", "max_delay_ms", self.max_delay_ms, minimum=0, strict=True)
+        if self.max_delay_ms < self.initial_delay_ms:
+            raise ValueError(
+                f"max_delay_ms (maxDelayMs) must be >= initial_delay_ms (initialDelayMs), "
+                f"got {self.max_delay_ms} < {self.initial_delay_ms}"
+            )
+        _check_number("multiplier", "multiplier", self.multiplier, minimum=1.0, strict=False)
+
+    def is_retryable_status(self, status: int) -> bool:
+        return status in self.retry_statuses or status >= 500
+
+    def delay(self, retry_number: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry ``retry_number`` (0 for the first retry)."""
+        base = min(self.initial_delay_ms * (self.multiplier**retry_number), self.max_delay_ms)
+        wait = base / 2 + random.random() * base / 2 if self.jitter else base
+        wait /= 1000.0
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after))
+        return wait
+
+
+#: The default for requests that are safe to repeat.
+DEFAULT_RETRY = RetryPolicy()
+#: No retries at all.
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+def _reached_server(exc: BaseException) -> bool:
+    """False only when the request certainly never reached the server."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, NewConnectionError):
+            return False
+        for arg in getattr(cur, "args", ()):
+            if isinstance(arg, NewConnectionError):
+                return False
+            reason = getattr(arg, "reason", None)
+            if isinstance(reason, NewConnectionError):
+                return False
+        cur = cur.__cause__ or cur.__context__
+    return True
+
+
+def transport_error(exc: BaseException, *, url: str, operation: str) -> errors.TransportError:
+    timeout = isinstance(exc, requests.exceptions.Timeout)
+    kind = "timed out" if timeout else "could not complete"
+    return errors.TransportError(
+        f"{operation} {kind} for {url}: {type(exc).__name__}: {exc}", url=url, timeout=timeout
+    )
+
+
+def new_session(pool_size: int = 10) -> requests.Session:
+    """A ``requests.Session`` with a connection pool sized for ``pool_size`` concurrent calls."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    # Compression costs more than it saves for stream bodies on fast links; the protocol
+    # payloads are usually already compact. Ask for identity encoding by default.
+    session.headers["Accept-Encoding"] = "identity"
+    return session
+
+
+class HttpClient:
+    """A ``requests.Session`` plus the retry loop; shared by handles, producers and readers."""
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        *,
+        pool_size: int = 10,
+        timeout: TimeoutLike = None,
+    ) -> None:
+        self.owns_session = session is None
+        self.session = session if session is not None else new_session(pool_size)
+        self.timeout = normalize_timeout(timeout)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.owns_session:
+            self.session.close()
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        operation: str,
+        headers: Mapping[str, str] | None = None,
+        params: Iterable[tuple[str, str]] | None = None,
+        data: bytes | None = None,
+        timeout: TimeoutLike = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """One HTTP exchange; transport failures become :class:`TransportError`."""
+        try:
+            response = self.session.request(
+                method,
+                url,
+                headers=dict(headers) if headers else None,
+                params=list(params) if params else None,
+                data=data,
+                timeout=normalize_timeout(timeout) if timeout is not None else self.timeout,
+                stream=stream,
+                allow_redirects=method in ("GET", "HEAD"),
+            )
+            if not stream:
+                _ = response.content  # read now so a broken body is a transport error
+        except requests.exceptions.RequestException as exc:
+            err = transport_error(exc, url=url, operation=operation)
+            err.reached_server = _reached_server(exc)  # type: ignore[attr-defined]
+            raise err from exc
+        return response
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        operation: str,
+        headers: HeadersLike = None,
+        extra_headers: Mapping[str, str] | None = None,
+        params: ParamsLike = None,
+        extra_params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        idempotent: bool = True,
+        timeout: TimeoutLike = None,
+        ok: Callable[[requests.Response], bool] | None = None,
+        stop: threading.Event | None = None,
+    ) -> requests.Response:
+        """Send with retries; return a successful response or raise the mapped error.
+
+        ``headers``/``params`` are resolved again for every attempt. ``extra_*`` are the
+        protocol's own values and win over user ones. When ``idempotent`` is false, a
+        transport failure after the request may have reached the server is not retried.
+        """
+        attempt = 0
+        while True:
+            all_headers = merge_headers(resolve(headers), extra_headers or {})
+            query = build_query(resolve(params), extra_params or {})
+            try:
+                response = self.send(
+                    method, url, operation=operation, headers=all_headers, params=query,
+                    data=data, timeout=timeout,
+                )
+            except errors.TransportError as exc:
+                retryable = idempotent or not getattr(exc, "reached_server", True)
+                if not retryable or attempt >= retry.max_retries:
+                    raise
+                wait = retry.delay(attempt)
+                log.debug("%s %s: %s; retry %d in %.3fs", method, url, exc, attempt + 1, wait)
+            else:
+                status = response.status_code
+                if ok(response) if ok is not None else status < 300:
+                    return response
+                if not retry.is_retryable_status(status) or attempt >= retry.max_retries:
+                    raise error_from(response, url=url, operation=operation)
+                retry_after = P.parse_retry_after(response.headers.get(P.RETRY_AFTER))
+                wait = retry.delay(attempt, retry_after)
+                log.debug("%s %s: HTTP %d; retry %d in %.3fs", method, url, status,
+                          attempt + 1, wait)
+            attempt += 1
+            if stop is not None:
+                if stop.wait(wait):
+                    raise errors.TransportError(f"{operation} cancelled for {url}", url=url)
+            else:
+                time.sleep(wait)
+
+
+def error_from(response: requests.Response, *, url: str, operation: str
+               ) -> errors.DurableStreamError:
+    try:
+        body = response.text if response.content else ""
+    except Exception:  # pragma: no cover - body already consumed or broken
+        body = ""
+    return P.error_for_response(
+        response.status_code, response.headers, body, url=url, operation=operation
+    )
+
+
+def build_query(user: Mapping[str, str], protocol: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Query parameters sorted by key (PROTOCOL §10.1); protocol values win."""
+    merged = dict(user)
+    merged.update(protocol)
+    return sorted(merged.items())
+
+
+def normalize_timeout(timeout: TimeoutLike) -> tuple[float, float]:
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return (float(connect), float(read))
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return (float(timeout), float(timeout))
+
+
+def header_map(response: requests.Response) -> Mapping[str, Any]:
+    return response.headers

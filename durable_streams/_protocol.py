@@ -1,0 +1,236 @@
+"""Protocol constants and small parsing helpers (PROTOCOL.md §5, §8, §9)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import errors
+
+# Header names, as the protocol spells them. HTTP header names are case-insensitive;
+# ``requests`` gives case-insensitive mappings for responses.
+CONTENT_TYPE = "Content-Type"
+STREAM_NEXT_OFFSET = "Stream-Next-Offset"
+STREAM_UP_TO_DATE = "Stream-Up-To-Date"
+STREAM_CLOSED = "Stream-Closed"
+STREAM_CURSOR = "Stream-Cursor"
+STREAM_SEQ = "Stream-Seq"
+STREAM_TTL = "Stream-TTL"
+STREAM_EXPIRES_AT = "Stream-Expires-At"
+PRODUCER_ID = "Producer-Id"
+PRODUCER_EPOCH = "Producer-Epoch"
+PRODUCER_SEQ = "Producer-Seq"
+PRODUCER_EXPECTED_SEQ = "Producer-Expected-Seq"
+PRODUCER_RECEIVED_SEQ = "Producer-Received-Seq"
+SSE_DATA_ENCODING = "stream-sse-data-encoding"
+RETRY_AFTER = "Retry-After"
+ETAG = "ETag"
+
+#: Headers the library owns on producer requests; user headers never override them.
+PROTECTED_PRODUCER_HEADERS = frozenset(
+    h.lower() for h in (CONTENT_TYPE, PRODUCER_ID, PRODUCER_EPOCH, PRODUCER_SEQ, STREAM_CLOSED)
+)
+
+OFFSET_BEGINNING = "-1"
+OFFSET_NOW = "now"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_SAFE_INTEGER = 2**53 - 1
+
+_TTL_RE = re.compile(r"^(0|[1-9][0-9]*)$")
+
+
+def media_type(content_type: str | None) -> str:
+    """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json(content_type: str | None) -> bool:
+    """True when the stream is in JSON mode (§9.1)."""
+    return media_type(content_type) == "application/json"
+
+
+def is_text(content_type: str | None) -> bool:
+    """True for content types whose SSE data is sent as UTF-8 text (§5.8)."""
+    mt = media_type(content_type)
+    return mt.startswith("text/") or mt == "application/json"
+
+
+def header_true(value: str | None) -> bool:
+    """The protocol's boolean headers are true only when exactly ``true`` (any case)."""
+    return value is not None and value.strip().lower() == "true"
+
+
+def parse_int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit():
+        return None
+    return int(value)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), capped at 1 h."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return 0.0
+    return min(seconds, 3600.0)
+
+
+def validate_ttl(ttl_seconds: int | None) -> str | None:
+    if ttl_seconds is None:
+        return None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise TypeError(f"ttl_seconds must be an int number of seconds, got {ttl_seconds!r}")
+    if ttl_seconds < 0:
+        raise ValueError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
+    text = str(ttl_seconds)
+    assert _TTL_RE.match(text)
+    return text
+
+
+def format_expires_at(expires_at: Any) -> str | None:
+    """Accept an aware ``datetime`` or an RFC 3339 string."""
+    if expires_at is None:
+        return None
+    import datetime as _dt
+
+    if isinstance(expires_at, _dt.datetime):
+        if expires_at.tzinfo is None:
+            raise ValueError(
+                "expires_at must be timezone-aware (e.g. datetime.now(timezone.utc)); "
+                "a naive datetime is ambiguous"
+            )
+        return expires_at.isoformat()
+    if isinstance(expires_at, str) and expires_at.strip():
+        return expires_at.strip()
+    raise TypeError(
+        f"expires_at must be an aware datetime or an RFC 3339 string, got {expires_at!r}"
+    )
+
+
+def encode_json_value(value: Any) -> bytes:
+    """Serialise one Python value as compact JSON; raise ``TypeError`` naming the problem."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"cannot serialise {type(value).__name__} as JSON for a JSON-mode stream: {exc}; "
+            "pass JSON-serialisable data or pre-serialised JSON text (str)"
+        ) from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def check_json_text(data: bytes) -> None:
+    """Raise ``ValueError`` unless ``data`` is one valid JSON value (strict: no NaN)."""
+    json.loads(data, parse_constant=_reject_constant)
+
+
+def load_json(data: bytes | str) -> Any:
+    return json.loads(data, parse_constant=_reject_constant)
+
+
+# -- mapping responses to exceptions ---------------------------------------------------------
+
+
+def error_for_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: str,
+    *,
+    url: str,
+    operation: str,
+) -> errors.DurableStreamError:
+    """Build the exception for a non-success response of ``operation`` on ``url``."""
+    reason = body.strip()
+    short = reason[:300]
+    detail = f": {short}" if short else ""
+    kwargs: dict[str, Any] = {"status": status, "url": url, "headers": headers, "body": body[:4000]}
+    if status == 404:
+        return errors.StreamNotFoundError(
+            f"{operation} failed: no stream at {url} (404)", **kwargs
+        )
+    if status == 409:
+        if header_true(headers.get(STREAM_CLOSED)):
+            final = headers.get(STREAM_NEXT_OFFSET)
+            return errors.StreamClosedError(
+                f"{operation} failed: the stream at {url} is closed"
+                + (f" (final offset {final})" if final else ""),
+                final_offset=final,
+                **kwargs,
+            )
+        lowered = reason.lower()
+        if operation == "create":
+            return errors.StreamExistsError(
+                f"create failed: a stream already exists at {url} with a different "
+                f"configuration (409){detail}",
+                **kwargs,
+            )
+        if "content-type" in lowered or "content type" in lowered:
+            return errors.ContentTypeMismatchError(
+                f"{operation} failed: content type does not match the stream at {url} "
+                f"(409){detail}",
+                **kwargs,
+            )
+        if "sequence" in lowered or "seq" in lowered:
+            return errors.SeqConflictError(
+                f"{operation} failed: Stream-Seq is not greater than the last one accepted "
+                f"by {url} (409){detail}",
+                **kwargs,
+            )
+        return errors.ConflictError(f"{operation} failed: conflict at {url} (409){detail}", **kwargs)
+    if status == 400:
+        if operation == "read" and ("offset" in reason.lower() or "invalid" in reason.lower()):
+            return errors.InvalidOffsetError(
+                f"read failed: the server rejected the offset for {url} (400){detail}", **kwargs
+            )
+        return errors.BadRequestError(f"{operation} failed: bad request for {url} (400){detail}",
+                                      **kwargs)
+    if status == 401:
+        return errors.UnauthorizedError(f"{operation} failed: unauthorized for {url} (401){detail}",
+                                        **kwargs)
+    if status == 403:
+        return errors.ForbiddenError(f"{operation} failed: forbidden for {url} (403){detail}",
+                                     **kwargs)
+    if status == 410:
+        return errors.RetentionGoneError(
+            f"{operation} failed: {url} is gone (deleted, or the offset is no longer "
+            f"retained) (410){detail}",
+            **kwargs,
+        )
+    if status == 429:
+        return errors.RateLimitedError(
+            f"{operation} failed: rate limited by the server for {url} (429){detail}",
+            retry_after=parse_retry_after(headers.get(RETRY_AFTER)),
+            **kwargs,
+        )
+    if status >= 500:
+        return errors.ServerError(f"{operation} failed: server error {status} for {url}{detail}",
+                                  **kwargs)
+    return errors.DurableStreamError(
+        f"{operation} failed: unexpected HTTP status {status} for {url}{detail}", **kwargs
+    )

@@ -1,0 +1,269 @@
+"""Every exception the library raises, in one place.
+
+All of them derive from :class:`DurableStreamError`, which carries the HTTP ``status`` (or
+``None`` when no response was received), a stable ``code`` string, and the stream ``url``.
+Argument mistakes are reported with the built-in ``ValueError`` / ``TypeError`` instead,
+before any request is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "BadRequestError",
+    "BufferFullError",
+    "ConflictError",
+    "ContentTypeMismatchError",
+    "DeliveryError",
+    "DurableStreamError",
+    "ForbiddenError",
+    "InvalidOffsetError",
+    "ParseError",
+    "ProducerClosedError",
+    "ProducerError",
+    "ProducerForkedError",
+    "RateLimitedError",
+    "RetentionGoneError",
+    "SeqConflictError",
+    "SequenceGapError",
+    "ServerError",
+    "StaleEpochError",
+    "StreamClosedError",
+    "StreamExistsError",
+    "StreamNotFoundError",
+    "TransportError",
+    "UnauthorizedError",
+]
+
+
+class DurableStreamError(Exception):
+    """Base class of every error raised by durable_streams.
+
+    Attributes:
+        status: HTTP status of the response that caused it, or ``None``.
+        code: a stable, machine-readable code (``"NOT_FOUND"``, ``"STREAM_CLOSED"``...).
+        url: the stream URL the request was about, when known.
+        headers: the response headers, when there was a response.
+        body: the response body text (truncated), when there was one.
+        undelivered: for producer failures, the messages this failure left undelivered.
+    """
+
+    default_code = "UNEXPECTED_STATUS"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code or self.default_code
+        self.url = url
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        self.body = body
+        self.undelivered: tuple[bytes, ...] = ()
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransportError(DurableStreamError):
+    """No usable HTTP response: connection refused or reset, timeout, broken body."""
+
+    default_code = "NETWORK_ERROR"
+
+    def __init__(self, message: str, *, timeout: bool = False, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.timeout = timeout
+        if timeout and self.code == "NETWORK_ERROR":
+            self.code = "TIMEOUT"
+
+
+class ParseError(DurableStreamError):
+    """The server sent a body or an event that does not parse (bad JSON, bad SSE)."""
+
+    default_code = "PARSE_ERROR"
+
+
+class BadRequestError(DurableStreamError):
+    """400: the server rejected the request; ``reason`` is the server's explanation."""
+
+    default_code = "BAD_REQUEST"
+
+    @property
+    def reason(self) -> str:
+        return (self.body or "").strip()
+
+
+class InvalidOffsetError(BadRequestError):
+    """400 on a read: the offset is malformed or beyond the stream."""
+
+    default_code = "INVALID_OFFSET"
+
+
+class UnauthorizedError(DurableStreamError):
+    """401: credentials are missing or were refused."""
+
+    default_code = "UNAUTHORIZED"
+
+
+class ForbiddenError(DurableStreamError):
+    """403 that is not a producer fencing response."""
+
+    default_code = "FORBIDDEN"
+
+
+class StreamNotFoundError(DurableStreamError):
+    """404: there is no stream at this URL."""
+
+    default_code = "NOT_FOUND"
+
+
+class ConflictError(DurableStreamError):
+    """409 that is not one of the more specific conflicts below."""
+
+    default_code = "CONFLICT"
+
+
+class StreamExistsError(ConflictError):
+    """409 on create: a stream exists at this URL with a different configuration."""
+
+    default_code = "CONFLICT"
+
+
+class StreamClosedError(ConflictError):
+    """409 with ``Stream-Closed: true``: the stream is closed, appends are refused.
+
+    ``final_offset`` is the stream's final (tail) offset when the server sent it.
+    """
+
+    default_code = "STREAM_CLOSED"
+
+    def __init__(self, message: str, *, final_offset: str | None = None, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.final_offset = final_offset
+
+
+class SeqConflictError(ConflictError):
+    """409: the ``Stream-Seq`` sent is not greater than the last one the stream accepted."""
+
+    default_code = "SEQUENCE_CONFLICT"
+
+
+class ContentTypeMismatchError(ConflictError):
+    """409: the request's content type differs from the stream's."""
+
+    default_code = "CONTENT_TYPE_MISMATCH"
+
+
+class RetentionGoneError(DurableStreamError):
+    """410: the stream was deleted (soft-deleted) or the offset is before retained data."""
+
+    default_code = "GONE"
+
+
+class RateLimitedError(DurableStreamError):
+    """429: too many requests; ``retry_after`` is the server's hint in seconds, if any."""
+
+    default_code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ServerError(DurableStreamError):
+    """5xx from the server (after any retries)."""
+
+    default_code = "SERVER_ERROR"
+
+
+# -- producer errors ----------------------------------------------------------------------
+
+
+class ProducerError(DurableStreamError):
+    """Base class of errors specific to :class:`~durable_streams.IdempotentProducer`."""
+
+    default_code = "PRODUCER_ERROR"
+
+
+class StaleEpochError(ProducerError):
+    """403: another producer with the same id claimed a newer epoch; this one is fenced.
+
+    ``current_epoch`` is the server's epoch. Once fenced, the producer accepts nothing more.
+    """
+
+    default_code = "STALE_EPOCH"
+
+    def __init__(self, message: str, *, current_epoch: int | None = None, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.current_epoch = current_epoch
+
+
+class SequenceGapError(ProducerError):
+    """409 with ``Producer-Expected-Seq`` that this producer cannot explain or repair."""
+
+    default_code = "SEQUENCE_GAP"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected_seq: int | None = None,
+        received_seq: int | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.expected_seq = expected_seq
+        self.received_seq = received_seq
+
+
+class ProducerClosedError(ProducerError):
+    """The producer was closed (or failed for good); it accepts no more messages."""
+
+    default_code = "ALREADY_CLOSED"
+
+
+class ProducerForkedError(ProducerError):
+    """The producer was created in a parent process and used after ``os.fork()``."""
+
+    default_code = "FORKED"
+
+
+class BufferFullError(ProducerError):
+    """``append`` waited ``max_block_ms`` for buffer space and none was freed."""
+
+    default_code = "BUFFER_FULL"
+
+
+class DeliveryError(ProducerError):
+    """Raised by ``flush()``/``close()``: some messages were not delivered.
+
+    ``errors`` lists each failure (as also given to ``on_error``); ``undelivered`` holds
+    every message that was not delivered, in the order they were appended. The first
+    failure is also the ``__cause__``.
+    """
+
+    default_code = "DELIVERY_FAILED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: Sequence[DurableStreamError],
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.errors: list[DurableStreamError] = list(errors)
+        self.undelivered = tuple(m for err in self.errors for m in err.undelivered)
+        if self.errors:
+            self.__cause__ = self.errors[0]
+            if self.status is None:
+                self.status = self.errors[0].status

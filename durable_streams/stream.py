@@ -1,0 +1,287 @@
+"""DurableStream: blocking create / connect / head / append / close / delete, and reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from . import _protocol as P
+from ._http import (
+    DEFAULT_RETRY,
+    HeadersLike,
+    HttpClient,
+    ParamsLike,
+    RetryPolicy,
+    TimeoutLike,
+)
+
+if TYPE_CHECKING:
+    from .reading import LiveMode, StreamResponse
+
+__all__ = ["DurableStream", "StreamInfo"]
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What ``HEAD`` says about a stream (PROTOCOL §5.5)."""
+
+    offset: str
+    content_type: str | None
+    closed: bool
+    ttl_seconds: int | None
+    expires_at: str | None
+    etag: str | None
+    cache_control: str | None
+
+
+def _as_bytes(data: Any, what: str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(
+        f"{what} must be str or bytes for a byte-mode stream, got {type(data).__name__}; "
+        "encode it first (for JSON, create the stream with content_type='application/json')"
+    )
+
+
+class DurableStream:
+    """A handle on one stream URL. Creating a handle makes no request.
+
+    Every method is a plain blocking call. Requests that are safe to repeat (create, head,
+    delete, close without a body, reads) are retried on connection errors, timeouts, 5xx
+    and 429 according to ``retry``. :meth:`append` is retried only on responses that say the
+    server did nothing (5xx, 429) or when the request never reached the server, unless it
+    carries ``seq=`` (then the server rejects a repeat); for exactly-once writes under any
+    failure use :class:`~durable_streams.IdempotentProducer`.
+
+    ``headers`` and ``params`` take values or zero-argument callables evaluated on every
+    request (token refresh). A ``session`` you pass is used as given and never closed here.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        content_type: str | None = None,
+        headers: HeadersLike = None,
+        params: ParamsLike = None,
+        session: requests.Session | None = None,
+        timeout: TimeoutLike = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
+        self.url = url
+        self.content_type = content_type
+        self.headers = headers
+        self.params = params
+        self.retry = retry if retry is not None else DEFAULT_RETRY
+        self._client = HttpClient(session, timeout=timeout)
+        #: True when :meth:`create` made a new stream, False when it already existed
+        #: with the same configuration, None when the handle was not made by create().
+        self.created: bool | None = None
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        *,
+        content_type: str | None = None,
+        ttl_seconds: int | None = None,
+        expires_at: Any = None,
+        closed: bool = False,
+        body: Any = None,
+        headers: HeadersLike = None,
+        params: ParamsLike = None,
+        session: requests.Session | None = None,
+        timeout: TimeoutLike = None,
+        retry: RetryPolicy | None = None,
+    ) -> DurableStream:
+        """Create the stream (PUT, §5.1), or confirm that it exists with the same config.
+
+        ``body`` is the initial content: str/bytes as-is; in JSON mode any other value is
+        serialised (a list is stored as several messages, as the server flattens one level).
+        Raises :class:`StreamExistsError` if a stream with a different config is there.
+        """
+        if ttl_seconds is not None and expires_at is not None:
+            raise ValueError("give ttl_seconds or expires_at, not both (PROTOCOL §5.1)")
+        ttl = P.validate_ttl(ttl_seconds)
+        expires = P.format_expires_at(expires_at)
+        handle = cls(url, content_type=content_type, headers=headers, params=params,
+                     session=session, timeout=timeout, retry=retry)
+        extra: dict[str, str] = {}
+        if content_type:
+            extra[P.CONTENT_TYPE] = content_type
+        if ttl is not None:
+            extra[P.STREAM_TTL] = ttl
+        if expires is not None:
+            extra[P.STREAM_EXPIRES_AT] = expires
+        if closed:
+            extra[P.STREAM_CLOSED] = "true"
+        data: bytes | None = None
+        if body is not None:
+            data = (P.encode_json_value(body)
+                    if P.is_json(content_type) and not isinstance(body, (str, bytes, bytearray))
+                    else _as_bytes(body, "body"))
+        try:
+            response = handle._client.request(
+                "PUT", url, operation="create", headers=headers, extra_headers=extra,
+                params=params, data=data, retry=handle.retry,
+            )
+        except BaseException:
+            handle.close()
+            raise
+        handle.created = response.status_code == 201
+        handle.content_type = response.headers.get(P.CONTENT_TYPE) or content_type
+        return handle
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        headers: HeadersLike = None,
+        params: ParamsLike = None,
+        session: requests.Session | None = None,
+        timeout: TimeoutLike = None,
+        retry: RetryPolicy | None = None,
+    ) -> DurableStream:
+        """A handle on an existing stream; raises :class:`StreamNotFoundError` if none."""
+        handle = cls(url, headers=headers, params=params, session=session, timeout=timeout,
+                     retry=retry)
+        try:
+            handle.head()
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
+    # -- operations ---------------------------------------------------------------------
+    def head(self) -> StreamInfo:
+        """Stream metadata (HEAD, §5.5); also refreshes :attr:`content_type`."""
+        response = self._client.request(
+            "HEAD", self.url, operation="head", headers=self.headers, params=self.params,
+            retry=self.retry,
+        )
+        h = response.headers
+        ttl = P.parse_int_header(h, P.STREAM_TTL)
+        info = StreamInfo(
+            offset=h.get(P.STREAM_NEXT_OFFSET, ""),
+            content_type=h.get(P.CONTENT_TYPE),
+            closed=P.header_true(h.get(P.STREAM_CLOSED)),
+            ttl_seconds=ttl,
+            expires_at=h.get(P.STREAM_EXPIRES_AT),
+            etag=h.get(P.ETAG),
+            cache_control=h.get("Cache-Control"),
+        )
+        if info.content_type:
+            self.content_type = info.content_type
+        return info
+
+    def _known_content_type(self) -> str:
+        if not self.content_type:
+            self.head()
+        return self.content_type or P.DEFAULT_CONTENT_TYPE
+
+    def _encode_message(self, data: Any, what: str) -> bytes:
+        """One message as a request body: JSON mode wraps it in ``[...]`` (§9.1.2)."""
+        if P.is_json(self._known_content_type()):
+            if isinstance(data, (str, bytes, bytearray, memoryview)):
+                raw = _as_bytes(data, what)
+            else:
+                raw = P.encode_json_value(data)
+            return b"[" + raw + b"]" if raw.strip() else b""
+        return _as_bytes(data, what)
+
+    def append(self, data: Any, *, seq: str | None = None) -> str:
+        """Append one message and return the stream's new tail offset (POST, §5.2).
+
+        JSON mode: ``str``/bytes are JSON text, any other value is serialised with
+        :func:`json.dumps`; either way one call stores one message. Byte mode: str (UTF-8)
+        or bytes-like. ``seq`` is sent as ``Stream-Seq``; the server then refuses a value that
+        is not greater than the last one (:class:`SeqConflictError`).
+        """
+        body = self._encode_message(data, "data")
+        extra = {P.CONTENT_TYPE: self._known_content_type()}
+        if seq is not None:
+            extra[P.STREAM_SEQ] = str(seq)
+        response = self._client.request(
+            "POST", self.url, operation="append", headers=self.headers, extra_headers=extra,
+            params=self.params, data=body, retry=self.retry, idempotent=seq is not None,
+        )
+        return self._next_offset(response, "append")
+
+    def close_stream(self, *, body: Any = None) -> str:
+        """Close the stream for every reader and writer (EOF, §5.3); return the final offset.
+
+        With ``body`` the final message is appended atomically with the close. Closing an
+        already closed stream without a body succeeds again; with a body it raises
+        :class:`StreamClosedError`.
+        """
+        extra = {P.STREAM_CLOSED: "true"}
+        data: bytes | None = None
+        if body is not None:
+            data = self._encode_message(body, "body")
+            extra[P.CONTENT_TYPE] = self._known_content_type()
+        elif self.content_type:
+            extra[P.CONTENT_TYPE] = self.content_type
+        response = self._client.request(
+            "POST", self.url, operation="close", headers=self.headers, extra_headers=extra,
+            params=self.params, data=data, retry=self.retry, idempotent=body is None,
+        )
+        return response.headers.get(P.STREAM_NEXT_OFFSET, "")
+
+    def delete(self) -> None:
+        """Delete the stream and its data (DELETE, §5.4)."""
+        self._client.request(
+            "DELETE", self.url, operation="delete", headers=self.headers, params=self.params,
+            retry=self.retry,
+        )
+
+    def stream(
+        self,
+        *,
+        offset: str = P.OFFSET_BEGINNING,
+        live: LiveMode = False,
+        **options: Any,
+    ) -> StreamResponse:
+        """Read from ``offset``; see :func:`durable_streams.stream`."""
+        from .reading import stream as _stream
+
+        return _stream(
+            self.url, offset=offset, live=live, headers=self.headers, params=self.params,
+            content_type=self.content_type, retry=self.retry, _client=self._client, **options,
+        )
+
+    def _next_offset(self, response: requests.Response, operation: str) -> str:
+        offset = response.headers.get(P.STREAM_NEXT_OFFSET)
+        if offset is None:
+            from .errors import DurableStreamError
+
+            raise DurableStreamError(
+                f"{operation} to {self.url}: the server answered {response.status_code} "
+                "without a Stream-Next-Offset header; the write may or may not have landed",
+                status=response.status_code, code="PROTOCOL_ERROR", url=self.url,
+                headers=response.headers,
+            )
+        return offset
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the HTTP session this handle owns. The stream itself stays open."""
+        self._client.close()
+
+    def __enter__(self) -> DurableStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DurableStream({self.url!r}, content_type={self.content_type!r})"
