@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,27 @@ class _Batch:
         self.state = "active"
         #: Producer-Expected-Seq of the last 409 that found no earlier batch in flight
         self.last_expected = -1
+
+
+class _MarkedBody:
+    """A request body that reports when its last byte has been handed to the socket.
+
+    ``__len__`` makes requests send ``Content-Length`` (no chunked framing), so once the
+    iterator is exhausted the whole request has been written.
+    """
+
+    __slots__ = ("body", "on_written")
+
+    def __init__(self, body: bytes, on_written: Callable[[], None]) -> None:
+        self.body = body
+        self.on_written = on_written
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+        self.on_written()
 
 
 class _Park(Exception):
@@ -240,6 +261,10 @@ class IdempotentProducer:
         self._gen = 0
         self._confirmed = not self.auto_claim  # auto-claim: one batch alone until a success
         self._highest_sent: dict[int, int] = {}  # gen -> highest seq sent
+        # Seq N starts writing its request only once seq N-1's body is on the wire, so the
+        # server sees pipelined batches in order instead of answering 409 and wasting the
+        # upload (Producer-Seq must arrive in order, PROTOCOL §5.2.1).
+        self._wire_next = 0
         self._batches: dict[int, _Batch] = {}  # unresolved sealed batches by id
         self._in_flight = 0
         self._draining = False
@@ -774,7 +799,7 @@ class IdempotentProducer:
         return self._content_type
 
     # -- sending ------------------------------------------------------------------------
-    def _post(self, body: bytes | None, extra: dict[str, str], *, operation: str
+    def _post(self, body: bytes | _MarkedBody | None, extra: dict[str, str], *, operation: str
               ) -> requests.Response:
         headers = merge_headers(resolve(self._stream_headers), resolve(self._headers), extra)
         query = sorted(resolve(self._params).items())
@@ -816,7 +841,10 @@ class IdempotentProducer:
         while True:
             with self._lock:
                 self._check_batch_locked(batch)
+                if self._wire_next < batch.seq:
+                    self._wait_turn_locked(batch)
                 epoch, seq = batch.epoch, batch.seq
+                gen = batch.gen
                 batch.attempts += 1
                 high = self._highest_sent.get(batch.gen, -1)
                 if seq > high:
@@ -830,8 +858,10 @@ class IdempotentProducer:
                 P.PRODUCER_SEQ: str(seq),
             }
             try:
-                response = self._post(batch.body, extra, operation="append")
+                response = self._post(self._body_then_mark(batch.body, gen, seq), extra,
+                                      operation="append")
             except errors.TransportError as exc:
+                self._mark_written(gen, seq)
                 if getattr(exc, "reached_server", True):
                     batch.ambiguous = batch.maybe_stored = True
                 self._transient(batch, exc, retry_n, None)
@@ -869,6 +899,25 @@ class IdempotentProducer:
                     self._fatal_locked(err)
                     self._fail_batch_locked(batch, err)
             return
+
+    def _wait_turn_locked(self, batch: _Batch) -> None:
+        """Wait (bounded) until the previous seq's request body has been written."""
+        end = time.monotonic() + 2.0
+        while self._wire_next < batch.seq and batch.gen == self._gen:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            self._done.wait(remaining)
+            self._check_batch_locked(batch)
+
+    def _body_then_mark(self, body: bytes, gen: int, seq: int) -> _MarkedBody:
+        return _MarkedBody(body, lambda: self._mark_written(gen, seq))
+
+    def _mark_written(self, gen: int, seq: int) -> None:
+        with self._lock:
+            if gen == self._gen and self._wire_next <= seq:
+                self._wire_next = seq + 1
+                self._done.notify_all()
 
     def _check_batch_locked(self, batch: _Batch) -> None:
         if self._fatal is not None:
@@ -1098,6 +1147,7 @@ class IdempotentProducer:
             return
         self._epoch = max(self._epoch + 1, server_epoch + 1)
         self._gen += 1
+        self._wire_next = 0
         while self._resend:
             queued = self._resend.popleft()
             queued.state = "parked"
