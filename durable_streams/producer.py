@@ -365,7 +365,7 @@ class IdempotentProducer:
         t = type(data)
         if t is str:
             try:
-                raw = data.encode()  # type: ignore[union-attr,unused-ignore]
+                raw = data.encode()
             except UnicodeEncodeError as exc:
                 raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
         elif t is bytes:
@@ -655,9 +655,7 @@ class IdempotentProducer:
                     self._in_flight += 1
                     return batch
                 if self._buf and not self._draining:
-                    if self._buf_start < self._seal_upto or self._stopping or self._fatal:
-                        due = 0.0
-                    elif (self._buf_bytes >= self._max_batch_bytes
+                    if self._buf_start < self._seal_upto or self._stopping or self._fatal or (self._buf_bytes >= self._max_batch_bytes
                           or (self._max_batch_items and len(self._buf) >= self._max_batch_items)):
                         due = 0.0
                     else:
