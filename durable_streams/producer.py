@@ -365,11 +365,11 @@ class IdempotentProducer:
         t = type(data)
         if t is str:
             try:
-                raw = data.encode()
+                raw = data.encode()  # type: ignore[union-attr]
             except UnicodeEncodeError as exc:
                 raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
         elif t is bytes:
-            raw = data  # type: ignore[assignment]
+            raw = data  # type: ignore[assignment,unused-ignore]
         elif isinstance(data, (bytes, bytearray, memoryview)):
             raw = bytes(data)
         else:
@@ -655,8 +655,10 @@ class IdempotentProducer:
                     self._in_flight += 1
                     return batch
                 if self._buf and not self._draining:
-                    if self._buf_start < self._seal_upto or self._stopping or self._fatal or (self._buf_bytes >= self._max_batch_bytes
-                          or (self._max_batch_items and len(self._buf) >= self._max_batch_items)):
+                    if (self._buf_start < self._seal_upto or self._stopping or self._fatal
+                            or self._buf_bytes >= self._max_batch_bytes
+                            or (self._max_batch_items
+                                and len(self._buf) >= self._max_batch_items)):
                         due = 0.0
                     else:
                         due = self._buf_first_ts + self._linger - time.monotonic()
