@@ -382,7 +382,7 @@ class IdempotentProducer:
             self._reject_size(n)
         with self._lock:
             if self._refusal is not None:
-                raise self._refusal
+                raise self._copy_error(self._refusal)
             if self._pending_bytes + n > self._max_buffer_bytes:
                 self._wait_for_space(n)
             buf = self._buf
@@ -410,7 +410,7 @@ class IdempotentProducer:
         deadline = time.monotonic() + self._max_block
         while self._pending_bytes + n > self._max_buffer_bytes and self._pending_bytes > 0:
             if self._refusal is not None:
-                raise self._refusal
+                raise self._copy_error(self._refusal)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise errors.BufferFullError(
@@ -648,6 +648,25 @@ class IdempotentProducer:
     def _next_batch(self) -> _Batch | None:
         """Block until there is a batch to send (sealing one when due); None = stop."""
         while True:
+            ready = self._wait_for_work()
+            if ready is None or isinstance(ready, _Batch):
+                return ready
+            sealed: _Batch | None = None
+            try:
+                sealed = self._seal()
+            finally:
+                if sealed is None:  # nothing to send after all: give the slot back
+                    with self._lock:
+                        self._in_flight -= 1
+                        self._maybe_resequence_locked()
+                        self._cond.notify_all()
+                        self._done.notify_all()
+            if sealed is not None:
+                return sealed
+
+    def _wait_for_work(self) -> _Batch | bool | None:
+        """A batch to resend, True when the caller should seal one (slot reserved), or None."""
+        while True:
             with self._lock:
                 if self._resend and not self._draining and self._may_send_locked():
                     batch = self._resend.popleft()
@@ -668,7 +687,7 @@ class IdempotentProducer:
                             continue
                         if self._may_send_locked():
                             self._in_flight += 1  # reserve the slot before sealing
-                            break
+                            return True
                         self._cond.wait()
                         continue
                     self._cond.wait(due)
@@ -676,21 +695,6 @@ class IdempotentProducer:
                 if self._stopping and not self._resend and not self._parked:
                     return None
                 self._cond.wait()
-        try:
-            sealed = self._seal()
-        except BaseException:
-            with self._lock:
-                self._in_flight -= 1
-                self._cond.notify_all()
-            raise
-        if sealed is None:
-            with self._lock:
-                self._in_flight -= 1
-                self._maybe_resequence_locked()
-                self._cond.notify_all()
-                self._done.notify_all()
-            return self._next_batch()
-        return sealed
 
     def _may_send_locked(self) -> bool:
         # Until an epoch is confirmed by a success (auto-claim), one request at a time.
@@ -698,6 +702,8 @@ class IdempotentProducer:
 
     def _seal(self) -> _Batch | None:
         """Take up to one batch of messages from the buffer and give it the next seq."""
+        if self._json_mode is None and not self._learn_content_type():
+            return None
         with self._seal_lock:
             with self._lock:
                 buf = self._buf
@@ -748,6 +754,21 @@ class IdempotentProducer:
                     return None
                 self._assign_seq_locked(batch)
                 return batch
+
+    def _learn_content_type(self) -> bool:
+        """HEAD the stream once to learn its content type; False if not known yet."""
+        try:
+            self._resolved_content_type()
+            return True
+        except errors.DurableStreamError as exc:
+            with self._lock:
+                if isinstance(exc, (errors.TransportError, errors.ServerError,
+                                    errors.RateLimitedError)):
+                    self._n_retries += 1
+                    self._done.wait(self._retry_policy.delay(3))
+                else:
+                    self._fatal_locked(exc)
+            return False
 
     def _build(self, messages: list[bytes]) -> tuple[list[bytes], list[tuple[bytes, str]], bytes]:
         if not self._is_json_mode():
@@ -1277,6 +1298,14 @@ def _sender_main(ref: weakref.ReferenceType[IdempotentProducer]) -> None:
             if batch is None:
                 return
             producer._deliver(batch)
+        except Exception as exc:  # pragma: no cover - a bug: fail loudly, never hang
+            log.exception("producer sender thread crashed")
+            with producer._lock:
+                producer._fatal_locked(errors.ProducerError(
+                    f"producer {producer.producer_id!r} stopped after an internal error: "
+                    f"{exc!r}", url=producer.url))
+                producer._done.notify_all()
+            return
         finally:
             del producer
 
