@@ -5,6 +5,8 @@
 - :func:`stream`: catch-up, long-poll and SSE reads from any offset, with EOF.
 """
 
+import logging as _logging
+
 from ._http import RetryPolicy
 from .errors import (
     BadRequestError,
@@ -36,6 +38,9 @@ from .reading import JsonBatch, StreamEvent, StreamResponse, stream
 from .stream import DurableStream, StreamInfo
 
 __version__ = "0.1.0"
+
+# Diagnostics go to logging.getLogger("durable_streams"); the application decides where.
+_logging.getLogger("durable_streams").addHandler(_logging.NullHandler())
 
 __all__ = [
     "BadRequestError",
