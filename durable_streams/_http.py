@@ -19,16 +19,18 @@ from . import errors
 
 log = logging.getLogger("durable_streams")
 
-HeaderValue = Union[str, Callable[[], "str | None"], None]
+HeaderValue = Union[str, Callable[[], "str | None"], None]  # noqa: UP007
 #: Headers or query parameters: a mapping whose values are strings or zero-argument
 #: callables (evaluated on every request, e.g. for token refresh), or a zero-argument
 #: callable returning such a mapping.
-HeadersLike = Union[Mapping[str, HeaderValue], Callable[[], Mapping[str, HeaderValue]], None]
+HeadersLike = Union[  # noqa: UP007 - a runtime alias; keep it valid on Python 3.10
+    Mapping[str, HeaderValue], Callable[[], Mapping[str, HeaderValue]], None
+]
 ParamsLike = HeadersLike
 
 #: ``(connect, read)`` timeouts in seconds used when none is given.
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
-TimeoutLike = Union[float, tuple[float, float], None]
+TimeoutLike = Union[float, tuple[float, float], None]  # noqa: UP007
 
 
 def resolve(values: HeadersLike) -> dict[str, str]:
@@ -104,7 +106,11 @@ class RetryPolicy:
 
     def delay(self, retry_number: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry ``retry_number`` (0 for the first retry)."""
-        base = min(self.initial_delay_ms * (self.multiplier**retry_number), self.max_delay_ms)
+        try:
+            base = min(self.initial_delay_ms * (self.multiplier**retry_number),
+                       self.max_delay_ms)
+        except OverflowError:  # thousands of retries: 2.0 ** 1100 overflows; the cap applies
+            base = self.max_delay_ms
         wait = base / 2 + random.random() * base / 2 if self.jitter else base
         wait /= 1000.0
         if retry_after is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import re
@@ -71,7 +72,7 @@ def parse_int_header(headers: Mapping[str, str], name: str) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²".isdigit() is True; int("²") fails
         return None
     return int(value)
 
@@ -92,6 +93,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             return None
         if when is None:
             return None
+        if when.tzinfo is None:  # "-0000" zone: UTC by RFC 5322, not local time
+            when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds or seconds < 0:  # NaN or negative
         return 0.0
@@ -133,7 +136,8 @@ def format_expires_at(expires_at: Any) -> str | None:
 def encode_json_value(value: Any) -> bytes:
     """Serialise one Python value as compact JSON; raise ``TypeError`` naming the problem."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"cannot serialise {type(value).__name__} as JSON for a JSON-mode stream: {exc}; "
@@ -202,7 +206,8 @@ def error_for_response(
                 f"by {url} (409){detail}",
                 **kwargs,
             )
-        return errors.ConflictError(f"{operation} failed: conflict at {url} (409){detail}", **kwargs)
+        return errors.ConflictError(f"{operation} failed: conflict at {url} (409){detail}",
+                                    **kwargs)
     if status == 400:
         if operation == "read" and ("offset" in reason.lower() or "invalid" in reason.lower()):
             return errors.InvalidOffsetError(

@@ -113,6 +113,14 @@ class DurableStream:
             raise ValueError("give ttl_seconds or expires_at, not both (PROTOCOL §5.1)")
         ttl = P.validate_ttl(ttl_seconds)
         expires = P.format_expires_at(expires_at)
+        # Encode the body before building the handle, so a bad body raises before any
+        # request and leaves no session behind.
+        data: bytes | None = None
+        if body is not None:
+            data = (P.encode_json_value(body)
+                    if P.is_json(content_type)
+                    and not isinstance(body, (str, bytes, bytearray, memoryview))
+                    else _as_bytes(body, "body"))
         handle = cls(url, content_type=content_type, headers=headers, params=params,
                      session=session, timeout=timeout, retry=retry)
         extra: dict[str, str] = {}
@@ -124,11 +132,6 @@ class DurableStream:
             extra[P.STREAM_EXPIRES_AT] = expires
         if closed:
             extra[P.STREAM_CLOSED] = "true"
-        data: bytes | None = None
-        if body is not None:
-            data = (P.encode_json_value(body)
-                    if P.is_json(content_type) and not isinstance(body, (str, bytes, bytearray))
-                    else _as_bytes(body, "body"))
         try:
             response = handle._client.request(
                 "PUT", url, operation="create", headers=headers, extra_headers=extra,
@@ -194,18 +197,32 @@ class DurableStream:
         if P.is_json(self._known_content_type()):
             if isinstance(data, (str, bytes, bytearray, memoryview)):
                 raw = _as_bytes(data, what)
+                if not raw.strip():
+                    return b""  # sent as is: the server answers 400 "Empty body" (§5.2)
+                # JSON text must be exactly one value: wrapped in [...] unchecked, text
+                # such as '1,2' would be stored as two messages (§9.1.2).
+                try:
+                    # Strict UTF-8 first: json.loads(bytes) would also accept a BOM or UTF-16.
+                    P.load_json(raw.decode("utf-8"))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{what} is not one valid JSON value for the JSON-mode stream at "
+                        f"{self.url}: {exc}; pass JSON text (e.g. json.dumps(obj)) or the "
+                        "object itself"
+                    ) from exc
             else:
                 raw = P.encode_json_value(data)
-            return b"[" + raw + b"]" if raw.strip() else b""
+            return b"[" + raw + b"]"
         return _as_bytes(data, what)
 
     def append(self, data: Any, *, seq: str | None = None) -> str:
         """Append one message and return the stream's new tail offset (POST, §5.2).
 
         JSON mode: ``str``/bytes are JSON text, any other value is serialised with
-        :func:`json.dumps`; either way one call stores one message. Byte mode: str (UTF-8)
-        or bytes-like. ``seq`` is sent as ``Stream-Seq``; the server then refuses a value that
-        is not greater than the last one (:class:`SeqConflictError`).
+        :func:`json.dumps`; either way one call stores one message (JSON text that is not
+        exactly one JSON value raises ``ValueError`` before any request). Byte mode: str
+        (UTF-8) or bytes-like. ``seq`` is sent as ``Stream-Seq``; the server then refuses a
+        value that is not greater than the last one (:class:`SeqConflictError`).
         """
         body = self._encode_message(data, "data")
         extra = {P.CONTENT_TYPE: self._known_content_type()}
@@ -260,8 +277,9 @@ class DurableStream:
         )
 
     def _next_offset(self, response: requests.Response, operation: str) -> str:
-        offset = response.headers.get(P.STREAM_NEXT_OFFSET)
-        if offset is None:
+        # Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
+        offset = (response.headers.get(P.STREAM_NEXT_OFFSET) or "").strip()
+        if not offset:
             from .errors import DurableStreamError
 
             raise DurableStreamError(
