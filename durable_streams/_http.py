@@ -198,7 +198,7 @@ class HttpClient:
         operation: str,
         headers: Mapping[str, str] | None = None,
         params: Iterable[tuple[str, str]] | None = None,
-        data: bytes | None = None,
+        data: bytes | Iterable[bytes] | None = None,
         timeout: TimeoutLike = None,
         stream: bool = False,
     ) -> requests.Response:

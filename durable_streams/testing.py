@@ -171,7 +171,10 @@ class ReferenceServer:
         if self.long_poll_timeout_ms is not None:
             env["DS_LONG_POLL_MS"] = str(self.long_poll_timeout_ms)
         if self._stderr is None:
-            self._stderr = tempfile.TemporaryFile(prefix="ds-server-", suffix=".log")
+            # Closed in __exit__ (or at garbage collection); it outlives start()/kill().
+            self._stderr = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix="ds-server-", suffix=".log"
+            )
         self._proc = subprocess.Popen(
             [node, "start.mjs"],
             cwd=directory,
