@@ -125,6 +125,35 @@ def ceiling(base_url: str, messages: list[Any], *, json_mode: bool) -> dict[str,
     return out
 
 
+class _MinimalBuffer:
+    """The least a thread-safe ``append()`` method can do: a lock, a list, a byte count."""
+
+    __slots__ = ("_lock", "_buf", "_bytes")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf: list[Any] = []
+        self._bytes = 0
+
+    def append(self, data: Any) -> None:
+        with self._lock:
+            self._buf.append(data)
+            self._bytes += len(data)
+
+
+def python_floor(messages: list[Any]) -> dict[str, Any]:
+    """The same messages through :class:`_MinimalBuffer` from one thread: no encoding, no
+    batching, no I/O. It bounds what any thread-safe Python append API can reach end to end
+    from one thread, whatever it does with the messages afterwards."""
+    buffer = _MinimalBuffer()
+    append = buffer.append
+    t0 = time.perf_counter()
+    for m in messages:
+        append(m)
+    elapsed = time.perf_counter() - t0
+    return {"rate": len(messages) / elapsed, "seconds": elapsed}
+
+
 def caller_cost(base_url: str, n: int, *, warmup: int = 5_000, chunk: int = 1_000
                 ) -> dict[str, float]:
     """Microseconds per ``append()`` on the calling thread while the senders are busy.
