@@ -127,16 +127,33 @@ def fmt_latency(summary: dict[str, float]) -> str:
 
 
 def ratio_row(scenario: str, what: str, value: float | None, *, target: float | None = None,
-              lower_is_better: bool = False, reason: str = "") -> Row:
-    """A ratio row; ``value`` None means a side of the ratio is unavailable."""
+              lower_is_better: bool = False, reason: str = "",
+              spread: Sequence[float] = ()) -> Row:
+    """A ratio row; ``value`` None means a side of the ratio is unavailable. ``spread``: the
+    per-round ratios ``value`` is the median of (shown as their range)."""
     if value is None:
         return Row(scenario, what, f"n/a ({reason})" if reason else "n/a",
                    _target_text(target, lower_is_better), None)
     met = None
     if target is not None:
         met = value <= target if lower_is_better else value >= target
-    return Row(scenario, what, f"{value:,.2f}×" if value < 100 else f"{value:,.0f}×",
-               _target_text(target, lower_is_better), met, {"ratio": value})
+    text = _times(value)
+    if len(spread) > 1:
+        text += (f" (median of {len(spread)} rounds, range {_times(min(spread))}"
+                 f"–{_times(max(spread))})")
+    return Row(scenario, what, text, _target_text(target, lower_is_better), met,
+               {"ratio": value, "rounds": list(spread)})
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> tuple[float, list[float]]:
+    """Median of per-round ratios: rounds are interleaved, so a burst of background load
+    that slows one round slows both sides of its ratio."""
+    ratios = [a / b for a, b in zip(num, den, strict=True) if b]
+    return statistics.median(ratios), ratios
+
+
+def _times(value: float) -> str:
+    return f"{value:,.2f}×" if value < 100 else f"{value:,.0f}×"
 
 
 def _target_text(target: float | None, lower_is_better: bool) -> str:

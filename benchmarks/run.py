@@ -1,6 +1,6 @@
 """Side-by-side benchmarks: our client against baselines, in one run, on one server.
 
-    python3 -m benchmarks                       # full run (a few minutes)
+    python3 -m benchmarks                       # full run (about a minute on 2 cores)
     python3 -m benchmarks --quick               # small sizes, a smoke test (< 60 s)
     python3 -m benchmarks --scenario producer   # only scenarios whose name contains this
     python3 -m benchmarks --no-official         # skip the official client's rows
@@ -48,6 +48,7 @@ from benchmarks._common import (  # noqa: E402
     load_average,
     machine_summary,
     markdown_table,
+    paired_ratio,
     progress,
     ratio_row,
     utc_now,
@@ -118,8 +119,10 @@ def scenario_producer(ctx: Context, *, json_mode: bool) -> list[Row]:
     scenario = f"Producer, {'JSON' if json_mode else 'bytes'}, {s.messages:,} × 100 B"
     messages: list[Any] = json_messages(s.messages) if json_mode else bytes_messages(s.messages)
     best: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, list[float]] = {}
 
     def keep(name: str, result: dict[str, Any]) -> None:
+        rounds.setdefault(name, []).append(result["rate"])
         if result["rate"] > best.get(name, {}).get("rate", 0):
             best[name] = result
 
@@ -134,7 +137,7 @@ def scenario_producer(ctx: Context, *, json_mode: bool) -> list[Row]:
         progress(f"  round {r + 1}/{s.repeat}: ceiling {best['ceiling']['rate']:,.0f}, "
                  f"ours 1 thread {best['ours1']['rate']:,.0f}, "
                  f"8 threads {best['ours8']['rate']:,.0f} msg/s (best so far)")
-    c, o1, o8 = best["ceiling"], best["ours1"], best["ours8"]
+    c, o1 = best["ceiling"], best["ours1"]
     rows = [
         Row(scenario, f"raw ceiling: urllib3, {c['bodies']} pre-built ~1 MiB bodies "
             f"(1 conn {c['rate_1']:,.0f}, 2 conn {c['rate_2']:,.0f} msg/s)",
@@ -170,13 +173,14 @@ def scenario_producer(ctx: Context, *, json_mode: bool) -> list[Row]:
         o = best[key]
         rows.append(Row(scenario, label, fmt_rate(o["rate"], o["bytes_per_s"])
                         + f"; {o['requests']} requests for {o['batches']} batches", data=o))
-    rows.append(ratio_row(scenario, "ours 1 thread ÷ raw ceiling", o1["rate"] / c["rate"],
-                          target=target))
-    rows.append(ratio_row(scenario, "ours 8 threads ÷ raw ceiling", o8["rate"] / c["rate"],
-                          target=target))
-    if json_mode:
-        rows.append(ratio_row(scenario, "ours 1 thread, validate_json=False ÷ raw ceiling",
-                              best["novalidate"]["rate"] / c["rate"]))
+    for key, label, tgt in (("ours1", "ours 1 thread", target),
+                            ("ours8", "ours 8 threads", target),
+                            ("novalidate", "ours 1 thread, validate_json=False", None),
+                            ("floor", "Python floor", None)):
+        if key in rounds:
+            value, spread = paired_ratio(rounds[key], rounds["ceiling"])
+            rows.append(ratio_row(scenario, f"{label} ÷ raw ceiling", value, target=tgt,
+                                  spread=spread))
     rows.append(ratio_row(scenario, "ours 1 thread ÷ official best async",
                           o1["rate"] / async_data["rate"] if async_data else None,
                           target=TARGET_VS_ASYNC, reason="official unavailable"))
@@ -199,9 +203,11 @@ def scenario_large(ctx: Context) -> list[Row]:
     scenario = f"Large messages, bytes, {s.large} × 1 MiB"
     messages = [b"%08d" % i + b"z" * (MiB - 8) for i in range(s.large)]
     best: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, list[float]] = {}
     for _ in range(s.repeat):
         for name, result in (("ceiling", ours.ceiling(ctx.base_url, messages, json_mode=False)),
                              ("ours", ours.large_messages(ctx.base_url, s.large))):
+            rounds.setdefault(name, []).append(result["rate"])
             if result["rate"] > best.get(name, {}).get("rate", 0):
                 best[name] = result
     c, o = best["ceiling"], best["ours"]
@@ -225,8 +231,9 @@ def scenario_large(ctx: Context) -> list[Row]:
          "patterns": [("gather", 200)], "repeat": s.repeat}, render_async)
     rows.append(async_row)
     rows.append(Row(scenario, "ours", mib(o) + f"; {o['requests']} requests", data=o))
-    rows.append(ratio_row(scenario, "ours ÷ raw ceiling", o["bytes_per_s"] / c["bytes_per_s"],
-                          target=TARGET_BYTES))
+    value, spread = paired_ratio(rounds["ours"], rounds["ceiling"])
+    rows.append(ratio_row(scenario, "ours ÷ raw ceiling", value, target=TARGET_BYTES,
+                          spread=spread))
     rows.append(ratio_row(scenario, "ours ÷ official async",
                           o["bytes_per_s"] / async_data["bytes_per_s"] if async_data else None,
                           reason="official unavailable"))
@@ -482,8 +489,9 @@ def render(rows: list[Row], *, command: str, sizes: Sizes, elapsed: float,
         f"- Machine: {machine_summary()}; load average {load[0]} at start, {load[1]} at end.",
         f"- Server: `@durable-streams/server` {SERVER_VERSION}, in memory, on loopback; "
         "every request goes through it.",
-        f"- Throughput: best of {sizes.repeat} run(s) per subject, interleaved; end to end "
-        "(first append → flush returns).",
+        f"- Throughput: {sizes.repeat} interleaved round(s); a figure is the best round of its "
+        "subject, a ratio to the raw ceiling is the median of the per-round ratios; end to end "
+        "= first append → flush returns. Ratios to the official client: best ÷ best.",
         f"- Baseline: {'official client `durable-streams` ' + OFFICIAL_VERSION + ' from PyPI, in its own virtualenv' if official else 'official client not run'}.",  # noqa: E501
         "",
         "",
