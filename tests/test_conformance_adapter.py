@@ -266,7 +266,9 @@ def test_live_read_follows_new_data_and_stops_at_max_chunks(
     tail = append(adapter, path, "initial")["offset"]
     answer = adapter.start({"type": "read", "path": path, "offset": tail, "live": live,
                             "timeoutMs": 10_000, "maxChunks": 1})
-    time.sleep(0.2)  # as the runner does: let the read reach its live request
+    # Like the runner's "wait" step: makes it likely that the read is already in its live
+    # request. Either order gives the same answer (the catch-up from `tail` would carry it).
+    time.sleep(0.2)
     assert server_append(server, path, "new-data") in (200, 204)
     started = time.monotonic()
     result = answer()
