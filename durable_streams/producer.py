@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -194,8 +195,10 @@ class IdempotentProducer:
             ("maxBlockMs", "max_block_ms", max_block_ms),
             ("deliveryTimeoutMs", "delivery_timeout_ms", delivery_timeout_ms),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{py_name} ({name}) must be a number >= 0, got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < 0):
+                raise ValueError(
+                    f"{py_name} ({name}) must be a finite number >= 0, got {value!r}")
         if on_error is not None and not callable(on_error):
             raise TypeError("on_error must be a callable taking one exception")
 
@@ -250,10 +253,10 @@ class IdempotentProducer:
         self._buf: list[bytes] = []
         self._buf_bytes = 0
         self._buf_first_ts = 0.0
-        self._appended = 0  # messages accepted so far; also the index of the next one
         self._buf_start = 0  # index of the first buffered message
         self._seal_upto = 0  # messages with index < this must be sealed without lingering
-        self._pending_bytes = 0  # buffered + unresolved sealed bytes
+        self._sealing_from = -1  # first index of messages being built into a batch, or -1
+        self._room = max_buffer_bytes  # max_buffer_bytes - (buffered + unresolved bytes)
 
         # sequencing
         self._epoch = epoch
@@ -265,6 +268,11 @@ class IdempotentProducer:
         # server sees pipelined batches in order instead of answering 409 and wasting the
         # upload (Producer-Seq must arrive in order, PROTOCOL §5.2.1).
         self._wire_next = 0
+        # How many batches may be on the wire ahead of the oldest unacknowledged one. The
+        # server answers 409 to a batch that overtakes an earlier one (as happens when
+        # several requests race on separate connections), which wastes the upload: halve
+        # the window on such a 409, grow it back by one per window of acknowledgements.
+        self._window = float(min(2, max_in_flight))
         self._batches: dict[int, _Batch] = {}  # unresolved sealed batches by id
         self._in_flight = 0
         self._draining = False
@@ -318,7 +326,7 @@ class IdempotentProducer:
     @property
     def pending_bytes(self) -> int:
         """Bytes accepted and not yet acknowledged or failed (buffered + in flight)."""
-        return self._pending_bytes
+        return self._max_buffer_bytes - self._room
 
     @property
     def in_flight_count(self) -> int:
@@ -349,7 +357,7 @@ class IdempotentProducer:
                 epoch_claims=self._n_claims,
                 buffered_messages=len(self._buf),
                 buffered_bytes=self._buf_bytes,
-                pending_bytes=self._pending_bytes,
+                pending_bytes=self._max_buffer_bytes - self._room,
                 in_flight=len(self._batches),
             )
 
@@ -383,20 +391,21 @@ class IdempotentProducer:
         with self._lock:
             if self._refusal is not None:
                 raise self._copy_error(self._refusal)
-            if self._pending_bytes + n > self._max_buffer_bytes:
-                self._wait_for_space(n)
+            room = self._room - n
+            if room < 0:
+                room = self._wait_for_space(n)
+            self._room = room
             buf = self._buf
             buf.append(raw)
-            self._pending_bytes += n
-            self._buf_bytes += n
-            self._appended += 1
+            size = self._buf_bytes + n
+            self._buf_bytes = size
             if len(buf) == 1:
                 self._buf_first_ts = time.monotonic()
+                if not self._started:
+                    self._start_locked()
                 self._cond.notify_all()
-            elif self._buf_bytes >= self._max_batch_bytes:
-                self._cond.notify_all()
-            if not self._started:
-                self._start_locked()
+            elif size >= self._max_batch_bytes > size - n:
+                self._cond.notify_all()  # the open batch just became full
 
     def _reject_size(self, n: int) -> None:
         if not n:
@@ -406,15 +415,22 @@ class IdempotentProducer:
             "raise max_batch_bytes or split the message"
         )
 
-    def _wait_for_space(self, n: int) -> None:
+    @property
+    def _appended(self) -> int:
+        """Messages accepted so far; also the index the next one will get."""
+        return self._buf_start + len(self._buf)
+
+    def _wait_for_space(self, n: int) -> int:
+        """Block until ``n`` bytes fit (or nothing is pending); return the room left after."""
         deadline = time.monotonic() + self._max_block
-        while self._pending_bytes + n > self._max_buffer_bytes and self._pending_bytes > 0:
+        while self._room < n and self._room < self._max_buffer_bytes:
             if self._refusal is not None:
                 raise self._copy_error(self._refusal)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise errors.BufferFullError(
-                    f"producer buffer for {self.url} is full ({self._pending_bytes} of "
+                    f"producer buffer for {self.url} is full "
+                    f"({self._max_buffer_bytes - self._room} of "
                     f"{self._max_buffer_bytes} bytes unacknowledged) and no room was freed "
                     f"within max_block_ms={self._max_block * 1000:.0f}; the server may be down "
                     "or slower than the appends",
@@ -425,6 +441,7 @@ class IdempotentProducer:
             self._seal_upto = self._appended  # send what we have: frees space soonest
             self._cond.notify_all()
             self._space.wait(remaining)
+        return self._room - n
 
     # -- flush / close -----------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> None:
@@ -460,6 +477,8 @@ class IdempotentProducer:
     def _unresolved_below(self, target: int) -> bool:
         if self._buf and self._buf_start < target:
             return True
+        if 0 <= self._sealing_from < target:
+            return True  # taken from the buffer, not yet registered as a batch
         return any(b.first_index < target for b in self._batches.values())
 
     def _count_unresolved(self, target: int) -> int:
@@ -580,6 +599,7 @@ class IdempotentProducer:
         while True:
             with self._lock:
                 epoch, seq = self._epoch, self._next_seq
+                self._n_requests += 1
             extra = {
                 P.PRODUCER_ID: self.producer_id,
                 P.PRODUCER_EPOCH: str(epoch),
@@ -711,13 +731,15 @@ class IdempotentProducer:
                     return None
                 limit = self._max_batch_bytes
                 max_items = self._max_batch_items or len(buf)
-                total = 0
-                count = 0
-                for m in buf:
-                    if count >= max_items or (count and total + len(m) > limit):
-                        break
-                    total += len(m)
-                    count += 1
+                if self._buf_bytes <= limit and len(buf) <= max_items:
+                    total, count = self._buf_bytes, len(buf)  # the whole buffer fits
+                else:
+                    total = count = 0
+                    for m in buf:
+                        if count >= max_items or (count and total + len(m) > limit):
+                            break
+                        total += len(m)
+                        count += 1
                 if count == len(buf):
                     messages = buf
                     self._buf = []
@@ -725,12 +747,23 @@ class IdempotentProducer:
                     messages = buf[:count]
                     del buf[:count]
                 first = self._buf_start
+                self._sealing_from = first
                 self._buf_start += count
                 self._buf_bytes -= total
                 if self._buf:
                     self._buf_first_ts = min(self._buf_first_ts, time.monotonic())
-            good, bad, body = self._build(messages)
+            try:
+                good, bad, body = self._build(messages)
+            except BaseException as exc:  # pragma: no cover - never lose taken messages
+                with self._lock:
+                    self._sealing_from = -1
+                    self._fail_messages_locked(messages, errors.ProducerError(
+                        f"could not build a batch for {self.url}: {exc!r}", url=self.url),
+                        total)
+                raise
+            good_bytes = total if not bad else sum(len(m) for m in good)
             with self._lock:
+                self._sealing_from = -1
                 if bad:
                     err = errors.BadRequestError(
                         f"{len(bad)} message(s) for the JSON stream {self.url} are not valid "
@@ -742,7 +775,7 @@ class IdempotentProducer:
                                                sum(len(m) for m, _ in bad))
                 if not good:
                     return None
-                batch = _Batch(good, sum(len(m) for m in good), first, body,
+                batch = _Batch(good, good_bytes, first, body,
                                time.monotonic() + self._delivery_timeout)
                 self._batches[batch.id] = batch
                 self._n_batches += 1
@@ -782,6 +815,11 @@ class IdempotentProducer:
                 return messages, [], body
         except ValueError:
             pass
+        good, bad = self._split_json(messages)
+        return good, bad, b"[" + b",".join(good) + b"]"
+
+    @staticmethod
+    def _split_json(messages: list[bytes]) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         good: list[bytes] = []
         bad: list[tuple[bytes, str]] = []
         for m in messages:
@@ -791,7 +829,7 @@ class IdempotentProducer:
                 bad.append((m, f"{m[:60]!r}: {exc}"))
             else:
                 good.append(m)
-        return good, bad, b"[" + b",".join(good) + b"]"
+        return good, bad
 
     def _assign_seq_locked(self, batch: _Batch) -> None:
         batch.epoch = self._epoch
@@ -822,10 +860,12 @@ class IdempotentProducer:
     # -- sending ------------------------------------------------------------------------
     def _post(self, body: bytes | _MarkedBody | None, extra: dict[str, str], *, operation: str
               ) -> requests.Response:
-        headers = merge_headers(resolve(self._stream_headers), resolve(self._headers), extra)
+        user = merge_headers(resolve(self._stream_headers), resolve(self._headers))
+        headers = merge_headers(
+            {k: v for k, v in user.items() if k.lower() not in P.PROTECTED_PRODUCER_HEADERS},
+            extra,
+        )
         query = sorted(resolve(self._params).items())
-        with self._lock:
-            self._n_requests += 1
         return self._client.send("POST", self.url, operation=operation, headers=headers,
                                  params=query, data=body, timeout=self._request_timeout)
 
@@ -862,11 +902,12 @@ class IdempotentProducer:
         while True:
             with self._lock:
                 self._check_batch_locked(batch)
-                if self._wire_next < batch.seq:
+                if not self._turn_ok_locked(batch):
                     self._wait_turn_locked(batch)
                 epoch, seq = batch.epoch, batch.seq
                 gen = batch.gen
                 batch.attempts += 1
+                self._n_requests += 1
                 high = self._highest_sent.get(batch.gen, -1)
                 if seq > high:
                     self._highest_sent[batch.gen] = seq
@@ -913,6 +954,9 @@ class IdempotentProducer:
                 retry_n += 1
                 continue
             err = error_from(response, url=self.url, operation="append")
+            if status == 400 and self._drop_invalid_json(batch, err):
+                retry_n = 0
+                continue  # same seq: a rejected request does not consume it
             with self._lock:
                 if status in (400, 413):
                     self._fail_batch_locked(batch, err, hole=True)
@@ -921,10 +965,45 @@ class IdempotentProducer:
                     self._fail_batch_locked(batch, err)
             return
 
+    def _turn_ok_locked(self, batch: _Batch) -> bool:
+        if batch.gen != self._gen:
+            return True
+        if self._wire_next < batch.seq:
+            return False
+        lowest = min((b.seq for b in self._batches.values()
+                      if b.gen == batch.gen and b.seq >= 0), default=batch.seq)
+        return batch.seq - lowest < int(self._window)
+
+    def _drop_invalid_json(self, batch: _Batch, err: errors.DurableStreamError) -> bool:
+        """After a 400 in JSON mode, report the invalid messages and keep the valid ones.
+
+        True when the batch still has messages to send (with the same seq).
+        """
+        if not self._is_json_mode() or len(batch.messages) < 2:
+            return False
+        good, bad = self._split_json(batch.messages)
+        if not bad or not good:
+            return False
+        with self._lock:
+            self._check_batch_locked(batch)
+            reason = err.reason if isinstance(err, errors.BadRequestError) else str(err)
+            self._fail_messages_locked(
+                [m for m, _ in bad],
+                errors.BadRequestError(
+                    f"{len(bad)} message(s) for {self.url} were rejected as invalid JSON "
+                    f"({reason}; first: {bad[0][1]})", status=400, url=self.url,
+                    code="INVALID_JSON"),
+                sum(len(m) for m, _ in bad),
+            )
+            batch.messages = good
+            batch.nbytes = sum(len(m) for m in good)
+            batch.body = b"[" + b",".join(good) + b"]"
+        return True
+
     def _wait_turn_locked(self, batch: _Batch) -> None:
-        """Wait (bounded) until the previous seq's request body has been written."""
+        """Wait (bounded) until the previous seq is written and the window has room."""
         end = time.monotonic() + 2.0
-        while self._wire_next < batch.seq and batch.gen == self._gen:
+        while not self._turn_ok_locked(batch):
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return
@@ -986,11 +1065,13 @@ class IdempotentProducer:
                 self._confirmed = True
             self._n_acked += len(batch.messages)
             self._bytes_acked += batch.nbytes
-            self._pending_bytes -= batch.nbytes
+            self._room += batch.nbytes
             if duplicate:
                 self._n_duplicates += 1
             if offset > self._last_offset:
                 self._last_offset = offset
+            if not duplicate and self._window < self._max_in_flight:
+                self._window = min(float(self._max_in_flight), self._window + 1 / self._window)
             self._space.notify_all()
 
     def _on_204(self, batch: _Batch, response: requests.Response) -> None:
@@ -1088,6 +1169,9 @@ class IdempotentProducer:
                 return False
             # An earlier batch of ours is still on its way: wait for it, then resend. If it
             # fails instead, the epoch changes and this batch is parked for re-sequencing.
+            # Meanwhile later batches wait for this one's resend to be written first.
+            self._window = max(1.0, self._window / 2)
+            self._wire_next = min(self._wire_next, batch.seq)
             while any(self._seq_pending_locked(gen, s) for s in earlier):
                 self._check_batch_locked(batch)
                 self._done.wait(1.0)
@@ -1131,7 +1215,7 @@ class IdempotentProducer:
                               nbytes: int) -> None:
         failure = self._copy_error(err)
         failure.undelivered = tuple(messages)
-        self._pending_bytes -= nbytes
+        self._room += nbytes
         self._n_failed += len(messages)
         self._n_failures += 1
         self._unreported.append(failure)
