@@ -5,16 +5,20 @@ PROTOCOL.md §5.6 (catch-up), §5.7 (long-poll), §5.8 (SSE), §8 (offsets, ``-1
 
 How a read proceeds
 -------------------
-:func:`stream` sends the first catch-up ``GET`` at once, so a missing stream or a bad offset
-raises from :func:`stream` itself, and :attr:`StreamResponse.content_type` is known before
-any consumption. The body is read when you consume the response.
+:func:`stream` sends the first request at once, so a missing stream or a bad offset raises
+from :func:`stream` itself, and :attr:`StreamResponse.content_type` is known before any
+consumption. The body is read when you consume the response.
 
-Catch-up ``GET`` requests continue from ``Stream-Next-Offset`` until a response says
-``Stream-Up-To-Date``. With ``live=False`` the read ends there. In a live mode it then
-follows the stream with the chosen transport (long-poll requests, or one SSE connection that
-is re-opened whenever the server ends it) until the stream is closed (EOF), the response is
-closed, or the ``stop_after`` deadline passes. ``read_bytes()``/``read_text()``/``read_json()``
-always end at the first up-to-date signal.
+With ``live=False``, ``True``/``"auto"`` and ``"long-poll"``, catch-up ``GET`` requests
+continue from ``Stream-Next-Offset`` until a response says ``Stream-Up-To-Date``. With
+``live=False`` the read ends there; the live modes then follow the stream (long-poll
+requests, or an SSE connection) until the stream is closed (EOF), the response is closed, or
+the ``stop_after`` deadline passes. ``live="sse"`` reads everything, the backlog included,
+over SSE from the first request (an SSE response does not carry the stream's content type,
+so a ``HEAD`` asks for it first unless ``content_type`` was given or the read goes through a
+:class:`~durable_streams.DurableStream` that knows it). An SSE connection the server ends is
+re-opened from the last control event's offset. ``read_bytes()``/``read_text()``/
+``read_json()`` always end at the first up-to-date signal.
 
 Chunks
 ------
@@ -294,7 +298,9 @@ class StreamResponse:
         self._cursor: str | None = None
         self._up_to_date = False
         self._eof = False
-        self._live_phase = False
+        # live="sse" reads everything over SSE, from the first request; the other modes
+        # catch up with plain GETs first.
+        self._live_phase = self._transport == "sse" and not self._auto
         self._content_type = content_type
         self._headers = headers
         self._params = params
@@ -310,6 +316,7 @@ class StreamResponse:
         self._failures = 0
         self._sse_idle_connections = 0
         self._sse_worked = False
+        self._stop_when_current = False  # set by the consumption method
         # Cross-thread state, guarded by _lock.
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
@@ -516,10 +523,22 @@ class StreamResponse:
 
     # -- internals: requests --------------------------------------------------------------
     def _open(self) -> None:
-        """Send the first catch-up request (from :func:`stream`); raise on 4xx or exhaustion."""
+        """Send the first request (from :func:`stream`); raise on 4xx or exhaustion.
+
+        That is a catch-up GET, or, for ``live="sse"``, the SSE connection itself; its
+        response (``text/event-stream``) does not tell the stream's content type, so when
+        none was given a ``HEAD`` asks for it first (JSON mode changes how data parses).
+        """
+        if self._live_phase and not self._content_type:
+            head = self._client.request(
+                "HEAD", self._url, operation="read", headers=self._headers,
+                params=self._params, retry=self._retry, timeout=self._timeout,
+            )
+            self._content_type = head.headers.get(P.CONTENT_TYPE) or P.DEFAULT_CONTENT_TYPE
+        live = "sse" if self._live_phase else None
         while True:
             try:
-                response = self._fetch(None)
+                response = self._fetch(live)
             except errors.TransportError as exc:
                 failure: errors.DurableStreamError = exc
                 retry_after = None
@@ -527,7 +546,7 @@ class StreamResponse:
                 failure, retry_after = exc.error, exc.retry_after
             else:
                 content_type = response.headers.get(P.CONTENT_TYPE)
-                if content_type:
+                if content_type and live is None:
                     self._content_type = content_type
                 self._pending = response
                 return
@@ -771,7 +790,9 @@ class StreamResponse:
 
     def _sse_session(self) -> Iterator[_Chunk]:
         """One SSE connection from the current offset, until EOF or the server ends it."""
-        response = self._fetch("sse")
+        response, self._pending = self._pending, None
+        if response is None:
+            response = self._fetch("sse")
         media = P.media_type(response.headers.get(P.CONTENT_TYPE))
         if media != "text/event-stream":
             response.close()
@@ -804,7 +825,7 @@ class StreamResponse:
                         self._sse_worked = True
                         if chunk is not None:
                             yield chunk
-                        if self._eof:
+                        if self._eof or (self._up_to_date and self._stop_when_current):
                             return
                     # other event types are ignored (§5.8 defines data and control only)
         finally:
@@ -838,12 +859,13 @@ class StreamResponse:
 
     def _chunks(self, until_up_to_date: bool) -> _Chunks:
         """The read loop shared by every consumption method."""
+        self._stop_when_current = (
+            self._transport is None or until_up_to_date or self._stop_at_up_to_date
+        )
         try:
             self._start_deadline()
             while not self._eof:
-                if self._up_to_date and (
-                    self._transport is None or until_up_to_date or self._stop_at_up_to_date
-                ):
+                if self._up_to_date and self._stop_when_current:
                     return
                 failure: errors.DurableStreamError
                 retry_after: float | None = None
@@ -967,9 +989,9 @@ def stream(
             data), or an offset from a previous read (``StreamResponse.offset``).
         live: ``False`` reads what is there and stops when up to date. ``True``/``"auto"``
             catches up, then follows with SSE, switching to long-poll if SSE fails before it
-            worked (for any reason but a 404). ``"long-poll"`` or ``"sse"`` catch up, then
-            follow with that transport. Live reads end at EOF (the stream was closed), at
-            ``stop_after``, or on :meth:`StreamResponse.close`.
+            worked (for any reason but a 404). ``"long-poll"`` catches up, then follows with
+            long-poll requests; ``"sse"`` reads everything over SSE. Live reads end at EOF
+            (the stream was closed), at ``stop_after``, or on :meth:`StreamResponse.close`.
         headers, params: extra request headers / query parameters; values may be callables,
             evaluated for every request (token refresh).
         session: a ``requests.Session`` to use (never closed here).
@@ -977,8 +999,8 @@ def stream(
             of at least :data:`LIVE_READ_TIMEOUT` so that an idle stream is not taken for a
             dead connection.
         retry: the :class:`RetryPolicy` for transient failures (default: 5 retries).
-        content_type: the stream's content type if already known (the response's own
-            ``Content-Type`` wins).
+        content_type: the stream's content type if already known (a catch-up response's
+            own ``Content-Type`` wins); spares ``live="sse"`` its ``HEAD`` request.
         stop_after: stop following after this many seconds (counted from this call); the
             iteration then ends normally with what was delivered.
         stop_at_up_to_date: end the iteration at the first up-to-date signal even in a live

@@ -187,18 +187,18 @@ def test_bad_sse_events_are_parse_errors(json_stream: DurableStream, server: Ref
                                          event: dict[str, str]) -> None:
     """§5.8: control data must be a JSON object; JSON-mode data events JSON arrays."""
     json_stream.append({"a": 1})
-    res = json_stream.stream(live="sse")  # the catch-up request is done: the fault hits SSE
-    server.inject_fault(json_stream.url, method="GET", injectSseEvent=event)
-    with res, pytest.raises(ParseError):
+    server.inject_fault(json_stream.url, injectSseEvent=event)
+    with pytest.raises(ParseError) as info, json_stream.stream(live="sse") as res:
         list(res.iter_json())
+    assert info.value.code == "PARSE_ERROR"
 
 
 def test_unknown_sse_events_are_ignored(json_stream: DurableStream,
                                         server: ReferenceServer) -> None:
     json_stream.append({"a": 1})
-    res = json_stream.stream(live="sse")
-    server.inject_fault(json_stream.url, method="GET",
+    server.inject_fault(json_stream.url,
                         injectSseEvent={"eventType": "mystery", "data": "{whatever"})
+    res = json_stream.stream(live="sse")
     json_stream.append({"b": 2})
     json_stream.close_stream()
     with res:
