@@ -271,10 +271,16 @@ class DurableStream:
         """Read from ``offset``; see :func:`durable_streams.stream`."""
         from .reading import stream as _stream
 
-        return _stream(
-            self.url, offset=offset, live=live, headers=self.headers, params=self.params,
-            content_type=self.content_type, retry=self.retry, _client=self._client, **options,
-        )
+        if "session" in options or "timeout" in options:
+            raise TypeError(
+                "handle.stream() uses the handle's session and timeout; pass session= and "
+                "timeout= to DurableStream(...) or call durable_streams.stream(url, ...)"
+            )
+        options.setdefault("headers", self.headers)
+        options.setdefault("params", self.params)
+        options.setdefault("content_type", self.content_type)
+        options.setdefault("retry", self.retry)
+        return _stream(self.url, offset=offset, live=live, _client=self._client, **options)
 
     def _next_offset(self, response: requests.Response, operation: str) -> str:
         # Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
