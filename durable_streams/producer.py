@@ -264,6 +264,10 @@ class IdempotentProducer:
         self._gen = 0
         self._confirmed = not self.auto_claim  # auto-claim: one batch alone until a success
         self._highest_sent: dict[int, int] = {}  # gen -> highest seq sent
+        self._stored_gen = -1  # the latest generation in which a batch got a 200
+        # (generation, stream tail offset) read just before the generation's first send:
+        # the place to look for our own data when a 204 is otherwise ambiguous.
+        self._probe: tuple[int, str] | None = None
         # Seq N starts writing its request only once seq N-1's body is on the wire, so the
         # server sees pipelined batches in order instead of answering 409 and wasting the
         # upload (Producer-Seq must arrive in order, PROTOCOL §5.2.1).
@@ -292,6 +296,7 @@ class IdempotentProducer:
         self._callbacks_enqueued = 0
         self._callbacks_done = 0
         self._close_result: str | None = None
+        self._close_done = threading.Event()
         self._last_offset = ""
         self._pid = os.getpid()
         self._forked = False
@@ -517,6 +522,11 @@ class IdempotentProducer:
                     f"producer {self.producer_id!r} for {self.url} is closed", url=self.url
                 )
         if already:
+            # Another thread is closing (or closed) it: wait for that to finish.
+            if (threading.current_thread() is not self._callback_thread
+                    and not self._close_done.wait(timeout)):
+                raise TimeoutError(f"close() of the producer for {self.url} is still running "
+                                   f"in another thread after {timeout}s")
             with self._lock:
                 self._raise_unreported()
             return
@@ -525,7 +535,10 @@ class IdempotentProducer:
             self.flush(timeout)
         except (TimeoutError, errors.DeliveryError) as exc:
             flush_error = exc
-        self._shutdown(abandon=isinstance(flush_error, TimeoutError))
+        try:
+            self._shutdown(abandon=isinstance(flush_error, TimeoutError))
+        finally:
+            self._close_done.set()
         if isinstance(flush_error, TimeoutError):
             with self._lock:
                 self._raise_unreported()
@@ -900,6 +913,8 @@ class IdempotentProducer:
         content_type = self._resolved_content_type()
         retry_n = 0
         while True:
+            if batch.seq == 0 and batch.attempts == 0:
+                self._take_probe(batch.gen)
             with self._lock:
                 self._check_batch_locked(batch)
                 if not self._turn_ok_locked(batch):
@@ -1070,6 +1085,8 @@ class IdempotentProducer:
                 self._n_duplicates += 1
             if offset > self._last_offset:
                 self._last_offset = offset
+            if not duplicate and batch.gen > self._stored_gen:
+                self._stored_gen = batch.gen
             if not duplicate and self._window < self._max_in_flight:
                 self._window = min(float(self._max_in_flight), self._window + 1 / self._window)
             self._space.notify_all()
@@ -1079,7 +1096,14 @@ class IdempotentProducer:
         server_seq = P.parse_int_header(response.headers, P.PRODUCER_SEQ)
         with self._lock:
             high = self._highest_sent.get(batch.gen, -1)
-        ours = batch.maybe_stored and (server_seq is None or server_seq <= high)
+            stored_here = self._stored_gen == batch.gen
+        # Ours only if an earlier send of this very tuple may have been stored, the server's
+        # last seq is one we sent, and the server has already stored something of ours in
+        # this epoch. Without that last condition the previous run of the same job (same
+        # id, same epoch) is indistinguishable from our own first attempt; we then prefer a
+        # loud error or a fresh epoch over silently dropping this batch.
+        plausible = batch.maybe_stored and (server_seq is None or server_seq <= high)
+        ours = plausible and (stored_here or self._found_after_probe(batch))
         if ours:
             self._acked(batch, response.headers.get(P.STREAM_NEXT_OFFSET, ""), duplicate=True)
             return
@@ -1092,14 +1116,66 @@ class IdempotentProducer:
             return
         err = errors.StaleEpochError(
             f"producer id {self.producer_id!r} at epoch {batch.epoch} was already used by "
-            f"another writer of {self.url} (the server reports seq {batch.seq} as a "
-            "duplicate on its first send); use auto_claim=True or a higher epoch so this "
-            "run's messages are not mistaken for an earlier run's",
+            f"another writer of {self.url}: the server reports seq {batch.seq} as a "
+            "duplicate although this producer has not stored it"
+            + (" (an earlier attempt got no clear answer, so it may or may not be stored)"
+               if batch.maybe_stored else "")
+            + "; use auto_claim=True or a higher epoch so this run's messages are not "
+            "mistaken for an earlier run's",
             current_epoch=batch.epoch, status=204, url=self.url, headers=response.headers,
         )
         with self._lock:
             self._fatal_locked(err)
             self._fail_batch_locked(batch, err)
+
+    def _take_probe(self, gen: int) -> None:
+        """Note the stream's tail before the first send of a generation (one HEAD)."""
+        handle = DurableStream(self.url, headers=self._stream_headers, params=self._params,
+                               session=self._client.session, retry=self._retry_policy)
+        try:
+            offset = handle.head().offset
+        except errors.DurableStreamError as exc:
+            log.debug("producer %s: no tail probe: %s", self.producer_id, exc)
+            return
+        finally:
+            handle.close()
+        with self._lock:
+            if gen == self._gen:
+                self._probe = (gen, offset)
+
+    def _found_after_probe(self, batch: _Batch) -> bool:
+        """Is this batch's data in the stream after the tail noted before our first send?
+
+        Settles the one ambiguous case: a 204 "duplicate" for a batch whose earlier send
+        got no clear answer, before anything of ours was acknowledged in this epoch. It is
+        either our own first attempt (stored, response lost) or someone else's batch with
+        the same (id, epoch, seq), such as the previous run of the same job.
+        """
+        probe = self._probe
+        if probe is None or probe[0] != batch.gen:
+            return False
+        from .reading import stream as read_stream
+
+        try:
+            with read_stream(self.url, offset=probe[1], headers=self._stream_headers,
+                             params=self._params, content_type=self._content_type,
+                             retry=self._retry_policy, _client=self._client) as res:
+                data = res.read_bytes()
+        except errors.DurableStreamError as exc:
+            log.warning("producer %s: could not check whether seq %d was stored: %s",
+                        self.producer_id, batch.seq, exc)
+            return False
+        if not self._is_json_mode():
+            return batch.body in data
+        try:
+            stored = P.load_json(data) if data else []
+            ours = [P.load_json(m) for m in batch.messages]
+        except ValueError:
+            return False
+        if not isinstance(stored, list):
+            return False
+        n = len(ours)
+        return any(stored[i:i + n] == ours for i in range(len(stored) - n + 1))
 
     def _on_403(self, batch: _Batch, response: requests.Response) -> None:
         current = P.parse_int_header(response.headers, P.PRODUCER_EPOCH)
@@ -1348,6 +1424,7 @@ class IdempotentProducer:
         self._space = threading.Condition(self._lock)
         self._done = threading.Condition(self._lock)
         self._seal_lock = threading.Lock()
+        self._close_done = threading.Event()
         self._threads = []
         self._callback_thread = None
         self._refusal = errors.ProducerForkedError(
