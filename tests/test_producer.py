@@ -920,6 +920,32 @@ def test_on_error_may_call_flush_and_append_without_deadlock(
     assert read_json(json_stream.url) == ["from-callback"]
 
 
+def test_flush_inside_on_error_does_not_hide_the_failure_from_the_caller(
+        server: ReferenceServer, json_stream: DurableStream,
+        producers: list[IdempotentProducer]) -> None:
+    """The caller's flush() covers the failed message, so it must raise, even when the
+    on_error callback (which already holds the error) calls flush() itself first."""
+    inner: list[str] = []
+    holder: dict[str, IdempotentProducer] = {}
+
+    def on_error(err: DurableStreamError) -> None:
+        try:
+            holder["p"].flush(timeout=10)
+            inner.append("ok")
+        except DeliveryError:
+            inner.append("raised")
+
+    p = IdempotentProducer(json_stream, "cb", retry=FAST, on_error=on_error)
+    producers.append(p)
+    holder["p"] = p
+    server.inject_fault(json_stream.url, status=400, method="POST")
+    p.append('"lost"')
+    with pytest.raises(DeliveryError) as info:
+        p.flush(timeout=20)
+    assert info.value.undelivered == (b'"lost"',)
+    assert inner  # the callback ran (and did not deadlock)
+
+
 def test_on_error_exception_does_not_break_the_producer(
         server: ReferenceServer, json_stream: DurableStream,
         make: Callable[..., IdempotentProducer]) -> None:
