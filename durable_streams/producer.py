@@ -27,6 +27,7 @@ from . import _protocol as P
 from . import errors
 from ._http import (
     DEFAULT_RETRY,
+    NO_RETRY,
     HeadersLike,
     HttpClient,
     RetryPolicy,
@@ -155,7 +156,7 @@ class IdempotentProducer:
         stream: DurableStream | str,
         producer_id: str,
         *,
-        epoch: int = 0,
+        epoch: int | None = None,
         auto_claim: bool = False,
         linger_ms: float = 5,
         max_batch_bytes: int = _MiB,
@@ -179,6 +180,11 @@ class IdempotentProducer:
                 f"producer_id must be a non-empty string identifying this writer, got "
                 f"{producer_id!r}"
             )
+        if epoch is None:
+            # With auto_claim and no epoch of the caller's, start from the clock: a new run
+            # then never reuses the (id, epoch, seq) of an earlier run of the same job, so a
+            # "duplicate" answer can only be about our own data. Epochs only need to grow.
+            epoch = int(time.time() * 1000) if auto_claim else 0
         _validate_int("epoch", "epoch", epoch, minimum=0, maximum=P.MAX_SAFE_INTEGER)
         _validate_int("maxBatchBytes", "max_batch_bytes", max_batch_bytes, minimum=1)
         if max_batch_items is not None:
@@ -472,11 +478,14 @@ class IdempotentProducer:
                 if not self._started and self._buf:
                     self._start_locked()
                 self._done.wait(remaining)
-            if threading.current_thread() is not self._callback_thread:
-                cb_target = self._callbacks_enqueued
-                while self._callbacks_done < cb_target:
-                    self._ensure_callback_thread_locked()
-                    self._done.wait(0.5)
+            if threading.current_thread() is self._callback_thread:
+                # on_error already has the failure; the application's own flush() or
+                # close() must still see it, so leave it to them.
+                return
+            cb_target = self._callbacks_enqueued
+            while self._callbacks_done < cb_target:
+                self._ensure_callback_thread_locked()
+                self._done.wait(0.5)
             self._raise_unreported()
 
     def _unresolved_below(self, target: int) -> bool:
@@ -913,8 +922,19 @@ class IdempotentProducer:
         content_type = self._resolved_content_type()
         retry_n = 0
         while True:
-            if batch.seq == 0 and batch.attempts == 0:
-                self._take_probe(batch.gen)
+            if batch.seq == 0 and (self._probe is None or self._probe[0] != batch.gen):
+                try:
+                    self._take_probe(batch.gen)
+                except errors.DurableStreamError as exc:
+                    if not isinstance(exc, (errors.TransportError, errors.ServerError,
+                                            errors.RateLimitedError)):
+                        with self._lock:
+                            self._fatal_locked(exc)
+                            self._fail_batch_locked(batch, exc)
+                        return
+                    self._transient(batch, exc, retry_n, getattr(exc, "retry_after", None))
+                    retry_n += 1
+                    continue
             with self._lock:
                 self._check_batch_locked(batch)
                 if not self._turn_ok_locked(batch):
@@ -1129,14 +1149,15 @@ class IdempotentProducer:
             self._fail_batch_locked(batch, err)
 
     def _take_probe(self, gen: int) -> None:
-        """Note the stream's tail before the first send of a generation (one HEAD)."""
+        """Note the stream's tail before the first send of a generation (one HEAD).
+
+        Seq 0 is not sent before this succeeds: without it a lost first response could not
+        be told apart from another writer's batch.
+        """
         handle = DurableStream(self.url, headers=self._stream_headers, params=self._params,
-                               session=self._client.session, retry=self._retry_policy)
+                               session=self._client.session, retry=NO_RETRY)
         try:
             offset = handle.head().offset
-        except errors.DurableStreamError as exc:
-            log.debug("producer %s: no tail probe: %s", self.producer_id, exc)
-            return
         finally:
             handle.close()
         with self._lock:

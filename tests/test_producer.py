@@ -765,8 +765,9 @@ def test_auto_claim_when_server_holds_higher_epoch(
         json_stream: DurableStream, make: Callable[..., IdempotentProducer]) -> None:
     _seed_epoch(json_stream.url, "job", 5, b'["seed"]')
     errs = Errors()
-    p = make(json_stream, "job", auto_claim=True, max_in_flight=5, max_batch_items=2,
-             linger_ms=0, on_error=errs)
+    # epoch=0 given explicitly: the producer must claim past the server's epoch 5.
+    p = make(json_stream, "job", epoch=0, auto_claim=True, max_in_flight=5,
+             max_batch_items=2, linger_ms=0, on_error=errs)
     for i in range(40):
         p.append(str(i))
     p.flush(timeout=30)
@@ -1121,3 +1122,18 @@ def test_url_only_producer_on_missing_stream_reports_not_silently_drops(
     assert info.value.undelivered == (b"abc",)
     assert errs.event.wait(5)
     assert errs.undelivered == [b"abc"]
+
+
+def test_auto_claim_without_epoch_starts_past_any_earlier_run(
+        json_stream: DurableStream, make: Callable[..., IdempotentProducer]) -> None:
+    """With auto_claim and no epoch, the first epoch comes from the clock, so it is above
+    what an earlier run of the same job used (PROTOCOL §5.2.1: epochs must only grow) and
+    no claim round trip is needed."""
+    _seed_epoch(json_stream.url, "job", 5, b'["seed"]')
+    before = int(time.time() * 1000)
+    p = make(json_stream, "job", auto_claim=True)
+    p.append('"mine"')
+    p.flush(timeout=30)
+    assert p.epoch >= before
+    assert p.stats().epoch_claims == 0
+    assert read_json(json_stream.url) == ["seed", "mine"]
