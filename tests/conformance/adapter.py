@@ -489,62 +489,11 @@ class Adapter:
         content_type = self.content_types.get(path, DEFAULT_CONTENT_TYPE)
         with self.handle_for(path, content_type=content_type, headers=opts.headers,
                              params=opts.params) as handle:
-            if seq is not None:
-                # Stream-Seq makes a repeat detectable, so the library retries it itself.
-                offset = handle.append(body, seq=str(seq))
-            else:
-                offset = self._append_at_most_once(path, handle, body, cmd.get("headers"))
+            # The library retries 5xx/429 itself (the server stored nothing); a dropped
+            # connection after the request was sent is reported, not repeated, unless
+            # Stream-Seq makes a repeat detectable.
+            offset = handle.append(body, seq=None if seq is None else str(seq))
         return opts.report({"type": "append", "success": True, "status": 200, "offset": offset})
-
-    def _append_at_most_once(self, path: str, handle: ds.DurableStream, body: str | bytes,
-                             headers: Any) -> str:
-        """``append`` that also survives a connection lost before the server stored anything.
-
-        The library does not repeat a plain POST once it may have reached the server (a
-        repeat could store the data twice). When the connection drops, this looks at the
-        stream: if its tail did not move, nothing was stored and the append is sent again;
-        if exactly our data was added at the old tail, the append did land and that is the
-        answer; anything else is reported as the network error it was.
-        """
-        probe = self.handle_for(path, headers=headers)
-        try:
-            try:
-                before: str | None = probe.head().offset or None
-            except ds.DurableStreamError:
-                before = None  # the append itself will say what is wrong
-            attempt = 0
-            while True:
-                try:
-                    return handle.append(body)
-                except ds.TransportError as exc:
-                    if before is None or attempt >= 2:
-                        raise
-                    try:
-                        after = probe.head().offset
-                    except ds.DurableStreamError:
-                        raise exc from None
-                    if after == before:
-                        attempt += 1
-                        log.info("append to %s: %s; nothing was stored, sending again",
-                                 path, exc)
-                        continue
-                    if self._appended_exactly(path, before, after, body):
-                        log.info("append to %s: %s; the data did land", path, exc)
-                        return after
-                    raise
-        finally:
-            probe.close()
-
-    def _appended_exactly(self, path: str, before: str, after: str, body: str | bytes) -> bool:
-        raw = body.encode("utf-8") if isinstance(body, str) else body
-        with ds.stream(self.url(path), offset=before, session=self.session,
-                       timeout=HTTP_TIMEOUT) as resp:
-            if is_json_type(resp.content_type):
-                stored: Any = resp.read_json()
-                expected: Any = [json.loads(raw)]
-            else:
-                stored, expected = resp.read_bytes(), raw
-            return resp.offset == after and stored == expected
 
     # -- reads ----------------------------------------------------------------------------
     def cmd_read(self, cmd: dict[str, Any]) -> dict[str, Any]:
