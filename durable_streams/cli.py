@@ -293,6 +293,7 @@ class _AppendState:
     read: int = 0  # messages taken from the input and handed to the producer
     invalid: int = 0  # input lines (or the whole input) rejected before sending
     failed_early: threading.Event = field(default_factory=threading.Event)
+    stopped_early: bool = False  # stopped reading the input after a delivery failure
     first_failure: errors.DurableStreamError | None = None
 
 
@@ -470,7 +471,10 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
         try:
             for message in source:
                 if state.failed_early.is_set():
-                    break  # the server refused or is gone: stop reading the input
+                    # The server refused or is gone: stop reading the input (a writer
+                    # upstream gets EPIPE, as with `| head`) rather than drop it silently.
+                    state.stopped_early = True
+                    break
                 try:
                     producer.append(message)
                 except ValueError as exc:  # too large for one request
@@ -509,8 +513,9 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
         first = cause
         if isinstance(first, errors.DeliveryError) and first.errors:
             first = first.errors[0]
+        stopped = "; stopped reading the input" if state.stopped_early else ""
         _err(f"{_fmt_count(undelivered)} of {_fmt_count(stats.messages_appended)} messages "
-             f"were not delivered to {url}: {first}")
+             f"were not delivered to {url}{stopped}: {first}")
         return exit_code_for(cause) if cause is not None else EXIT_FAILED
     if state.invalid:
         _err(f"{_fmt_count(state.invalid)} input line(s) were invalid and skipped; "
@@ -594,6 +599,46 @@ class _PipeWatcher:
         self.on_closed()
 
 
+class _DeferredSigint:
+    """A SIGINT handler that can hold Ctrl-C back during a short critical section.
+
+    Outside :meth:`deferred` it raises ``KeyboardInterrupt`` as usual. Inside, the first
+    Ctrl-C is remembered and raised when the section ends; a second one is raised at once
+    (a write blocked on a stalled reader must stay interruptible).
+    """
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending = False
+
+    @classmethod
+    def install(cls) -> _DeferredSigint:
+        guard = cls()
+        try:
+            # Only replace Python's default handler (not SIG_IGN: a background job).
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, guard._handle)
+        except ValueError:  # not the main thread
+            pass
+        return guard
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.deferring and not self.pending:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending:
+            raise KeyboardInterrupt
+
+
 def cmd_read(args: argparse.Namespace) -> int:
     from .reading import LiveMode, stream
 
@@ -609,23 +654,27 @@ def cmd_read(args: argparse.Namespace) -> int:
                       timeout=args.timeout, stop_after=args.stop_after)
     out = sys.stdout.buffer
     watcher = _PipeWatcher.start(sys.stdout, response.close) if live else None
+    sigint = _DeferredSigint.install()
     # The offset after the last chunk fully written to stdout: resuming from it repeats
-    # nothing that was written and skips nothing that was not.
+    # nothing that was written and skips nothing that was not. Ctrl-C is held back while
+    # a chunk is written and its offset recorded, so the two always agree.
     resume = args.offset
     code = EXIT_OK
     try:
         if P.is_json(response.content_type):
             dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
             for batch in response.iter_json_batches():
-                if batch.items:
-                    text = "".join(dumps(item) + "\n" for item in batch.items)
-                    _write_out(out, text.encode("utf-8"))
-                resume = batch.offset
+                with sigint.deferred():
+                    if batch.items:
+                        text = "".join(dumps(item) + "\n" for item in batch.items)
+                        _write_out(out, text.encode("utf-8"))
+                    resume = batch.offset
         else:
             for event in response.iter_events():
-                if event.data:
-                    _write_out(out, event.data)
-                resume = event.offset
+                with sigint.deferred():
+                    if event.data:
+                        _write_out(out, event.data)
+                    resume = event.offset
     except _ClosedPipe:
         _silence_stdout()
         code = EXIT_OK
@@ -923,6 +972,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _err(exc)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `durable-streams head URL | true`
+        _silence_stdout()
+        return EXIT_OK
     except errors.DurableStreamError as exc:
         _err(exc)
         return exit_code_for(exc)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import pty
 import re
 import select
 import shutil
@@ -44,6 +43,7 @@ from durable_streams.testing import ReferenceServer
 
 JSON = "application/json"
 CLI = [sys.executable, "-m", "durable_streams"]
+POSIX = pytest.mark.skipif(os.name != "posix", reason="POSIX signals, pipes and ptys")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -368,7 +368,10 @@ def test_same_producer_id_every_night_and_close_only_when_asked(
     assert read_items(url)[-1] == {"row": "final"}
 
 
+@POSIX
 def test_progress_on_a_terminal(json_stream: DurableStream) -> None:
+    import pty
+
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen([*CLI, "append", json_stream.url, "--lines"],
@@ -441,6 +444,7 @@ def test_server_goes_away_mid_upload(tmp_path: Path) -> None:
     assert len(stored) >= 1000 and len(stored) >= total - undelivered
 
 
+@POSIX
 def test_interrupt_during_append_exits_130(json_stream: DurableStream) -> None:
     proc = subprocess.Popen([*CLI, "append", json_stream.url, "--lines"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -463,6 +467,7 @@ def test_interrupt_during_append_exits_130(json_stream: DurableStream) -> None:
     assert b"interrupted" in err
 
 
+@POSIX
 @pytest.mark.parametrize("mode", ["--follow", "--long-poll"])
 def test_ctrl_c_during_read_follow(json_stream: DurableStream, mode: str) -> None:
     json_stream.append({"first": 1})
@@ -504,6 +509,7 @@ def test_read_follow_ends_at_eof(json_stream: DurableStream) -> None:
     assert err.decode() == f"offset: {final}\n"
 
 
+@POSIX
 def test_read_into_head_closes_pipe_cleanly(json_stream: DurableStream) -> None:
     with IdempotentProducer(json_stream, "head-writer") as producer:
         for i in range(50_000):
@@ -535,6 +541,7 @@ def test_read_into_head_closes_pipe_cleanly(json_stream: DurableStream) -> None:
     assert err.startswith(b"offset: ")
 
 
+@POSIX
 def test_read_follow_notices_a_closed_pipe_while_idle(json_stream: DurableStream) -> None:
     json_stream.append({"only": 1})
     proc = subprocess.Popen([*CLI, "read", json_stream.url, "--follow"],
