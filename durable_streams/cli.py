@@ -52,8 +52,8 @@ EXIT_CONFLICT = 4
 EXIT_INTERRUPTED = 130
 
 EPILOG = f"""\
-URL: a full http(s) URL, or a stream name joined to ${URL_ENV}
-(e.g. {URL_ENV}=https://host/v1/stream and 'logs/app' -> https://host/v1/stream/logs/app).
+URL: a full http(s) URL, or a stream name joined to ${URL_ENV}, e.g.
+  {URL_ENV}=https://host/v1/stream and logs/app -> https://host/v1/stream/logs/app
 
 exit codes:
   0    success (append: every message was acknowledged by the server)
@@ -907,8 +907,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", "-l", action="store_true",
                    help="read stdin line by line, one message per line")
     p.add_argument("--producer-id", metavar="ID",
-                   help="a stable writer id, e.g. 'nightly-backup': each run claims a new "
-                        "epoch under it (default: a unique id per run)")
+                   help="a writer id reused run after run, e.g. 'nightly-backup' (one run "
+                        "at a time per id): each run claims a new epoch under it, so a run "
+                        "is never taken for a retry of the previous one (default: a unique "
+                        "id per run)")
     p.add_argument("--close", action="store_true",
                    help="close the stream (EOF) once everything was delivered")
     p.add_argument("--delivery-timeout", type=_positive_float, default=120.0,
