@@ -274,10 +274,11 @@ class IdempotentProducer:
         # (generation, stream tail offset) read just before the generation's first send:
         # the place to look for our own data when a 204 is otherwise ambiguous.
         self._probe: tuple[int, str] | None = None
-        # Seq N starts writing its request only once seq N-1's body is on the wire, so the
-        # server sees pipelined batches in order instead of answering 409 and wasting the
-        # upload (Producer-Seq must arrive in order, PROTOCOL §5.2.1).
-        self._wire_next = 0
+        # Seq N starts writing its request only once every lower unresolved seq has its
+        # latest attempt on the wire, so the server sees pipelined batches in order instead
+        # of answering 409 and wasting the upload (seqs must arrive in order, §5.2.1).
+        # These are the current generation's seqs whose next attempt is not written yet.
+        self._unwritten: set[int] = set()
         # How many batches may be on the wire ahead of the oldest unacknowledged one. The
         # server answers 409 to a batch that overtakes an earlier one (as happens when
         # several requests race on separate connections), which wastes the upload: halve
@@ -859,6 +860,7 @@ class IdempotentProducer:
         batch.seq = self._next_seq
         batch.maybe_stored = False
         self._next_seq += 1
+        self._unwritten.add(batch.seq)
 
     def _is_json_mode(self) -> bool:
         if self._json_mode is None:
@@ -1003,7 +1005,8 @@ class IdempotentProducer:
     def _turn_ok_locked(self, batch: _Batch) -> bool:
         if batch.gen != self._gen:
             return True
-        if self._wire_next < batch.seq:
+        seq = batch.seq
+        if any(s < seq for s in self._unwritten):
             return False
         lowest = min((b.seq for b in self._batches.values()
                       if b.gen == batch.gen and b.seq >= 0), default=batch.seq)
@@ -1050,8 +1053,8 @@ class IdempotentProducer:
 
     def _mark_written(self, gen: int, seq: int) -> None:
         with self._lock:
-            if gen == self._gen and self._wire_next <= seq:
-                self._wire_next = seq + 1
+            if gen == self._gen and seq in self._unwritten:
+                self._unwritten.discard(seq)
                 self._done.notify_all()
 
     def _check_batch_locked(self, batch: _Batch) -> None:
@@ -1079,6 +1082,9 @@ class IdempotentProducer:
             raise _Park
         wait = self._retry_policy.delay(min(retry_n, 30), retry_after)
         wait = min(wait, max(batch.deadline - now, 0.0))
+        with self._lock:
+            if batch.gen == self._gen:
+                self._unwritten.add(batch.seq)  # later seqs wait for this retry
         log.debug("producer %s: seq %d %s; retrying in %.3fs", self.producer_id, batch.seq,
                   err, wait)
         with self._lock:
@@ -1098,6 +1104,7 @@ class IdempotentProducer:
             self._batches.pop(batch.id, None)
             if batch.gen == self._gen:
                 self._confirmed = True
+                self._unwritten.discard(batch.seq)
             self._n_acked += len(batch.messages)
             self._bytes_acked += batch.nbytes
             self._room += batch.nbytes
@@ -1268,7 +1275,7 @@ class IdempotentProducer:
             # fails instead, the epoch changes and this batch is parked for re-sequencing.
             # Meanwhile later batches wait for this one's resend to be written first.
             self._window = max(1.0, self._window / 2)
-            self._wire_next = min(self._wire_next, batch.seq)
+            self._unwritten.add(batch.seq)
             while any(self._seq_pending_locked(gen, s) for s in earlier):
                 self._check_batch_locked(batch)
                 self._done.wait(1.0)
@@ -1326,6 +1333,8 @@ class IdempotentProducer:
             return
         batch.state = "done"
         self._batches.pop(batch.id, None)
+        if batch.gen == self._gen:
+            self._unwritten.discard(batch.seq)
         self._fail_messages_locked(batch.messages, err, batch.nbytes)
         if hole and self._fatal is None and batch.gen == self._gen:
             # Later batches of this epoch can never be accepted after the hole: move them
@@ -1349,7 +1358,7 @@ class IdempotentProducer:
             return
         self._epoch = max(self._epoch + 1, server_epoch + 1)
         self._gen += 1
-        self._wire_next = 0
+        self._unwritten = set()
         while self._resend:
             queued = self._resend.popleft()
             queued.state = "parked"
