@@ -392,6 +392,11 @@ class IdempotentProducer:
             raw = data  # type: ignore[assignment,unused-ignore]
         elif isinstance(data, (bytes, bytearray, memoryview)):
             raw = bytes(data)
+        elif isinstance(data, str):  # a str subclass (StrEnum member, numpy.str_...)
+            try:
+                raw = str.encode(data)
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
         else:
             raise TypeError(
                 f"IdempotentProducer.append() takes str or bytes, not {t.__name__}; "
