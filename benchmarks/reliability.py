@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from faults import hostile, scenarios  # noqa: E402
+from faults.chaos_proxy import FaultRates  # noqa: E402
 from faults.harness import Tally  # noqa: E402
 
 from durable_streams.testing import ReferenceServer  # noqa: E402
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             ("buffer", "3 server down > buffer",
              lambda: scenarios.run_buffer_full(Path(tmp) / "buffer")),
             ("kill", "4 producer kill -9", lambda: scenarios.run_producer_kill(base)),
+            ("kill", "4b two live writers, one id, auto_claim, 5% answers lost",
+             lambda: scenarios.run_two_writers(base, FaultRates(drop_after=0.05), seed=2)),
+            ("kill", "4c in-doubt batch when an earlier one times out",
+             lambda: scenarios.run_in_doubt_hole(base)),
             ("exit", "5a exit without flush",
              lambda: scenarios.run_child_exit(base, "exit_no_flush")),
             ("exit", "5b exit from a thread",

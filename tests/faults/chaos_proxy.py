@@ -39,7 +39,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
@@ -196,7 +196,8 @@ class ChaosProxy:
         self.record = record
         self.exchanges: list[Exchange] = []
         self._rng = random.Random(seed)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # notified on every exchange step
         self._counts = dict.fromkeys((*FAULTS, "relayed", "connections", "upstream_errors"), 0)
         self._sockets: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
@@ -216,6 +217,15 @@ class ChaosProxy:
     def stats(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def wait_for(self, predicate: Callable[[ChaosProxy], bool], timeout: float) -> bool:
+        """Block until ``predicate(self)`` is true (re-checked at every exchange step)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def faults_injected(self) -> int:
         with self._lock:
@@ -309,6 +319,7 @@ class ChaosProxy:
                 if self.record:
                     with self._lock:
                         self.exchanges.append(exchange)
+                self._notify()
                 if fault == "drop_before":
                     return
                 if upstream is None:
@@ -343,6 +354,7 @@ class ChaosProxy:
                     if not streaming:
                         for _ in pieces:  # let the server finish; the client hears nothing
                             pass
+                    self._notify()
                     return
                 if fault == "delay":
                     time.sleep(delay)
@@ -367,6 +379,7 @@ class ChaosProxy:
                     client.sendall(piece)
                 with self._lock:
                     self._counts["relayed"] += 1
+                    self._changed.notify_all()
                 keep = (response.header("Connection") or "").lower() != "close" and (
                     bodyless or response.header("Content-Length") is not None
                     or "chunked" in (response.header("Transfer-Encoding") or "").lower())

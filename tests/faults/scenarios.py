@@ -26,6 +26,7 @@ import requests
 import durable_streams
 from durable_streams import (
     BufferFullError,
+    DeliveryError,
     DurableStream,
     IdempotentProducer,
     RetryPolicy,
@@ -498,6 +499,100 @@ def run_producer_kill(base_url: str, *, kill_after_acked: int = 1999, kill_lead:
         result.problems.append(f"dead epoch not fenced ({zombie.status_code}) or restart "
                                f"failed ({resumed.returncode})")
     return result
+
+
+def run_two_writers(base_url: str, rates: FaultRates, *, seed: int = 1,
+                    per_writer: int = 2000) -> Tally:
+    """Two live producers sharing one id, both ``auto_claim=True`` (a zombie that is not
+    dead), through a chaos proxy: they keep taking the epoch from each other."""
+    url = new_json_stream(base_url, "twowriters")
+    sent: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    start = time.monotonic()
+    with ChaosProxy(base_url, rates, seed=seed) as proxy:
+        producers = [IdempotentProducer(
+            proxy.url + url[len(base_url):], "shared-id", auto_claim=True, content_type=JSON,
+            max_batch_items=10, linger_ms=1, request_timeout=CHAOS_TIMEOUT, retry=FAST_RETRY,
+            delivery_timeout_ms=60_000) for _ in range(2)]
+
+        def run(k: int) -> None:
+            try:
+                for i in range(per_writer):
+                    message = f"w{k}:{i}"
+                    producers[k].append(json.dumps(message))
+                    with lock:
+                        sent.append(message)
+                producers[k].close(timeout=60)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        faults = proxy.stats()
+    items, _ = read_json_stream(url)
+    result = tally("4b two live writers, one id", sent, items,
+                   acked=sum(p.stats().messages_acked for p in producers),
+                   wall=time.monotonic() - start)
+    result.order_ok = thread_order_ok(first_occurrences(
+        [m for m in items if isinstance(m, str)]))
+    result.notes = {"claims": "+".join(str(p.stats().epoch_claims) for p in producers),
+                    "drop_after": faults["drop_after"]}
+    result.details = {"errors": errors, "items": items}
+    if errors:
+        result.problems.append(f"writer raised {errors[0]!r}")
+    return result
+
+
+def run_in_doubt_hole(base_url: str) -> Tally:
+    """Batch A times out (every answer lost) while batch B, already stored under (E, 1),
+    waits; the producer moves B to epoch E+1. Is B stored twice?"""
+    url = new_json_stream(base_url, "indoubt")
+    a_failed = threading.Event()
+    start = time.monotonic()
+    reported: list[str] = []
+    with ChaosProxy(base_url, FaultRates(drop_after=1.0), record=True) as proxy:
+        producer = IdempotentProducer(
+            proxy.url + url[len(base_url):], "indoubt", content_type=JSON, linger_ms=0,
+            delivery_timeout_ms=1500, retry=RetryPolicy(initial_delay_ms=50, max_delay_ms=100),
+            on_error=lambda err: a_failed.set())
+        try:
+            producer.append(json.dumps("A"))
+            proxy.wait_for(lambda px: px.stats()["drop_after"] >= 4, 10)
+            producer.append(json.dumps("B"))
+            b_stored = proxy.wait_for(lambda px: any(
+                {k.lower(): v for k, v in ex.headers.items()}.get("producer-seq") == "1"
+                and ex.status == 200 for ex in px.exchanges), 10)
+            a_failed.wait(10)
+            proxy.set_rates(FaultRates())
+            try:
+                producer.flush(timeout=20)
+            except DeliveryError as exc:
+                reported = [json.loads(m) for m in exc.undelivered]
+        finally:
+            with contextlib.suppress(durable_streams.DurableStreamError):
+                producer.close(timeout=10)
+    items, _ = read_json_stream(url)
+    result = tally("4c in-doubt batch after a hole", ["A", "B"], items,
+                   acked=producer.stats().messages_acked, reported=reported,
+                   wall=time.monotonic() - start)
+    result.notes = {"stream": "".join(m for m in items if isinstance(m, str)),
+                    "reported": "".join(reported), "b_stored_first_try": b_stored}
+    result.details = {"items": items, "reported": reported, "b_stored": b_stored}
+    return result
+
+
+def thread_order_ok(items: list[str]) -> bool:
+    last: dict[str, int] = {}
+    for item in items:
+        group, index = thread_key(item)
+        if index <= last.get(group, -1):
+            return False
+        last[group] = index
+    return True
 
 
 # -- 5. process life -----------------------------------------------------------------------

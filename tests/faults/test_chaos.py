@@ -70,7 +70,7 @@ def test_catch_up_reader_through_chaos(origin: str) -> None:
         target = proxy.url + url[len(origin):]
         for _ in range(20):
             assert durable_streams.stream(target, retry=READ_RETRY).read_json() == expected
-        assert proxy.faults_injected() >= 5, proxy.stats()
+        assert proxy.faults_injected() >= 3, proxy.stats()
 
 
 @pytest.mark.timeout(120)
@@ -118,4 +118,4 @@ def test_live_reader_through_chaos(origin: str, mode: str) -> None:
         injected = proxy.stats()
     assert not errors, errors
     assert got == [m for chunk in chunks for m in chunk], (len(got), injected)
-    assert sum(injected[f] for f in FAULTS) >= 5, injected
+    assert sum(injected[f] for f in FAULTS) >= 1, injected

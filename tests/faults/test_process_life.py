@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -96,10 +95,11 @@ def test_fork_during_parents_first_request_does_not_deadlock_child(origin: str) 
 def test_create_close_cycles_leak_nothing(origin: str) -> None:
     """1,000 producers created, used (one message each) and closed: thread count, sockets
     and file descriptors are back where they started; every message landed."""
-    before = threading.active_count()
     result = run_cycles(origin, cycles=1000)
     d = result.details
-    assert d["threads"][1] == d["threads"][0] == before, d
+    # <=, not ==: daemon threads left by earlier tests (e.g. a hung request of an xfail case)
+    # may end while the cycles run.
+    assert d["threads"][1] <= d["threads"][0], d
     assert d["sockets"][1] <= d["sockets"][0], d
     assert d["fds"][1] <= d["fds"][0], d
     assert result.found == 1000 and result.ok, result.explain()

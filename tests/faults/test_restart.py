@@ -16,8 +16,9 @@ tells them apart from client bugs instead of hiding them:
   the messages its recovery log reconciled ("Offset mismatch ... Reconciling to file").
 * Its file-backed read returns frames still being appended (not yet in LMDB), and a read at
   an offset past its committed tail answers with the tail offset, lower than the one asked
-  for. A long-poll reader is thus moved backwards and re-reads a batch; this happens under
-  load, restarts or not. Reader repeats are attributed to the server only when a response
+  for. The long-poll reader follows it backwards and re-reads a batch (reading.py could
+  refuse to go back: test_live_reader_never_moves_backwards); this happens under load,
+  restarts or not. Reader repeats are attributed to the server only when a response
   moved the reader backwards and nothing is missing.
 
 When only those server defects are seen, the test ends as xfail with the evidence.
@@ -25,6 +26,7 @@ When only those server defects are seen, the test ends as xfail with the evidenc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,55 @@ def test_kill_restart_twice_exactly_once_and_readers_resume(tmp_path: Path) -> N
             f"after {len(back)} responses with an offset lower than requested, e.g. {back[0]}")
     if server_defects:
         pytest.xfail("reference server on-disk store: " + "; ".join(server_defects))
+
+
+def _offset(n: int) -> str:
+    return f"{0:016d}_{n:016d}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason=(
+    "HARDENING (reading.py StreamResponse._take_http, `self._offset = next_offset`; same "
+    "in _take_control for SSE): the reader adopts any Stream-Next-Offset, even one lower than "
+    "the offset it asked for, and then re-delivers what it already gave out. Offsets are "
+    "ordered (§8, fixed-width on the reference server): when an answer without data moves "
+    "the offset back (concrete case: the reference server's on-disk read past its committed "
+    "tail), keep the current offset, deliver nothing, and ask again after a short backoff "
+    "(a data-carrying answer that goes back is a protocol error)."))
+def test_live_reader_never_moves_backwards() -> None:
+    """The reference server's on-disk store answers a read past its committed tail with the
+    (lower) tail offset. A reader that follows such an answer re-reads and re-delivers data
+    (the repeats seen in the restart test). Offsets are ordered (PROTOCOL §8): a reader must
+    not go back; it should keep its offset and ask again."""
+    from .harness import FakeServer
+
+    body = {_offset(0): (["a", "b"], _offset(2)), _offset(1): (["b"], _offset(2))}
+    served_back = []
+
+    def respond(method: str, path: str, headers: object, data: bytes
+                ) -> tuple[int, dict[str, str], bytes]:
+        query = dict(p.split("=", 1) for p in path.partition("?")[2].split("&") if "=" in p)
+        offset = query.get("offset", "-1")
+        base = {"Content-Type": "application/json", "Stream-Up-To-Date": "true",
+                "Cache-Control": "no-store"}
+        if method == "HEAD":
+            return 200, {**base, "Stream-Next-Offset": _offset(2)}, b""
+        if offset in ("-1", _offset(0)):
+            items, nxt = body[_offset(0)]
+        elif offset == _offset(1):
+            items, nxt = body[_offset(1)]
+        elif offset == _offset(2) and not served_back:
+            served_back.append(True)  # past the "committed" tail: answer with a lower one
+            return 200, {**base, "Stream-Next-Offset": _offset(1)}, b"[]"
+        else:
+            return 200, {**base, "Stream-Next-Offset": _offset(3), "Stream-Closed": "true"}, \
+                b'["c"]'
+        return 200, {**base, "Stream-Next-Offset": nxt}, json.dumps(items).encode()
+
+    import durable_streams
+
+    with FakeServer(respond) as fake, durable_streams.stream(
+            fake.url + "/s", live="long-poll", stop_after=20) as response:
+        got = list(response.iter_json())
+    assert served_back, "precondition: the backwards answer was served"
+    assert got == ["a", "b", "c"], f"reader went back and re-delivered: {got}"
