@@ -88,7 +88,7 @@ def sysexit_in_with(url: str, producer_id: str, n: str) -> None:
                             linger_ms=50) as p:
         for i in range(int(n)):
             p.append(json.dumps(f"W:{i}"))
-        say({"appended": int(n)})
+        say({"appended": int(n), "pending_at_exit": p.stats().pending_bytes})
         sys.exit(3)
 
 
