@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+
+# requests imports netrc lazily inside each request; importing it here, before any sender
+# thread exists, keeps a fork during a request from leaving that import's lock held in the
+# child (where every later request would then deadlock).
+import netrc  # noqa: F401
 import random
 import threading
 import time

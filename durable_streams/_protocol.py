@@ -151,10 +151,14 @@ def _reject_constant(name: str) -> Any:
 
 def check_json_text(data: bytes) -> None:
     """Raise ``ValueError`` unless ``data`` is one valid JSON value (strict: no NaN)."""
-    json.loads(data, parse_constant=_reject_constant)
+    load_json(data)
 
 
 def load_json(data: bytes | str) -> Any:
+    """Parse JSON as the server does: UTF-8 only (``json.loads`` on bytes would also accept
+    UTF-16/32 and skip a byte-order mark, which the server rejects), no NaN/Infinity."""
+    if not isinstance(data, str):
+        data = bytes(data).decode("utf-8")
     return json.loads(data, parse_constant=_reject_constant)
 
 

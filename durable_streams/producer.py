@@ -9,10 +9,12 @@ See PROTOCOL.md §5.2.1 and design.md decisions 3, 5–8.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -271,6 +273,8 @@ class IdempotentProducer:
         self._confirmed = not self.auto_claim  # auto-claim: one batch alone until a success
         self._highest_sent: dict[int, int] = {}  # gen -> highest seq sent
         self._stored_gen = -1  # the latest generation in which a batch got a 200
+        # (generation, seq) of batches that failed with an unknown outcome
+        self._doubtful: set[tuple[int, int]] = set()
         # (generation, stream tail offset) read just before the generation's first send:
         # the place to look for our own data when a 204 is otherwise ambiguous.
         self._probe: tuple[int, str] | None = None
@@ -876,7 +880,8 @@ class IdempotentProducer:
         if not self._content_type:
             # Learn the stream's content type once: sending the wrong one is a 409.
             handle = DurableStream(self.url, headers=self._stream_headers, params=self._params,
-                                   session=self._client.session, retry=self._retry_policy)
+                                   session=self._client.session, retry=self._retry_policy,
+                                   timeout=self._request_timeout)
             try:
                 handle.head()
             finally:
@@ -974,6 +979,19 @@ class IdempotentProducer:
             status = response.status_code
             headers = response.headers
             if status == 200:
+                if (P.STREAM_NEXT_OFFSET not in headers
+                        and headers.get(P.PRODUCER_SEQ) != str(seq)):
+                    # Not an answer from a Durable Streams server (a captive portal, a
+                    # misrouted proxy): nothing says the batch was stored. Retrying the
+                    # same tuple is safe; give up at the delivery deadline.
+                    err = errors.TransportError(
+                        f"append to {self.url} got a 200 without Stream-Next-Offset or a "
+                        "Producer-Seq echo: not a Durable Streams answer",
+                        status=200, code="PROTOCOL_ERROR", url=self.url)
+                    batch.maybe_stored = True
+                    self._transient(batch, err, retry_n, None)
+                    retry_n += 1
+                    continue
                 self._acked(batch, headers.get(P.STREAM_NEXT_OFFSET, ""), duplicate=False)
                 return
             if status == 204:
@@ -1144,7 +1162,7 @@ class IdempotentProducer:
         if self.auto_claim:
             with self._lock:
                 self._begin_claim_locked(batch, batch.epoch)
-                self._park_locked(batch)
+                self._park_or_fail_locked(batch)
             return
         err = errors.StaleEpochError(
             f"producer id {self.producer_id!r} at epoch {batch.epoch} was already used by "
@@ -1167,7 +1185,8 @@ class IdempotentProducer:
         be told apart from another writer's batch.
         """
         handle = DurableStream(self.url, headers=self._stream_headers, params=self._params,
-                               session=self._client.session, retry=NO_RETRY)
+                               session=self._client.session, retry=NO_RETRY,
+                               timeout=self._request_timeout)
         try:
             offset = handle.head().offset
         finally:
@@ -1221,7 +1240,7 @@ class IdempotentProducer:
         with self._lock:
             if self.auto_claim:
                 self._begin_claim_locked(batch, current)
-                self._park_locked(batch)
+                self._park_or_fail_locked(batch)
                 return
             err = self._stale_epoch(batch.epoch, current, response)
             self._fatal_locked(err)
@@ -1254,6 +1273,13 @@ class IdempotentProducer:
             return False
         with self._lock:
             gen = batch.gen
+            if (gen, expected) in self._doubtful and gen == self._gen:
+                # The server confirms the in-doubt batch was not stored: now later batches
+                # can safely move to a new epoch (none of them can have been stored).
+                self._doubtful.discard((gen, expected))
+                self._begin_claim_locked(None, self._epoch)
+                self._park_or_fail_locked(batch)
+                return False
             earlier = range(expected, batch.seq)
             in_flight = any(self._seq_pending_locked(gen, s) for s in earlier)
             # The seqs the server is missing must be ours and recent: either still in
@@ -1342,6 +1368,12 @@ class IdempotentProducer:
             self._unwritten.discard(batch.seq)
         self._fail_messages_locked(batch.messages, err, batch.nbytes)
         if hole and self._fatal is None and batch.gen == self._gen:
+            if batch.maybe_stored:
+                # It may have been stored after all (its answers were lost). Re-numbering
+                # later batches now could store one of them twice; keep their (epoch, seq)
+                # until the server confirms the hole with a 409 naming this seq.
+                self._doubtful.add((batch.gen, batch.seq))
+                return
             # Later batches of this epoch can never be accepted after the hole: move them
             # to a fresh epoch (we own the id, so epoch + 1 is ours to claim).
             self._begin_claim_locked(None, self._epoch)
@@ -1376,6 +1408,12 @@ class IdempotentProducer:
                  self.url)
         self._cond.notify_all()
         self._done.notify_all()
+
+    def _park_or_fail_locked(self, batch: _Batch) -> None:
+        if self._fatal is not None:  # the claim could not start (e.g. epoch overflow)
+            self._fail_batch_locked(batch, self._fatal)
+        else:
+            self._park_locked(batch)
 
     def _park_locked(self, batch: _Batch) -> None:
         if batch.state != "active":
@@ -1480,8 +1518,26 @@ class IdempotentProducer:
         try:
             self.close(timeout=self._exit_timeout)
         except Exception as exc:
-            log.error("producer %s: at exit, messages for %s were not delivered: %s",
-                      self.producer_id, self.url, exc)
+            text = (f"durable_streams: producer {self.producer_id!r}: at interpreter exit, "
+                    f"messages for {self.url} were not delivered: {exc}")
+            log.error("%s", text)
+            if not _has_real_handler(log):
+                # Nobody configured logging: the library's NullHandler would swallow this,
+                # and undelivered data must never vanish without a trace.
+                with contextlib.suppress(Exception):
+                    sys.stderr.write(text + "\n")
+                    sys.stderr.flush()
+
+
+def _has_real_handler(logger: logging.Logger) -> bool:
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 def _sender_main(ref: weakref.ReferenceType[IdempotentProducer]) -> None:
