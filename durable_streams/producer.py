@@ -984,12 +984,12 @@ class IdempotentProducer:
                     # Not an answer from a Durable Streams server (a captive portal, a
                     # misrouted proxy): nothing says the batch was stored. Retrying the
                     # same tuple is safe; give up at the delivery deadline.
-                    err = errors.TransportError(
+                    bogus = errors.TransportError(
                         f"append to {self.url} got a 200 without Stream-Next-Offset or a "
                         "Producer-Seq echo: not a Durable Streams answer",
                         status=200, code="PROTOCOL_ERROR", url=self.url)
                     batch.maybe_stored = True
-                    self._transient(batch, err, retry_n, None)
+                    self._transient(batch, bogus, retry_n, None)
                     retry_n += 1
                     continue
                 self._acked(batch, headers.get(P.STREAM_NEXT_OFFSET, ""), duplicate=False)

@@ -699,6 +699,7 @@ class StreamResponse:
         items: list[Any] | None = None
         if self._is_json():
             items = parse_json_array(body, where=self._where(), url=self._url) if body else []
+        self._check_forward(next_offset)
         if not body and not up_to_date and next_offset == self._offset:
             # No data, no progress and no up-to-date flag: asking again would loop forever.
             log.debug("%s: empty response without progress; treating as up to date",
@@ -710,6 +711,19 @@ class StreamResponse:
         self._eof = closed
         self._failures = 0
         return self._chunk(body, items)
+
+    def _check_forward(self, next_offset: str) -> None:
+        """Never move back: offsets are ordered (§8), so an answer whose next offset is
+        before the one we asked for (seen from a server recovering its on-disk tail after
+        a crash) would re-deliver data. Deliver nothing and ask again after a backoff."""
+        current = self._offset
+        if current in (P.OFFSET_BEGINNING, P.OFFSET_NOW) or next_offset >= current:
+            return
+        raise _RetryableStatus(errors.DurableStreamError(
+            f"{self._where()}: the server answered with next offset {next_offset}, before "
+            f"the requested {current}; asking again",
+            code="PROTOCOL_ERROR", url=self._url,
+        ), None)
 
     def _chunk(self, data: bytes, items: list[Any] | None) -> _Chunk | None:
         empty = not items if items is not None else not data
@@ -757,6 +771,7 @@ class StreamResponse:
             data = join_json_arrays(arrays) if arrays else b""
         else:
             data = b"".join(pieces)
+        self._check_forward(next_offset)
         closed = control.get("streamClosed") is True
         cursor = control.get("streamCursor")
         self._offset = next_offset
