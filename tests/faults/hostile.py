@@ -512,5 +512,5 @@ CASES: dict[str, Callable[[ReferenceServer], Case]] = {
     "not_http": case_not_http,
 }
 
-#: Cases that currently fail because of a library bug (see the test module for diagnoses).
-KNOWN_BUGS = {"json_with_bom", "bare_200_producer", "403_epoch_overflow", "silent_server"}
+#: Cases that currently fail because of a library bug (see BUGS in test_hostile.py).
+KNOWN_BUGS: set[str] = set()

@@ -623,8 +623,8 @@ def run_fork(base_url: str, n: int = 3000, forks: int = 4, *, warm: bool = True)
     """os.fork() while the parent's producer is busy; through a recording proxy.
 
     ``warm``: the parent's producer completed one request before the first fork. Without
-    it the forks can land during the parent's first request, which currently deadlocks the
-    children (see children.fork_during_first_request).
+    it the forks land during the parent's first request, which deadlocked the children
+    before 0c50838 (see children.fork_during_first_request).
     """
     url = new_json_stream(base_url, "fork")
     path = url[len(base_url):]

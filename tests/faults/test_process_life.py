@@ -44,13 +44,9 @@ def test_exit_is_bounded_when_the_server_is_down() -> None:
     assert wall < 1.0 + 10, wall  # exit_timeout + interpreter start-up on a loaded machine
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (producer.py _flush_at_exit_now + __init__.py NullHandler, 3ab5f22): messages "
-    "dropped at exit are reported only through log.error on the 'durable_streams' logger, "
-    "which now has a NullHandler, so logging.lastResort never prints it: an application "
-    "without logging configured loses them without a trace. At exit, also write the "
-    "failure to sys.stderr (or warnings.warn) when no real handler is configured."))
 def test_exit_failure_is_not_silent() -> None:
+    """Messages dropped at exit reach stderr even though the library logger has only a
+    NullHandler and the application configured no logging (fixed in 0c50838)."""
     proc, _ = _exit_with_server_down()
     assert "not delivered" in proc.stderr or "undelivered" in proc.stderr, proc.stderr
 
@@ -75,12 +71,11 @@ def test_fork_child_refuses_inherited_producer_and_reuses_no_tuple(origin: str) 
     assert result.ok and result.found == 3001 + 400, result.explain()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (durable_streams/_http.py): requests imports `netrc` lazily inside every request; "
-    "a fork while a producer sender thread is in its first request leaves that module's "
-    "import lock held in the child, and every HTTP request of the child deadlocks. Fix: "
-    "`import netrc` at the top of _http.py (before any sender thread exists)."))
 def test_fork_during_parents_first_request_does_not_deadlock_child(origin: str) -> None:
+    """A fork while a producer sender thread is inside requests' lazy ``import netrc`` left
+    that module's import lock held in the child: every request of the child hung (found by
+    the 5d' cold-fork scenario; fixed in 0c50838 by importing netrc in _http.py). The child
+    program pins the window deterministically (children.fork_during_first_request)."""
     url = new_json_stream(origin, "forkfirst")
     proc = subprocess.run([sys.executable, str(CHILDREN), "fork_during_first_request", url,
                            "ff"], capture_output=True, text=True, timeout=60)

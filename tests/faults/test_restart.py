@@ -16,9 +16,9 @@ tells them apart from client bugs instead of hiding them:
   the messages its recovery log reconciled ("Offset mismatch ... Reconciling to file").
 * Its file-backed read returns frames still being appended (not yet in LMDB), and a read at
   an offset past its committed tail answers with the tail offset, lower than the one asked
-  for. The long-poll reader follows it backwards and re-reads a batch (reading.py could
-  refuse to go back: test_live_reader_never_moves_backwards); this happens under load,
-  restarts or not. Reader repeats are attributed to the server only when a response
+  for, under load, restarts or not. The long-poll reader used to follow it backwards and
+  re-deliver a batch; since bd8413b it retries instead (test_live_reader_never_moves_backwards
+  pins that with a fake server). Reader repeats are attributed to the server only when a response
   moved the reader backwards and nothing is missing.
 
 When only those server defects are seen, the test ends as xfail with the evidence.
@@ -97,23 +97,15 @@ def _offset(n: int) -> str:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "HARDENING (reading.py StreamResponse._take_http, `self._offset = next_offset`; same "
-    "in _take_control for SSE): the reader adopts any Stream-Next-Offset, even one lower than "
-    "the offset it asked for, and then re-delivers what it already gave out. Offsets are "
-    "ordered (§8, fixed-width on the reference server): when an answer without data moves "
-    "the offset back (concrete case: the reference server's on-disk read past its committed "
-    "tail), keep the current offset, deliver nothing, and ask again after a short backoff "
-    "(a data-carrying answer that goes back is a protocol error)."))
 def test_live_reader_never_moves_backwards() -> None:
     """The reference server's on-disk store answers a read past its committed tail with the
     (lower) tail offset. A reader that follows such an answer re-reads and re-delivers data
-    (the repeats seen in the restart test). Offsets are ordered (PROTOCOL §8): a reader must
-    not go back; it should keep its offset and ask again."""
+    (the repeats the restart test saw before bd8413b). Offsets are ordered (PROTOCOL §8): a
+    reader must not go back; it keeps its offset and asks again."""
     from .harness import FakeServer
 
     body = {_offset(0): (["a", "b"], _offset(2)), _offset(1): (["b"], _offset(2))}
-    served_back = []
+    served_back: list[bool] = []
 
     def respond(method: str, path: str, headers: object, data: bytes
                 ) -> tuple[int, dict[str, str], bytes]:
