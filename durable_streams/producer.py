@@ -275,9 +275,11 @@ class IdempotentProducer:
         self._stored_gen = -1  # the latest generation in which a batch got a 200
         # (generation, seq) of batches that failed with an unknown outcome
         self._doubtful: set[tuple[int, int]] = set()
+        self._claim_fenced = False
         # (generation, stream tail offset) read just before the generation's first send:
         # the place to look for our own data when a 204 is otherwise ambiguous.
-        self._probe: tuple[int, str] | None = None
+        self._probes: dict[int, str] = {}
+        self._verify = False  # parked in-doubt batches must be looked for before renumbering
         # Seq N starts writing its request only once every lower unresolved seq has its
         # latest attempt on the wire, so the server sees pipelined batches in order instead
         # of answering 409 and wasting the upload (seqs must arrive in order, §5.2.1).
@@ -703,6 +705,17 @@ class IdempotentProducer:
             ready = self._wait_for_work()
             if ready is None or isinstance(ready, _Batch):
                 return ready
+            if ready == "verify":
+                try:
+                    self._verify_parked()
+                finally:
+                    with self._lock:
+                        self._in_flight -= 1
+                        self._verify = False
+                        self._maybe_resequence_locked()
+                        self._cond.notify_all()
+                        self._done.notify_all()
+                continue
             sealed: _Batch | None = None
             try:
                 sealed = self._seal()
@@ -716,10 +729,14 @@ class IdempotentProducer:
             if sealed is not None:
                 return sealed
 
-    def _wait_for_work(self) -> _Batch | bool | None:
-        """A batch to resend, True when the caller should seal one (slot reserved), or None."""
+    def _wait_for_work(self) -> _Batch | bool | str | None:
+        """A batch to resend, True when the caller should seal one (slot reserved),
+        "verify" when parked in-doubt batches must be looked for, or None to stop."""
         while True:
             with self._lock:
+                if self._verify and self._draining and self._in_flight == 0:
+                    self._in_flight += 1
+                    return "verify"
                 if self._resend and not self._draining and self._may_send_locked():
                     batch = self._resend.popleft()
                     batch.state = "active"
@@ -934,7 +951,7 @@ class IdempotentProducer:
         content_type = self._resolved_content_type()
         retry_n = 0
         while True:
-            if batch.seq == 0 and (self._probe is None or self._probe[0] != batch.gen):
+            if batch.seq == 0 and batch.gen not in self._probes:
                 try:
                     self._take_probe(batch.gen)
                 except errors.DurableStreamError as exc:
@@ -1153,7 +1170,10 @@ class IdempotentProducer:
         # id, same epoch) is indistinguishable from our own first attempt; we then prefer a
         # loud error or a fresh epoch over silently dropping this batch.
         plausible = batch.maybe_stored and (server_seq is None or server_seq <= high)
-        ours = plausible and (stored_here or self._found_after_probe(batch))
+        found = None if not plausible or stored_here else self._found_after_probe(batch)
+        ours = plausible and (stored_here or found is True)
+        if found is False:
+            batch.maybe_stored = False  # looked: it is not in the stream
         if ours:
             self._acked(batch, response.headers.get(P.STREAM_NEXT_OFFSET, ""), duplicate=True)
             return
@@ -1161,7 +1181,7 @@ class IdempotentProducer:
         # same job with the same producer id. Believing the 204 would drop our data.
         if self.auto_claim:
             with self._lock:
-                self._begin_claim_locked(batch, batch.epoch)
+                self._begin_claim_locked(batch, batch.epoch, fenced=True)
                 self._park_or_fail_locked(batch)
             return
         err = errors.StaleEpochError(
@@ -1193,39 +1213,42 @@ class IdempotentProducer:
             handle.close()
         with self._lock:
             if gen == self._gen:
-                self._probe = (gen, offset)
+                self._probes[gen] = offset
+                for old in [g for g in self._probes if g < gen - 8]:
+                    del self._probes[old]
 
-    def _found_after_probe(self, batch: _Batch) -> bool:
+    def _found_after_probe(self, batch: _Batch) -> bool | None:
         """Is this batch's data in the stream after the tail noted before our first send?
 
         Settles the one ambiguous case: a 204 "duplicate" for a batch whose earlier send
         got no clear answer, before anything of ours was acknowledged in this epoch. It is
         either our own first attempt (stored, response lost) or someone else's batch with
-        the same (id, epoch, seq), such as the previous run of the same job.
+        the same (id, epoch, seq), such as the previous run of the same job. None when it
+        could not be checked.
         """
-        probe = self._probe
-        if probe is None or probe[0] != batch.gen:
-            return False
+        start = self._probes.get(batch.gen)
+        if start is None:
+            return None
         from .reading import stream as read_stream
 
         try:
-            with read_stream(self.url, offset=probe[1], headers=self._stream_headers,
+            with read_stream(self.url, offset=start, headers=self._stream_headers,
                              params=self._params, content_type=self._content_type,
                              retry=self._retry_policy, _client=self._client) as res:
                 data = res.read_bytes()
         except errors.DurableStreamError as exc:
             log.warning("producer %s: could not check whether seq %d was stored: %s",
                         self.producer_id, batch.seq, exc)
-            return False
+            return None
         if not self._is_json_mode():
             return batch.body in data
         try:
             stored = P.load_json(data) if data else []
             ours = [P.load_json(m) for m in batch.messages]
         except ValueError:
-            return False
+            return None
         if not isinstance(stored, list):
-            return False
+            return None
         n = len(ours)
         return any(stored[i:i + n] == ours for i in range(len(stored) - n + 1))
 
@@ -1239,7 +1262,7 @@ class IdempotentProducer:
             return
         with self._lock:
             if self.auto_claim:
-                self._begin_claim_locked(batch, current)
+                self._begin_claim_locked(batch, current, fenced=True)
                 self._park_or_fail_locked(batch)
                 return
             err = self._stale_epoch(batch.epoch, current, response)
@@ -1385,7 +1408,8 @@ class IdempotentProducer:
         clone.args = err.args
         return clone
 
-    def _begin_claim_locked(self, batch: _Batch | None, server_epoch: int) -> None:
+    def _begin_claim_locked(self, batch: _Batch | None, server_epoch: int, *,
+                            fenced: bool = False) -> None:
         """Move to a higher epoch: drain, then re-sequence every unacknowledged batch."""
         if batch is not None and batch.gen != self._gen:
             return  # a transition is already under way
@@ -1395,6 +1419,10 @@ class IdempotentProducer:
             return
         self._epoch = max(self._epoch + 1, server_epoch + 1)
         self._gen += 1
+        # After a hole (a batch the server confirmed it did not store) no later batch can
+        # have been stored. After being fenced (403, or another writer's 204), a batch whose
+        # answer was lost may already be in the stream under the old epoch.
+        self._claim_fenced = fenced
         self._unwritten = set()
         while self._resend:
             queued = self._resend.popleft()
@@ -1422,9 +1450,40 @@ class IdempotentProducer:
         self._parked.append(batch)
         self._done.notify_all()
 
+    def _verify_parked(self) -> None:
+        """For each parked batch whose answer was lost before we were fenced: acknowledge it
+        if it is in the stream after its generation's tail probe, re-send it if it is not,
+        and report it as in doubt if that cannot be told."""
+        with self._lock:
+            doubtful = [b for b in self._parked if b.maybe_stored]
+        for batch in doubtful:
+            found = self._found_after_probe(batch)
+            with self._lock:
+                if batch not in self._parked:
+                    continue  # failed meanwhile (the producer stopped)
+                if found is False:
+                    batch.maybe_stored = False
+                    continue
+                self._parked.remove(batch)
+                batch.state = "active"
+                if found is None:
+                    self._fail_batch_locked(batch, errors.ProducerError(
+                        f"producer {self.producer_id!r} lost its epoch on {self.url} while "
+                        "the outcome of this batch was unknown (its answer was lost) and the "
+                        "stream could not be checked: it may or may not be stored, so it is "
+                        "not re-sent", url=self.url, code="IN_DOUBT"))
+            if found:
+                self._acked(batch, "", duplicate=True)
+
     def _maybe_resequence_locked(self) -> None:
         """When no old-epoch request is in flight, renumber the parked batches in order."""
         if not self._draining or self._in_flight > 0:
+            return
+        if self._claim_fenced and any(b.maybe_stored for b in self._parked):
+            # Fenced while some answers were lost: those batches may already be in the
+            # stream under the old epoch. A sender looks for them first (_verify_parked).
+            self._verify = True
+            self._cond.notify_all()
             return
         parked = sorted(self._parked, key=lambda b: b.first_index)
         self._parked = []

@@ -14,10 +14,10 @@ to a new epoch in two cases:
 * *fencing* with ``auto_claim=True``: another live writer with the same producer id took a
   higher epoch (producer.py ``_on_403`` -> ``_begin_claim_locked``), and with two such
   writers they keep taking it from each other. The old epoch is refused (403), so an in-doubt
-  batch cannot be settled by a retry, and it is re-numbered and stored again (still open,
-  xfail below). Options: look for the batch in the stream after the tail probe (as
-  ``_found_after_probe`` does for ambiguous 204s), or report it as possibly duplicated; and
-  consider claiming only at start-up, so that a live zombie is fenced rather than re-claiming.
+  batch cannot be settled by a retry. The producer now looks for each in-doubt batch in the
+  stream after the tail it noted before that epoch's first send (``_verify_parked``):
+  found -> acknowledged, not found -> re-numbered, cannot tell -> reported as in doubt.
+  test_two_live_writers_sharing_an_id_store_each_message_once guards it.
 """
 
 from __future__ import annotations
@@ -50,11 +50,6 @@ def test_two_live_writers_sharing_an_id_lose_nothing(origin: str) -> None:
     assert result.order_ok, "per-writer order broken: " + result.explain()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DESIGN GAP (producer.py _on_403 with auto_claim -> _begin_claim_locked): each time the "
-    "other writer fences this one, its in-doubt batches are re-numbered into the new epoch "
-    "and stored again (~5% of messages duplicated with 5% of answers lost); nothing reports "
-    "it. See the module docstring."))
 def test_two_live_writers_sharing_an_id_store_each_message_once(origin: str) -> None:
     result = run_two_writers(origin, FaultRates(drop_after=0.05), seed=2)
     assert result.duplicates == 0, result.explain()
