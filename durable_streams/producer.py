@@ -411,7 +411,11 @@ class IdempotentProducer:
         n = len(raw)
         if not n or n > self._max_batch_bytes:
             self._reject_size(n)
-        with self._lock:
+        lock = self._lock
+        contended = not lock.acquire(False)
+        if contended:
+            lock.acquire()
+        try:
             if self._refusal is not None:
                 raise self._copy_error(self._refusal)
             room = self._room - n
@@ -429,6 +433,13 @@ class IdempotentProducer:
                 self._cond.notify_all()
             elif size >= self._max_batch_bytes > size - n:
                 self._cond.notify_all()  # the open batch just became full
+        finally:
+            lock.release()
+        if contended:
+            # Several threads queued on the lock: let one of them take it now instead of
+            # re-taking it at once, which would keep a lock convoy going (each append then
+            # costs a futile wake-up of every waiter).
+            time.sleep(0)
 
     def _reject_size(self, n: int) -> None:
         if not n:
