@@ -187,6 +187,9 @@ class IdempotentProducer:
             # then never reuses the (id, epoch, seq) of an earlier run of the same job, so a
             # "duplicate" answer can only be about our own data. Epochs only need to grow.
             epoch = int(time.time() * 1000) if auto_claim else 0
+            self._fresh_epoch = bool(auto_claim)
+        else:
+            self._fresh_epoch = False
         _validate_int("epoch", "epoch", epoch, minimum=0, maximum=P.MAX_SAFE_INTEGER)
         _validate_int("maxBatchBytes", "max_batch_bytes", max_batch_bytes, minimum=1)
         if max_batch_items is not None:
@@ -280,6 +283,10 @@ class IdempotentProducer:
         # the place to look for our own data when a 204 is otherwise ambiguous.
         self._probes: dict[int, str] = {}
         self._verify = False  # parked in-doubt batches must be looked for before renumbering
+        self._early_probe_gen = -1
+        self._early_probe: tuple[int, threading.Event] | None = None
+        self._probe_wait = (float(request_timeout) if isinstance(request_timeout, (int, float))
+                            else 10.0)
         # Seq N starts writing its request only once every lower unresolved seq has its
         # latest attempt on the wire, so the server sees pipelined batches in order instead
         # of answering 409 and wasting the upload (seqs must arrive in order, §5.2.1).
@@ -716,6 +723,16 @@ class IdempotentProducer:
             ready = self._wait_for_work()
             if ready is None or isinstance(ready, _Batch):
                 return ready
+            if ready == "probe":
+                probing = self._early_probe
+                assert probing is not None
+                try:
+                    self._take_probe(probing[0], early=True)
+                except errors.DurableStreamError as exc:
+                    log.debug("producer %s: early tail probe failed: %s", self.producer_id, exc)
+                finally:
+                    probing[1].set()
+                continue
             if ready == "verify":
                 try:
                     self._verify_parked()
@@ -770,6 +787,12 @@ class IdempotentProducer:
                             return True
                         self._cond.wait()
                         continue
+                    if self._early_probe_gen != self._gen and self._gen not in self._probes:
+                        # Note the tail now, while the first batch fills, rather than on
+                        # the send path (it settles ambiguous answers; see _on_204).
+                        self._early_probe_gen = self._gen  # once: the send path retries
+                        self._early_probe = (self._gen, threading.Event())
+                        return "probe"
                     self._cond.wait(due)
                     continue
                 if self._stopping and not self._resend and not self._parked:
@@ -962,7 +985,7 @@ class IdempotentProducer:
         content_type = self._resolved_content_type()
         retry_n = 0
         while True:
-            if batch.seq == 0 and batch.gen not in self._probes:
+            if batch.seq == 0 and self._probe_missing(batch.gen):
                 try:
                     self._take_probe(batch.gen)
                 except errors.DurableStreamError as exc:
@@ -1181,8 +1204,12 @@ class IdempotentProducer:
         # id, same epoch) is indistinguishable from our own first attempt; we then prefer a
         # loud error or a fresh epoch over silently dropping this batch.
         plausible = batch.maybe_stored and (server_seq is None or server_seq <= high)
-        found = None if not plausible or stored_here else self._found_after_probe(batch)
-        ours = plausible and (stored_here or found is True)
+        # An epoch taken from the clock by this producer was never used before: a duplicate
+        # answer for it can only be about our own earlier attempt.
+        fresh = self._fresh_epoch and batch.gen == 0 and batch.epoch == self._epoch
+        found = (None if not plausible or stored_here or fresh
+                 else self._found_after_probe(batch))
+        ours = plausible and (stored_here or fresh or found is True)
         if found is False:
             batch.maybe_stored = False  # looked: it is not in the stream
         if ours:
@@ -1209,7 +1236,24 @@ class IdempotentProducer:
             self._fatal_locked(err)
             self._fail_batch_locked(batch, err)
 
-    def _take_probe(self, gen: int) -> None:
+    def _probe_missing(self, gen: int) -> bool:
+        with self._lock:
+            return self._needs_probe(gen)
+
+    def _needs_probe(self, gen: int) -> bool:
+        if gen in self._probes:
+            return False
+        probing = self._early_probe
+        if probing is not None and probing[0] == gen and not probing[1].is_set():
+            # The early probe is under way: wait for it rather than sending another HEAD.
+            self._lock.release()
+            try:
+                probing[1].wait(self._probe_wait)
+            finally:
+                self._lock.acquire()
+        return gen not in self._probes
+
+    def _take_probe(self, gen: int, *, early: bool = False) -> None:
         """Note the stream's tail before the first send of a generation (one HEAD).
 
         Seq 0 is not sent before this succeeds: without it a lost first response could not
@@ -1223,7 +1267,10 @@ class IdempotentProducer:
         finally:
             handle.close()
         with self._lock:
-            if gen == self._gen:
+            # First result wins: a probe answered later may postdate our first send. An early
+            # probe is kept only if nothing of this generation was sent meanwhile.
+            sent = self._highest_sent.get(gen, -1) >= 0
+            if gen == self._gen and gen not in self._probes and not (early and sent):
                 self._probes[gen] = offset
                 for old in [g for g in self._probes if g < gen - 8]:
                     del self._probes[old]
