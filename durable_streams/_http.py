@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import requests.auth
+import requests.utils
 from urllib3.exceptions import NewConnectionError
 
 from . import _protocol as P
@@ -172,6 +174,13 @@ def new_session(pool_size: int = 10) -> requests.Session:
     return session
 
 
+class _NoAuth(requests.auth.AuthBase):
+    """Stands for "no credentials" so that requests does not look for ~/.netrc again."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
 class HttpClient:
     """A ``requests.Session`` plus the retry loop; shared by handles, producers and readers."""
 
@@ -188,6 +197,21 @@ class HttpClient:
         self._closed = False
         self._lock = threading.Lock()
         self._env_cache: dict[tuple[str, str, bool], dict[str, Any]] = {}
+        self._netrc_cache: dict[tuple[str, str], requests.auth.AuthBase] = {}
+
+    def _netrc_auth(self, url: str) -> Any:
+        """``~/.netrc`` credentials for the origin, looked up once (requests would stat the
+        file on every request). A no-op auth when there are none or trust_env is off."""
+        if not self.session.trust_env:
+            return None
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        cached = self._netrc_cache.get(key)
+        if cached is None:
+            found = requests.utils.get_netrc_auth(url)
+            cached = requests.auth.HTTPBasicAuth(*found) if found else _NoAuth()
+            self._netrc_cache[key] = cached
+        return cached
 
     def _environment_settings(self, url: str, stream: bool) -> dict[str, Any]:
         parts = urlsplit(url)
@@ -236,6 +260,7 @@ class HttpClient:
                 prepared = session.prepare_request(requests.Request(
                     method, url, headers=dict(headers) if headers else None,
                     params=list(params) if params else None, data=data,
+                    auth=self._netrc_auth(url) if session.auth is None else None,
                 ))
                 response = session.send(
                     prepared, timeout=req_timeout, allow_redirects=method in ("GET", "HEAD"),
