@@ -1,0 +1,54 @@
+"""The HTTP layer reads proxy, TLS and ~/.netrc settings once per origin, with the same
+outcome as requests' per-call lookups."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import requests
+import responses
+
+from durable_streams import DurableStream
+
+
+@responses.activate
+def test_netrc_credentials_are_still_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine streams.example login alice password s3cret\n")
+    os.chmod(netrc, 0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    responses.add(responses.HEAD, "http://streams.example/s", status=200,
+                  headers={"Stream-Next-Offset": "0_0", "Content-Type": "text/plain"})
+    with DurableStream("http://streams.example/s") as handle:
+        handle.head()
+        handle.head()
+    sent = [call.request.headers.get("Authorization") for call in responses.calls]
+    assert sent == [requests.auth._basic_auth_str("alice", "s3cret")] * 2
+
+
+@responses.activate
+def test_no_netrc_means_no_authorization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    responses.add(responses.HEAD, "http://streams.example/s", status=200,
+                  headers={"Stream-Next-Offset": "0_0"})
+    with DurableStream("http://streams.example/s") as handle:
+        handle.head()
+    assert "Authorization" not in responses.calls[0].request.headers
+
+
+@responses.activate
+def test_session_auth_wins_over_netrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine streams.example login alice password s3cret\n")
+    os.chmod(netrc, 0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    responses.add(responses.HEAD, "http://streams.example/s", status=200,
+                  headers={"Stream-Next-Offset": "0_0"})
+    session = requests.Session()
+    session.auth = ("bob", "pw")
+    with DurableStream("http://streams.example/s", session=session) as handle:
+        handle.head()
+    assert responses.calls[0].request.headers["Authorization"] == \
+        requests.auth._basic_auth_str("bob", "pw")
