@@ -4,13 +4,16 @@ pytest plugin users get): ``durable_streams_server`` (session-wide) and
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from producer_helpers import FAST
 
-from durable_streams import DurableStream
+from durable_streams import DurableStream, IdempotentProducer
 from durable_streams.testing import ReferenceServer
 
 settings.register_profile(
@@ -43,3 +46,25 @@ def json_stream(url: str) -> Iterator[DurableStream]:
 def text_stream(url: str) -> Iterator[DurableStream]:
     with DurableStream.create(url, content_type="text/plain") as handle:
         yield handle
+
+
+@pytest.fixture
+def producers() -> Iterator[list[IdempotentProducer]]:
+    """Producers to close quietly after the test (so a failing test leaves no threads)."""
+    made: list[IdempotentProducer] = []
+    yield made
+    for p in made:
+        with contextlib.suppress(Exception):
+            p.close(timeout=5)
+
+
+@pytest.fixture
+def make(producers: list[IdempotentProducer]) -> Callable[..., IdempotentProducer]:
+    def factory(stream: DurableStream | str, producer_id: str = "p", **kw: Any
+                ) -> IdempotentProducer:
+        kw.setdefault("retry", FAST)
+        p = IdempotentProducer(stream, producer_id, **kw)
+        producers.append(p)
+        return p
+
+    return factory

@@ -11,16 +11,25 @@ read-back GET is never hit by a fault meant for the producer.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
+from producer_helpers import (
+    FAST,
+    JSON,
+    Errors,
+    producer_threads,
+    raw_post,
+    read_json,
+    read_raw,
+    wait_until,
+)
 
 from durable_streams import (
     BadRequestError,
@@ -30,7 +39,6 @@ from durable_streams import (
     IdempotentProducer,
     ProducerClosedError,
     ProducerStats,
-    RetryPolicy,
     StaleEpochError,
     StreamClosedError,
 )
@@ -38,84 +46,6 @@ from durable_streams.testing import ReferenceServer
 
 pytestmark = pytest.mark.timeout(60)
 
-JSON = "application/json"
-TEXT = "text/plain"
-#: Fast retries so fault tests stay quick; the producer retries until delivery_timeout_ms.
-FAST = RetryPolicy(initial_delay_ms=2, max_delay_ms=50)
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def read_raw(url: str) -> bytes:
-    response = requests.get(url, params={"offset": "-1"}, timeout=30)
-    response.raise_for_status()
-    return response.content
-
-
-def read_json(url: str) -> list[Any]:
-    body = json.loads(read_raw(url))
-    assert isinstance(body, list)
-    return body
-
-
-def raw_post(url: str, body: bytes, headers: dict[str, str]) -> requests.Response:
-    return requests.post(url, data=body, headers=headers, timeout=10)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll a condition the producer exposes no event for (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
-
-
-def producer_threads(producer_id: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate()
-            if t.name.startswith(f"ds-producer-{producer_id}-") and t.is_alive()]
-
-
-class Errors:
-    """An on_error callback that records what it gets and signals the first arrival."""
-
-    def __init__(self) -> None:
-        self.items: list[DurableStreamError] = []
-        self.event = threading.Event()
-        self.threads: set[str] = set()
-
-    def __call__(self, err: DurableStreamError) -> None:
-        self.threads.add(threading.current_thread().name)
-        self.items.append(err)
-        self.event.set()
-
-    @property
-    def undelivered(self) -> list[bytes]:
-        return [m for e in self.items for m in e.undelivered]
-
-
-@pytest.fixture
-def producers() -> Iterator[list[IdempotentProducer]]:
-    """Producers to close quietly after the test (so a failing test leaves no threads)."""
-    made: list[IdempotentProducer] = []
-    yield made
-    for p in made:
-        with contextlib.suppress(Exception):
-            p.close(timeout=5)
-
-
-@pytest.fixture
-def make(producers: list[IdempotentProducer]) -> Callable[..., IdempotentProducer]:
-    def factory(stream: DurableStream | str, producer_id: str = "p", **kw: Any
-                ) -> IdempotentProducer:
-        kw.setdefault("retry", FAST)
-        p = IdempotentProducer(stream, producer_id, **kw)
-        producers.append(p)
-        return p
-
-    return factory
 
 
 def body_of(request: requests.PreparedRequest) -> bytes:

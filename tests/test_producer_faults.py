@@ -12,71 +12,25 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
+from producer_helpers import FAST, JSON, Errors, read_json
 
 from durable_streams import (
     BufferFullError,
     DeliveryError,
     DurableStream,
-    DurableStreamError,
     IdempotentProducer,
     ProducerClosedError,
-    RetryPolicy,
     TransportError,
 )
 from durable_streams.testing import ReferenceServer
 
 pytestmark = pytest.mark.timeout(60)
 
-JSON = "application/json"
-FAST = RetryPolicy(initial_delay_ms=2, max_delay_ms=50)
-
-
-def read_json(url: str) -> list[Any]:
-    response = requests.get(url, params={"offset": "-1"}, timeout=30)
-    response.raise_for_status()
-    body = json.loads(response.content)
-    assert isinstance(body, list)
-    return body
-
-
-class Errors:
-    def __init__(self) -> None:
-        self.items: list[DurableStreamError] = []
-        self.event = threading.Event()
-
-    def __call__(self, err: DurableStreamError) -> None:
-        self.items.append(err)
-        self.event.set()
-
-    @property
-    def undelivered(self) -> list[bytes]:
-        return [m for e in self.items for m in e.undelivered]
-
-
-@pytest.fixture
-def producers() -> Iterator[list[IdempotentProducer]]:
-    made: list[IdempotentProducer] = []
-    yield made
-    for p in made:
-        with contextlib.suppress(Exception):
-            p.close(timeout=2)
-
-
-@pytest.fixture
-def make(producers: list[IdempotentProducer]) -> Callable[..., IdempotentProducer]:
-    def factory(stream: DurableStream | str, producer_id: str = "p", **kw: Any
-                ) -> IdempotentProducer:
-        kw.setdefault("retry", FAST)
-        p = IdempotentProducer(stream, producer_id, **kw)
-        producers.append(p)
-        return p
-
-    return factory
 
 
 class RecordingSession(requests.Session):
