@@ -597,9 +597,12 @@ class IdempotentProducer:
             self._cond.notify_all()
             self._space.notify_all()
             threads = list(self._threads)
+        # Idle senders exit at once. When abandoning, a sender may be inside a request
+        # (up to the request timeout): it is a daemon thread, so do not wait long for it.
+        deadline = time.monotonic() + (2.0 if abandon else 30.0)
         for thread in threads:
             if thread is not threading.current_thread():
-                thread.join(timeout=30)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._drain_callbacks()
         self._client.close()
         _live_producers.discard(self)
