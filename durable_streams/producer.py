@@ -774,13 +774,7 @@ class IdempotentProducer:
                     self._in_flight += 1
                     return batch
                 if self._buf and not self._draining:
-                    if (self._buf_start < self._seal_upto or self._stopping or self._fatal
-                            or self._buf_bytes >= self._max_batch_bytes
-                            or (self._max_batch_items
-                                and len(self._buf) >= self._max_batch_items)):
-                        due = 0.0
-                    else:
-                        due = self._buf_first_ts + self._linger - time.monotonic()
+                    due = self._due_in_locked()
                     if due <= 0:
                         if self._fatal is not None:
                             self._fail_buffer_locked(self._fatal)
@@ -802,6 +796,14 @@ class IdempotentProducer:
                     return None
                 self._cond.wait()
 
+    def _due_in_locked(self) -> float:
+        """Seconds until the open batch must be sealed (<= 0: now)."""
+        if (self._buf_start < self._seal_upto or self._stopping or self._fatal
+                or self._buf_bytes >= self._max_batch_bytes
+                or (self._max_batch_items and len(self._buf) >= self._max_batch_items)):
+            return 0.0
+        return self._buf_first_ts + self._linger - time.monotonic()
+
     def _may_send_locked(self) -> bool:
         # Until an epoch is confirmed by a success (auto-claim), one request at a time.
         return self._confirmed or self._in_flight == 0
@@ -813,8 +815,8 @@ class IdempotentProducer:
         with self._seal_lock:
             with self._lock:
                 buf = self._buf
-                if not buf:
-                    return None
+                if not buf or self._due_in_locked() > 0:
+                    return None  # another sender took the due messages first
                 limit = self._max_batch_bytes
                 max_items = self._max_batch_items or len(buf)
                 if self._buf_bytes <= limit and len(buf) <= max_items:
