@@ -17,7 +17,9 @@ __all__ = [
     "ContentTypeMismatchError",
     "DeliveryError",
     "DurableStreamError",
+    "FencedError",
     "ForbiddenError",
+    "ForkError",
     "InvalidOffsetError",
     "ParseError",
     "ProducerClosedError",
@@ -32,8 +34,14 @@ __all__ = [
     "StreamClosedError",
     "StreamExistsError",
     "StreamNotFoundError",
+    "StreamSoftDeletedError",
+    "SubscriptionError",
+    "SubscriptionExistsError",
+    "SubscriptionNotFoundError",
     "TransportError",
     "UnauthorizedError",
+    "WebhookSignatureError",
+    "WebhookURLRejectedError",
 ]
 
 
@@ -267,3 +275,68 @@ class DeliveryError(ProducerError):
             self.__cause__ = self.errors[0]
             if self.status is None:
                 self.status = self.errors[0].status
+
+
+# -- forks (PROTOCOL §4.2) ------------------------------------------------------------------
+
+
+class ForkError(BadRequestError):
+    """400 on a fork: the fork offset is malformed or beyond the source's tail, or the
+    sub-offset was refused. ``reason`` is the server's explanation."""
+
+    default_code = "FORK_REFUSED"
+
+
+class StreamSoftDeletedError(RetentionGoneError):
+    """410 (or 409 on create/fork) for a stream that was deleted while forks of it still
+    exist: its data lives on in the forks, but the stream itself accepts nothing more."""
+
+    default_code = "SOFT_DELETED"
+
+
+# -- subscriptions (PROTOCOL §6, §7) --------------------------------------------------------
+
+
+class SubscriptionError(DurableStreamError):
+    """Base class of errors from the subscription control APIs (PROTOCOL §6-§7)."""
+
+    default_code = "SUBSCRIPTION_ERROR"
+
+
+class SubscriptionNotFoundError(SubscriptionError):
+    """404 ``SUBSCRIPTION_NOT_FOUND``: there is no subscription with this id."""
+
+    default_code = "SUBSCRIPTION_NOT_FOUND"
+
+
+class SubscriptionExistsError(SubscriptionError, ConflictError):
+    """409 ``SUBSCRIPTION_ALREADY_EXISTS``: a subscription with this id exists with another
+    configuration. Delete it first, or create it again with the same configuration."""
+
+    default_code = "SUBSCRIPTION_ALREADY_EXISTS"
+
+
+class FencedError(SubscriptionError, ConflictError):
+    """409 ``FENCED``: this claim's lease (or this wake's generation) is no longer current.
+
+    Another worker may hold the work now; stop processing and do not ack again.
+    """
+
+    default_code = "FENCED"
+
+
+class WebhookURLRejectedError(SubscriptionError, BadRequestError):
+    """400 ``WEBHOOK_URL_REJECTED``: the server refused the subscription's webhook URL."""
+
+    default_code = "WEBHOOK_URL_REJECTED"
+
+
+class WebhookSignatureError(DurableStreamError):
+    """A webhook delivery failed verification; ``reason`` says why (missing or malformed
+    header, unknown key, bad signature, timestamp outside the tolerance)."""
+
+    default_code = "BAD_SIGNATURE"
+
+    def __init__(self, message: str, *, reason: str = "bad_signature", **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.reason = reason
