@@ -383,7 +383,7 @@ def test_close_from_another_thread_unblocks_a_live_read(
     # caught up: the catch-up response, or the first control event of the SSE connection
     reader.wait_for(lambda events: len(events) >= 1)
     # white-box: the reader is inside its blocking request / SSE read
-    wait_until(lambda: res._waiter is not None or res._sse_response is not None)
+    wait_until(lambda: res._stop.blocked)
     started = time.monotonic()
     res.close()
     reader.join(timeout=5)

@@ -1,0 +1,380 @@
+"""The HTTP side of a read: requests, retries, transports (catch-up, long-poll, SSE).
+
+A :class:`ReadSession` sends the requests of one :class:`~durable_streams.StreamResponse`
+through its :class:`~durable_streams._http.HttpClient`, reads the bodies, and feeds every
+response or SSE control event to the pure :class:`~durable_streams._read_cursor.ReadCursor`,
+which decides what it means. Stopping from another thread goes through the
+:class:`~durable_streams._read_interrupt.StopSignal`. The only parts of a response used are
+``status_code``, ``headers``, ``raw`` (``read``/``read1``), ``iter_content``/``content`` as a
+fallback, and ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Iterator
+from typing import Any, Literal
+
+import requests
+
+from . import _protocol as P
+from . import errors
+from ._http import (
+    HeadersLike,
+    HttpClient,
+    ParamsLike,
+    RetryPolicy,
+    TimeoutLike,
+    build_query,
+    error_from,
+    merge_headers,
+    normalize_timeout,
+    resolve,
+    transport_error,
+)
+from ._read_cursor import Chunk, ReadCursor, RetryableRead
+from ._read_interrupt import Stopped, StopSignal
+from ._sse import SSEParser
+
+__all__ = ["LIVE_READ_TIMEOUT", "Chunks", "LiveMode", "ReadSession", "normalize_live"]
+
+log = logging.getLogger("durable_streams")
+
+#: ``False`` (catch-up only), ``True``/``"auto"`` (SSE, falling back to long-poll),
+#: ``"long-poll"`` or ``"sse"``.
+LiveMode = bool | Literal["auto", "long-poll", "sse"]
+
+#: The smallest read timeout (seconds) used for live requests: longer than any server's
+#: long-poll hold or SSE keep-alive interval we know of (the reference server holds 30 s and
+#: sends an SSE control event at least that often; §10.2 suggests closing SSE after ~60 s).
+LIVE_READ_TIMEOUT = 90.0
+
+_SSE_READ_SIZE = 64 * 1024
+_SSE_HEADERS = {"Accept": "text/event-stream"}
+
+Chunks = Generator[Chunk, None, None]
+
+
+def normalize_live(live: Any) -> tuple[str | None, bool]:
+    """``live`` -> (transport to follow with, or None for catch-up only; auto fallback?)."""
+    if live is False:
+        return None, False
+    if live is True or live == "auto":
+        return "sse", True
+    if live in ("long-poll", "sse"):
+        return str(live), False
+    raise ValueError(
+        f"live must be False, True, 'auto', 'long-poll' or 'sse', got {live!r}"
+    )
+
+
+class ReadSession:
+    """Requests and the read loop of one response (one consumer thread, see module doc)."""
+
+    def __init__(
+        self,
+        cursor: ReadCursor,
+        stop: StopSignal,
+        *,
+        live: LiveMode,
+        headers: HeadersLike,
+        params: ParamsLike,
+        client: HttpClient,
+        owns_client: bool,
+        retry: RetryPolicy,
+        timeout: TimeoutLike,
+        content_type: str | None,
+    ) -> None:
+        self.cursor = cursor
+        self.stop = stop
+        self.url = cursor.url
+        self.transport, self.auto = normalize_live(live)
+        # live="sse" reads everything over SSE, from the first request; the other modes
+        # catch up with plain GETs first.
+        self.live_phase = self.transport == "sse" and not self.auto
+        self.content_type: str | None = None
+        self.set_content_type(content_type)
+        self._headers = headers
+        self._params = params
+        self._client = client
+        self._owns_client = owns_client
+        self._retry = retry
+        connect, read = normalize_timeout(timeout) if timeout is not None else client.timeout
+        self._timeout = (connect, read)
+        self._live_timeout = (connect, max(read, LIVE_READ_TIMEOUT))
+        self._failures = 0
+        self._sse_idle_connections = 0
+        self._sse_worked = False
+        self._stop_when_current = False  # set when the loop starts
+        # Cross-thread (guarded by stop.lock): the first response, and release.
+        self._pending: requests.Response | None = None
+        self.released = False
+
+    def set_content_type(self, content_type: str | None) -> None:
+        self.content_type = content_type
+        self.cursor.json_mode = P.is_json(content_type)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        """Send the first request (from ``stream()``); raise on 4xx or exhaustion.
+
+        That is a catch-up GET, or, for ``live="sse"``, the SSE connection itself; its
+        response (``text/event-stream``) does not tell the stream's content type, so when
+        none was given a ``HEAD`` asks for it first (JSON mode changes how data parses).
+        """
+        if self.live_phase and not self.content_type:
+            head = self._client.request(
+                "HEAD", self.url, operation="read", headers=self._headers,
+                params=self._params, retry=self._retry, timeout=self._timeout,
+            )
+            self.set_content_type(head.headers.get(P.CONTENT_TYPE) or P.DEFAULT_CONTENT_TYPE)
+        live = "sse" if self.live_phase else None
+        while True:
+            try:
+                response = self._fetch(live)
+            except errors.TransportError as exc:
+                failure: errors.DurableStreamError = exc
+                retry_after = None
+            except RetryableRead as exc:
+                failure, retry_after = exc.error, exc.retry_after
+            else:
+                content_type = response.headers.get(P.CONTENT_TYPE)
+                if content_type and live is None:
+                    self.set_content_type(content_type)
+                self.cursor.status = response.status_code
+                self._pending = response
+                return
+            self._backoff(failure, retry_after)
+
+    def release(self) -> None:
+        """Free everything the read holds (idempotent; any thread)."""
+        with self.stop.lock:
+            if self.released:
+                return
+            self.released = True
+            pending, self._pending = self._pending, None
+        self.stop.finish()
+        if pending is not None:
+            pending.close()
+        if self._owns_client:
+            self._client.close()
+
+    def _take_pending(self) -> requests.Response | None:
+        response, self._pending = self._pending, None
+        return response
+
+    # -- the read loop --------------------------------------------------------------------
+    def chunks(self, stop_when_current: bool, deadline: float | None) -> Chunks:
+        """The read loop shared by every consumption method."""
+        self._stop_when_current = stop_when_current
+        cursor = self.cursor
+        try:
+            if deadline is not None:
+                self.stop.start_deadline(deadline)
+            while not cursor.closed:
+                if cursor.up_to_date and stop_when_current:
+                    return
+                failure: errors.DurableStreamError
+                retry_after: float | None = None
+                try:
+                    if not self.live_phase:
+                        response = self._take_pending()
+                        if response is None:
+                            response = self._fetch(None)
+                        chunk = self._take_http(response)
+                        if cursor.up_to_date:
+                            self.live_phase = True
+                        if chunk is not None:
+                            yield chunk
+                    elif self.transport == "long-poll":
+                        chunk = self._take_http(self._fetch("long-poll"))
+                        if chunk is not None:
+                            yield chunk
+                    else:
+                        yield from self._sse_connection()
+                    continue
+                except errors.TransportError as exc:
+                    failure = exc
+                except RetryableRead as exc:
+                    failure, retry_after = exc.error, exc.retry_after
+                except errors.ParseError:
+                    raise
+                except errors.DurableStreamError as exc:
+                    if not self._can_fall_back(exc):
+                        raise
+                    log.info("%s: SSE unavailable (%s); following with long-poll instead",
+                             cursor.where(), exc)
+                    self.transport = "long-poll"
+                    self._failures = 0
+                    continue
+                self._backoff(failure, retry_after)
+        except Stopped:
+            return
+        finally:
+            self.release()
+
+    def _backoff(self, failure: errors.DurableStreamError, retry_after: float | None) -> None:
+        """Wait before the next attempt, or raise ``failure`` when retries are exhausted."""
+        self.stop.check()
+        if self._failures >= self._retry.max_retries:
+            raise failure
+        wait = self._retry.delay(self._failures, retry_after)
+        self._failures += 1
+        log.debug("%s: %s; retry %d/%d in %.3fs", self.cursor.where(), failure,
+                  self._failures, self._retry.max_retries, wait)
+        self.stop.sleep(wait)
+
+    def _can_fall_back(self, exc: errors.DurableStreamError) -> bool:
+        """``live="auto"``: SSE failed before it ever worked, and not because of the stream.
+
+        A 404 (the stream is gone) is final. Other refusals (400 "SSE not supported", 405,
+        a response that is not ``text/event-stream``, connections that end without any
+        event, 5xx after the retries...) switch this response to long-poll for good; an
+        error that is about the stream itself then shows up again on the long-poll request.
+        """
+        return (self.auto and self.transport == "sse" and not self._sse_worked
+                and exc.status != 404)
+
+    # -- requests -------------------------------------------------------------------------
+    def _fetch(self, live: str | None) -> requests.Response:
+        """One GET from the current offset; a 2xx response with its body unread.
+
+        Raises :class:`TransportError` or :class:`RetryableRead` for transient failures,
+        the mapped error for other statuses, :class:`Stopped` when stopping.
+        """
+        self.stop.check()
+        query = build_query(resolve(self._params), self.cursor.query(live))
+        headers = merge_headers(resolve(self._headers), _SSE_HEADERS if live == "sse" else {})
+        if live is None:
+            response = self._client.send(
+                "GET", self.url, operation="read", headers=headers, params=query,
+                timeout=self._timeout, stream=True,
+            )
+        else:
+            timeout = self._live_timeout
+
+            def send() -> requests.Response:
+                return self._client.send(
+                    "GET", self.url, operation="read", headers=headers, params=query,
+                    timeout=timeout, stream=True,
+                )
+
+            response = self.stop.call(send)
+        status = response.status_code
+        if 200 <= status < 300:
+            return response
+        error = error_from(response, url=self.url, operation="read")
+        response.close()
+        if self._retry.is_retryable_status(status):
+            raise RetryableRead(error, P.parse_retry_after(response.headers.get(P.RETRY_AFTER)))
+        raise error
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        try:
+            raw = response.raw
+            read = getattr(raw, "read", None)
+            if read is not None:
+                data: bytes = read(decode_content=True)
+            else:  # pragma: no cover - an adapter without a urllib3 response
+                data = response.content
+        except Exception as exc:
+            if self.stop.reason is not None:
+                raise Stopped from None
+            raise transport_error(exc, url=self.url, operation="read") from exc
+        finally:
+            response.close()
+        return data
+
+    def _take_http(self, response: requests.Response) -> Chunk | None:
+        """Read a catch-up or long-poll response and apply it to the cursor (§5.6, §5.7)."""
+        status = response.status_code
+        if status == 204:
+            response.close()
+            body = b""
+        else:
+            body = self._read_body(response)
+        # Nothing is processed once stopping: the offset stays that of the last delivery.
+        self.stop.check()
+        chunk = self.cursor.apply_response(status, response.headers, body)
+        self._failures = 0
+        return chunk
+
+    # -- SSE ------------------------------------------------------------------------------
+    def _sse_bytes(self, response: requests.Response) -> Iterator[bytes]:
+        read1 = getattr(response.raw, "read1", None)
+        if read1 is None:  # pragma: no cover - urllib3 < 2 has no read1()
+            pieces = response.iter_content(chunk_size=None)
+
+            def read1(_size: int) -> bytes:
+                return next(pieces, b"")
+
+        stop = self.stop
+        while True:
+            try:
+                data: bytes = read1(_SSE_READ_SIZE)
+            except Exception as exc:
+                if stop.reason is not None:
+                    raise Stopped from None
+                raise transport_error(exc, url=self.url, operation="read") from exc
+            if stop.reason is not None:
+                raise Stopped
+            if not data:
+                return
+            yield data
+
+    def _sse_connection(self) -> Iterator[Chunk]:
+        """One SSE connection from the current offset, until EOF or the server ends it."""
+        cursor = self.cursor
+        response = self._take_pending()
+        if response is None:
+            response = self._fetch("sse")
+        media = P.media_type(response.headers.get(P.CONTENT_TYPE))
+        if media != "text/event-stream":
+            response.close()
+            raise errors.DurableStreamError(
+                f"{cursor.where()}: live='sse' needs a text/event-stream response, got "
+                f"{media or 'no content type'}",
+                status=response.status_code, code="SSE_NOT_SUPPORTED", url=self.url,
+            )
+        encoding = (response.headers.get(P.SSE_DATA_ENCODING) or "").strip().lower()
+        base64_data = encoding == "base64"
+        status = response.status_code
+        self.stop.watch(response)
+        parser = SSEParser()
+        parts: list[str] = []
+        controls = 0
+        try:
+            for raw in self._sse_bytes(response):
+                for event in parser.feed(raw):
+                    self.stop.check()
+                    if event.event == "data":
+                        parts.append(event.data)
+                    elif event.event == "control":
+                        chunk = cursor.apply_control(event.data, parts, base64_data,
+                                                     status=status)
+                        self._failures = 0
+                        parts = []
+                        controls += 1
+                        self._sse_idle_connections = 0
+                        self._sse_worked = True
+                        if chunk is not None:
+                            yield chunk
+                        if cursor.finished(self._stop_when_current):
+                            return
+                    # other event types are ignored (§5.8 defines data and control only)
+        finally:
+            self.stop.unwatch()
+            response.close()
+        if controls:
+            log.debug("%s: SSE connection ended by the server; reconnecting", cursor.where())
+            return
+        self._sse_idle_connections += 1
+        if self.auto and self._sse_idle_connections >= 2:
+            raise errors.DurableStreamError(
+                f"{cursor.where()}: SSE connections end without delivering any event",
+                code="SSE_NOT_SUPPORTED", url=self.url,
+            )
+        raise errors.TransportError(
+            f"{cursor.where()}: the SSE connection ended before any control event",
+            url=self.url,
+        )
