@@ -295,6 +295,33 @@ def test_live_read_timeout_is_bounded(adapter: AdapterProcess, live: Any) -> Non
     assert result["offset"] == tail
 
 
+@pytest.fixture(scope="module")
+def quick_adapter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdapterProcess]:
+    """An adapter on a second server whose long-poll hold is 200 ms (it answers 204 soon)."""
+    with ReferenceServer(long_poll_timeout_ms=200) as srv:
+        proc = AdapterProcess(tmp_path_factory.mktemp("adapter-quick-cwd"))
+        try:
+            proc.send({"type": "init", "serverUrl": srv.url})
+            yield proc
+        finally:
+            proc.stop()
+
+
+def test_read_reports_the_status_of_an_empty_long_poll(quick_adapter: AdapterProcess) -> None:
+    """PROTOCOL §5.7: a long-poll that times out with nothing new is a 204, and the read
+    result carries that status (the runner compares it with expect.status)."""
+    path = create(quick_adapter)
+    tail = append(quick_adapter, path, "data")["offset"]
+    result = quick_adapter.send({"type": "read", "path": path, "offset": tail,
+                                 "live": "long-poll", "timeoutMs": 1000})
+    assert result["success"] is True
+    assert result["status"] == 204
+    assert result["chunks"] == [] and result["upToDate"] is True and result["offset"] == tail
+    # Data, then the end of the read: a catch-up read reports the 200 that carried it.
+    caught_up = quick_adapter.send({"type": "read", "path": path})
+    assert caught_up["status"] == 200 and joined(caught_up) == "data"
+
+
 def test_live_read_without_timeout_uses_the_default(adapter: AdapterProcess) -> None:
     path = create(adapter)
     started = time.monotonic()

@@ -452,6 +452,27 @@ def test_idle_timeouts_are_up_to_date_notifications(
     assert len(calls) >= 2  # dynamic headers are evaluated for every request
 
 
+def test_status_is_204_after_an_empty_long_poll(quick_server: ReferenceServer) -> None:
+    """§5.7: a long-poll at the tail that times out with nothing new answers 204, and
+    ``res.status`` says so; the catch-up response before it was a 200."""
+    url = quick_server.stream_url()
+    handle = DurableStream.create(url, content_type="text/plain")
+    tail = handle.append("old")
+    res = stream(url, offset=tail, live="long-poll")
+    assert res.status == 200  # the first (catch-up) response, sent by stream()
+    with res:
+        events = res.iter_events()
+        first = next(events)  # the catch-up answer at the tail: empty, up to date
+        assert first.data == b"" and first.up_to_date and res.status == 200
+        quiet = next(events)  # the long-poll: held 200 ms, then 204 with nothing new
+        assert quiet.data == b"" and quiet.up_to_date and not quiet.closed
+        assert res.status == 204
+        assert res.offset == tail
+        handle.append("new")
+        fresh = next(events)
+        assert fresh.data == b"new" and res.status == 200
+
+
 # -- what the server cannot show or produce (``responses``) ------------------------------------
 
 FAKE = "http://durable.test/stream"

@@ -566,7 +566,8 @@ class Adapter:
             result: dict[str, Any] = {
                 "type": "read",
                 "success": True,
-                "status": 200,
+                # The last response's status: 204 when a long-poll timed out with nothing new.
+                "status": resp.status,
                 "chunks": chunks,
                 "offset": resp.offset,
                 "upToDate": bool(up_to_date),
