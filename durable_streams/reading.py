@@ -3,6 +3,12 @@
 PROTOCOL.md §5.6 (catch-up), §5.7 (long-poll), §5.8 (SSE), §8 (offsets, ``-1``, ``now``),
 §9.1 (JSON mode) and §10 (cursor echo).
 
+Layout: this module is the public face (:func:`stream`, :class:`StreamResponse` and how it
+is consumed); ``_read_cursor`` holds the pure rules that each response or SSE control event
+applies (offset, cursor, up-to-date, closed, status; never moving back), ``_read_session``
+sends the requests and runs the read loop, ``_read_interrupt`` stops a read from another
+thread.
+
 How a read proceeds
 -------------------
 :func:`stream` sends the first request at once, so a missing stream or a bad offset raises
