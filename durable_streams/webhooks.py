@@ -251,15 +251,16 @@ class Wake:
         return f"{self.stream_root}/{path.lstrip('/')}"
 
     # -- reading and acking ----------------------------------------------------------------
-    def read(self, path: str, *, headers: HeadersLike = None,
+    def read(self, path: str, *, offset: str | None = None, headers: HeadersLike = None,
              timeout: TimeoutLike = None, retry: RetryPolicy | None = None) -> StreamResponse:
-        """Read ``path``'s pending data: from its acked offset (``"-1"``: the beginning)
-        until the reader is up to date. The server may have more than ``tail_offset`` by
-        now, so the response can run past the snapshot; ``response.offset`` is where it
-        ended, and acking that (with :meth:`callback`) covers exactly what was read."""
-        linked = self.stream(path)
+        """Read ``path``'s pending data: from the snapshot's acked offset (``"-1"``: the
+        beginning), or from ``offset`` (to resume after a partial :meth:`callback`), until
+        the reader is up to date. The server may have more than ``tail_offset`` by now, so
+        the response can run past the snapshot; ``response.offset`` is where it ended, and
+        acking that (with :meth:`callback`) covers exactly what was read."""
+        start = self.stream(path).acked_offset if offset is None else offset
         return stream(
-            self.stream_url(path), offset=linked.acked_offset, live=False, headers=headers,
+            self.stream_url(path), offset=start, live=False, headers=headers,
             session=self.session, timeout=timeout if timeout is not None else self.timeout,
             retry=retry, stop_at_up_to_date=True,
         )
