@@ -279,3 +279,35 @@ def test_jwks_is_served_with_a_max_age(root: str, verifier: WebhookVerifier) -> 
     started = time.monotonic()
     verifier.key_ids  # noqa: B018 - no fetch for reading the cache
     assert verifier.fetch_count == 1 and time.monotonic() - started < 1
+
+
+def test_an_expired_lease_fences_the_old_wake(root: str, prefix: str,
+                                              verifier: WebhookVerifier, receiver: Receiver,
+                                              subs: list[str]) -> None:
+    # §7.3: the webhook lease starts with the wake; when it expires unanswered, a new wake
+    # (generation + 1) is delivered and the old wake's token is fenced.
+    url = create_stream(root, f"{prefix}/a")
+    sub = subscribe(root, subs, receiver, streams=[f"{prefix}/a"], lease_ttl_ms=1000)
+    tail = append(url, '{"n": 1}')
+    old = verifier.verify(*_parts(receiver.next()))
+    new = verifier.verify(*_parts(receiver.next(timeout=5)))  # after ~1 s
+    assert new.generation == old.generation + 1 and new.wake_id != old.wake_id
+    with pytest.raises(FencedError):
+        old.callback()
+    import dataclasses
+
+    from durable_streams import SubscriptionNotFoundError, UnauthorizedError
+    with pytest.raises(UnauthorizedError) as exc:  # 401 TOKEN_INVALID
+        forged = "f" + new.callback_token[1:]  # the signed payload changed: HMAC mismatch
+        assert forged != new.callback_token
+        dataclasses.replace(new, callback_token=forged).callback()
+    assert exc.value.code == "TOKEN_INVALID"
+    assert new.callback().ok
+    assert acked_offsets(root, sub)[f"{prefix}/a"] == tail
+    delete_subscription(root, sub)
+    with pytest.raises(SubscriptionNotFoundError):
+        new.callback()
+
+
+def _parts(d: Delivery) -> tuple[bytes, str | None]:
+    return d.body, d.signature
