@@ -110,6 +110,7 @@ class _Signature:
     timestamp: int
     kid: str
     signatures: tuple[bytes, ...]
+    timestamp_text: str  # as sent: the signed bytes start with exactly this
 
 
 def parse_signature_header(header: str | None) -> _Signature:
@@ -119,6 +120,7 @@ def parse_signature_header(header: str | None) -> _Signature:
     if header is None or not str(header).strip():
         raise _sig_error(f"the {SIGNATURE_HEADER} header is missing", MISSING_HEADER)
     timestamp: int | None = None
+    timestamp_text = ""
     kid: str | None = None
     sigs: list[bytes] = []
     for part in str(header).split(","):
@@ -127,7 +129,7 @@ def parse_signature_header(header: str | None) -> _Signature:
         if not sep or not value:
             continue
         if name == "t" and value.isdigit() and len(value) <= 12:
-            timestamp = int(value)
+            timestamp, timestamp_text = int(value), value
         elif name == "kid":
             kid = value
         elif name == "ed25519":
@@ -145,7 +147,7 @@ def parse_signature_header(header: str | None) -> _Signature:
             "ed25519=<base64url signature>)",
             MALFORMED_HEADER,
         )
-    return _Signature(timestamp, kid, tuple(sigs))
+    return _Signature(timestamp, kid, tuple(sigs), timestamp_text)
 
 
 @dataclass(frozen=True)
@@ -410,7 +412,7 @@ class WebhookVerifier:
                              f" the {self.tolerance_s:.0f}s tolerance (check the clocks)",
                              FUTURE_TIMESTAMP)
         key = self._key(sig.kid)
-        signed = str(sig.timestamp).encode() + b"." + raw
+        signed = sig.timestamp_text.encode() + b"." + raw
         if not any(self._valid(key, s, signed) for s in sig.signatures):
             raise _sig_error("the webhook signature does not match the body", BAD_SIGNATURE)
         wake = Wake.parse(raw, stream_root=self.stream_root, session=self._session,
@@ -470,9 +472,9 @@ class WebhookVerifier:
                 raise self._unknown(kid)
             if now - self._last_fetch < self.min_refresh_interval_s:
                 log.debug("unknown webhook kid %r; JWKS refetched %.2fs ago, not again yet",
-                          kid, now - self._last_fetch)
+                          kid[:80], now - self._last_fetch)
                 raise self._unknown(kid)
-            log.info("unknown webhook kid %r: refetching the JWKS once (key rotation?)", kid)
+            log.info("unknown webhook kid %r: refetching the JWKS once (key rotation?)", kid[:80])
             self._fetch_locked(now)
             key = self._keys.get(kid)
             if key is None:
@@ -483,7 +485,7 @@ class WebhookVerifier:
             return key
 
     def _unknown(self, kid: str) -> errors.WebhookSignatureError:
-        return _sig_error(f"no key with kid {kid!r} in the JWKS at "
+        return _sig_error(f"no key with kid {kid[:80]!r} in the JWKS at "
                           f"{redact_url(self.jwks_url)}", UNKNOWN_KEY)
 
     def _refresh_due_locked(self, now: float) -> None:

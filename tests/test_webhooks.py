@@ -219,8 +219,8 @@ def test_a_500_from_the_receiver_is_retried_and_then_succeeds(root: str, prefix:
         wait_for(lambda: subscription_info(root, sub)["status"] == "failed",
                  timeout=0.7, interval=0.02, what='status "failed" before the retry')
         # §7.1: backoff starts at 1 s (±20 %): the retry comes within a bounded time.
-        second = receiver.next(timeout=5)
-        assert 0.7 <= second.at - first.at <= 3.0
+        second = receiver.next(timeout=10)
+        assert 0.7 <= second.at - first.at <= 6.0  # 0.8-1.2 s, plus slack for a busy box
         w1 = Wake.parse(first.body)
         w2 = verifier.verify(second.body, second.signature)
         assert (w2.wake_id, w2.generation) == (w1.wake_id, w1.generation)  # same wake

@@ -293,6 +293,7 @@ def test_header_parsing_is_order_and_space_tolerant() -> None:
     sig = b64url(b"\x01" * 64)
     parsed = parse_signature_header(f" kid=ds_k , ed25519={sig} ,t=17 ")
     assert (parsed.timestamp, parsed.kid, parsed.signatures) == (17, "ds_k", (b"\x01" * 64,))
+    assert parsed.timestamp_text == "17"
 
 
 def test_subscription_allow_list(jwks: JwksServer) -> None:
