@@ -3,6 +3,7 @@
 - :class:`DurableStream`: blocking create / connect / head / append / close / delete.
 - :class:`IdempotentProducer`: non-blocking ``append()``, background batching, exactly-once.
 - :func:`stream`: catch-up, long-poll and SSE reads from any offset, with EOF.
+- :class:`WebhookVerifier`, :class:`Wake`: verified webhook wakes (extra ``[webhooks]``).
 """
 
 import logging as _logging
@@ -44,6 +45,7 @@ from .errors import (
 from .producer import IdempotentProducer, ProducerStats
 from .reading import JsonBatch, StreamEvent, StreamResponse, stream
 from .stream import DurableStream, StreamInfo
+from .webhooks import Wake, WebhookVerifier
 
 __version__ = "0.1.0"
 
@@ -88,8 +90,10 @@ __all__ = [
     "SubscriptionNotFoundError",
     "TransportError",
     "UnauthorizedError",
+    "Wake",
     "WebhookSignatureError",
     "WebhookURLRejectedError",
+    "WebhookVerifier",
     "__version__",
     "stream",
 ]

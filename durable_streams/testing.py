@@ -7,6 +7,10 @@ the pytest plugin fixtures below, which any project that installs ``durable_stre
 
 - ``durable_streams_server``: a session-wide running :class:`ReferenceServer`.
 - ``durable_stream_url``: a fresh, not yet created stream URL on that server.
+- ``durable_streams_webhook_server``: a session-wide :class:`ReferenceServer` started with
+  webhook subscriptions enabled (``ReferenceServer(webhooks=True)``; the server refuses
+  webhook subscriptions otherwise). Subscriptions only see streams under its
+  :attr:`ReferenceServer.stream_root` (``{url}/v1/stream``).
 
 Requirements: ``node`` (18 or newer) and ``npm`` on ``PATH``.
 """
@@ -119,7 +123,9 @@ class ReferenceServer:
 
     Use it as a context manager or call :meth:`start` and :meth:`stop`. With ``data_dir`` the
     server keeps its streams on disk, so :meth:`kill` followed by :meth:`start` simulates a
-    crash and restart on the same port.
+    crash and restart on the same port. With ``webhooks=True`` the server accepts webhook
+    subscriptions (PROTOCOL §6.2) and signs its deliveries with an Ed25519 key made at each
+    start (so the key id changes on every restart).
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class ReferenceServer:
         data_dir: str | Path | None = None,
         long_poll_timeout_ms: int | None = None,
         compression: bool = False,
+        webhooks: bool = False,
         install_dir: str | Path | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
@@ -138,6 +145,7 @@ class ReferenceServer:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.long_poll_timeout_ms = long_poll_timeout_ms
         self.compression = compression
+        self.webhooks = webhooks
         self.install_dir = install_dir
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
@@ -165,6 +173,7 @@ class ReferenceServer:
         env["DS_HOST"] = self.host
         env["DS_PORT"] = str(self.port)
         env["DS_COMPRESSION"] = "1" if self.compression else "0"
+        env["DS_WEBHOOKS"] = "1" if self.webhooks else "0"
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             env["DS_DATA_DIR"] = str(self.data_dir)
@@ -263,6 +272,12 @@ class ReferenceServer:
             self._stderr = None
 
     # -- helpers -------------------------------------------------------------------------
+    @property
+    def stream_root(self) -> str:
+        """The stream root that subscriptions see (``{url}/v1/stream``): subscription bodies
+        name streams relative to it, and the control APIs live under ``{root}/__ds/``."""
+        return f"{self.url}/v1/stream"
+
     def stream_url(self, name: str | None = None) -> str:
         """A URL on this server for a stream (a fresh unique one when ``name`` is omitted)."""
         return f"{self.url}/{name or 'test-' + uuid.uuid4().hex}"
@@ -304,6 +319,24 @@ if pytest is not None:
     def durable_streams_server() -> Iterator[ReferenceServer]:
         """A reference server running for the whole test session."""
         server = ReferenceServer()
+        try:
+            server.start()
+        except ServerUnavailableError as exc:  # pragma: no cover - environment problem
+            pytest.fail(str(exc), pytrace=False)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @pytest.fixture(scope="session")
+    def durable_streams_webhook_server() -> Iterator[ReferenceServer]:
+        """A reference server with webhook subscriptions enabled, for the whole session.
+
+        Create streams under ``server.stream_root`` and webhook subscriptions at
+        ``{server.stream_root}/__ds/subscriptions/{id}``; the signing keys are published at
+        ``{server.stream_root}/__ds/jwks.json``.
+        """
+        server = ReferenceServer(webhooks=True)
         try:
             server.start()
         except ServerUnavailableError as exc:  # pragma: no cover - environment problem

@@ -16,6 +16,8 @@ const options = {
 }
 if (process.env.DS_DATA_DIR) options.dataDir = process.env.DS_DATA_DIR
 if (process.env.DS_LONG_POLL_MS) options.longPollTimeout = Number(process.env.DS_LONG_POLL_MS)
+// Webhook subscriptions (PROTOCOL §6.2, §7.1) are off unless asked for; there is no CLI flag.
+if (process.env.DS_WEBHOOKS === "1") options.webhooks = true
 
 const server = new DurableStreamTestServer(options)
 const url = await server.start()
