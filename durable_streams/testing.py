@@ -18,6 +18,7 @@ Requirements: ``node`` (18 or newer) and ``npm`` on ``PATH``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -71,17 +72,24 @@ def _installed_version(directory: Path) -> str | None:
 def ensure_server_installed(directory: str | Path | None = None) -> Path:
     """Install the pinned reference server into ``directory`` (default: a user cache dir).
 
-    Returns the directory holding ``start.mjs`` and ``node_modules``. Safe to call often: it
+    Returns the directory holding the launcher and ``node_modules``. Safe to call often: it
     only runs ``npm ci`` when the pinned version is not there yet.
     """
     target = Path(directory) if directory is not None else _default_install_dir()
     with _INSTALL_LOCK:
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("package.json", "package-lock.json", "start.mjs"):
+        for name in ("package.json", "package-lock.json"):
             src = _ASSETS / name
             dst = target / name
             if not dst.exists() or dst.read_bytes() != src.read_bytes():
                 shutil.copyfile(src, dst)
+        # The launcher is named after its content, so two versions of this library sharing
+        # the cache (two checkouts, two virtualenvs) never run each other's launcher.
+        script = target / _script_name()
+        if not script.exists():
+            tmp = script.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(_ASSETS / "start.mjs", tmp)
+            os.replace(tmp, script)
         if _installed_version(target) == SERVER_VERSION:
             return target
         npm = shutil.which("npm")
@@ -108,6 +116,12 @@ def ensure_server_installed(directory: str | Path | None = None) -> Path:
                         f"{proc.stderr.strip()[-2000:]}"
                     )
     return target
+
+
+def _script_name() -> str:
+    """``start-<hash>.mjs``: the launcher's name in the install directory."""
+    digest = hashlib.sha256((_ASSETS / "start.mjs").read_bytes()).hexdigest()[:12]
+    return f"start-{digest}.mjs"
 
 
 def _lock_file(handle: IO[str]) -> None:
@@ -185,7 +199,7 @@ class ReferenceServer:
                 prefix="ds-server-", suffix=".log"
             )
         self._proc = subprocess.Popen(
-            [node, "start.mjs"],
+            [node, _script_name()],
             cwd=directory,
             env=env,
             stdin=subprocess.PIPE,

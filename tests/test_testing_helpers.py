@@ -148,8 +148,10 @@ def test_ensure_server_installed_is_idempotent(monkeypatch: pytest.MonkeyPatch) 
     second = ensure_server_installed()
     assert first == second
     assert testing._installed_version(second) == SERVER_VERSION
-    for name in ("package.json", "package-lock.json", "start.mjs"):
+    for name in ("package.json", "package-lock.json"):
         assert (second / name).read_bytes() == (testing._ASSETS / name).read_bytes()
+    launcher = second / testing._script_name()
+    assert launcher.read_bytes() == (testing._ASSETS / "start.mjs").read_bytes()
     pinned = json.loads((second / "package.json").read_text())["dependencies"][SERVER_PACKAGE]
     assert pinned == SERVER_VERSION
 
@@ -158,10 +160,16 @@ def test_ensure_server_installed_refreshes_assets_without_npm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _fake_install(tmp_path)
-    (tmp_path / "start.mjs").write_text("// stale")
+    (tmp_path / "package.json").write_text("{}")  # stale
+    (tmp_path / "start-0123456789ab.mjs").write_text("// another library version's launcher")
     monkeypatch.setattr(subprocess, "run", _no_npm)
     assert ensure_server_installed(tmp_path) == tmp_path
-    assert (tmp_path / "start.mjs").read_bytes() == (testing._ASSETS / "start.mjs").read_bytes()
+    pinned = (testing._ASSETS / "package.json").read_bytes()
+    assert (tmp_path / "package.json").read_bytes() == pinned
+    launcher = tmp_path / testing._script_name()
+    assert launcher.read_bytes() == (testing._ASSETS / "start.mjs").read_bytes()
+    # The other version's launcher is left alone (it may be running right now).
+    assert (tmp_path / "start-0123456789ab.mjs").read_text().startswith("//")
 
 
 def test_install_without_npm_is_a_clear_error(tmp_path: Path,
