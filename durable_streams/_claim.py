@@ -231,6 +231,8 @@ class Claim:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
+            if self._fenced.is_set() and exc_type is None:
+                raise self._fenced_error("done ack")  # the work's acks did not land
             if self._finished:
                 return
             if exc_type is None:
