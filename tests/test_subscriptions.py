@@ -217,9 +217,8 @@ def test_heartbeat_thread_notices_fencing(space: Space, monkeypatch: pytest.Monk
     # the expiry is noticed by the server; the next heartbeat gets FENCED
     assert claim.wait_fenced(timeout=10), "the heartbeat thread never saw the fencing"
     assert claim.fenced
-    with pytest.raises(FencedError):
-        with claim:
-            pass  # a normal exit acks done: refused, the lease is gone
+    with pytest.raises(FencedError), claim:
+        pass  # a normal exit acks done: refused, the lease is gone
     other = poll(lambda: sub.claim("other"), what="the work for another worker")
     other.release()
 
