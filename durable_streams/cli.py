@@ -953,6 +953,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", metavar="BASE_URL",
                    help="use this running server instead of starting one")
     p.set_defaults(func=cmd_demo)
+    from ._subcli import register  # fork, subscription
+    register(sub, common)
     return parser
 
 
