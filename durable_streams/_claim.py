@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -61,8 +62,10 @@ class Claim:
         self.next_wake: bool | None = None
         self._thread: threading.Thread | None = None
         if heartbeat:
+            # The thread holds the claim weakly: a claim its owner dropped without ending
+            # it stops being extended, so its lease expires and the work is offered again.
             self._thread = threading.Thread(
-                target=self._heartbeat_loop, daemon=True,
+                target=_heartbeat_loop, args=(weakref.ref(self), self._stop), daemon=True,
                 name=f"ds-heartbeat-{subscription.subscription_id}-{self.generation}",
             )
             self._thread.start()
@@ -203,21 +206,6 @@ class Claim:
         self._stop.set()
 
     # -- heartbeat ------------------------------------------------------------------------
-    def _heartbeat_loop(self) -> None:
-        interval = max(self.lease_ttl_ms / 1000.0 / HEARTBEATS_PER_LEASE, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                self.heartbeat()
-            except errors.FencedError:
-                log.warning("claim on subscription %r (generation %d) was fenced: the lease "
-                            "was lost", self.subscription.subscription_id, self.generation)
-                return
-            except RuntimeError:
-                return  # ended meanwhile
-            except errors.DurableStreamError as exc:
-                log.warning("heartbeat for subscription %r failed (will retry): %s",
-                            self.subscription.subscription_id, exc)
-
     def _stop_heartbeat(self) -> None:
         self._stop.set()
         thread = self._thread
@@ -254,3 +242,30 @@ class Claim:
         return (f"Claim(subscription={self.subscription.subscription_id!r}, "
                 f"worker={self.worker!r}, generation={self.generation}, {state}, "
                 f"pending={[s.path for s in self.pending]})")
+
+
+def _heartbeat_loop(ref: weakref.ReferenceType[Claim], stop: threading.Event) -> None:
+    claim = ref()
+    if claim is None:
+        return
+    interval = max(claim.lease_ttl_ms / 1000.0 / HEARTBEATS_PER_LEASE, 0.05)
+    sub_id = claim.subscription.subscription_id
+    del claim
+    while not stop.wait(interval):
+        claim = ref()
+        if claim is None:
+            log.warning("a claim on subscription %r was dropped without a done ack or a "
+                        "release; its lease will expire", sub_id)
+            return
+        try:
+            claim.heartbeat()
+        except errors.FencedError:
+            log.warning("claim on subscription %r (generation %d) was fenced: the lease "
+                        "was lost", sub_id, claim.generation)
+            return
+        except RuntimeError:
+            return  # ended meanwhile
+        except errors.DurableStreamError as exc:
+            log.warning("heartbeat for subscription %r failed (will retry): %s", sub_id, exc)
+        finally:
+            del claim

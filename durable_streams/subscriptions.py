@@ -412,7 +412,10 @@ class ClaimLoop:
                 yield claim
             finally:
                 if not claim.finished:
-                    claim.close()
+                    try:
+                        claim.close()
+                    except errors.FencedError as exc:
+                        log.warning("%s", exc)
             if not claim.next_wake:
                 return
 
@@ -423,10 +426,17 @@ class ClaimLoop:
         wake_url = sub.stream_url(sub.wake_stream())
         # Note the wake stream's tail before the first claim: a wake written meanwhile is
         # then seen by the follower below, never lost between the two.
-        head = sub._client.request(
-            "HEAD", wake_url, operation="head wake stream", headers=sub.headers,
-            params=sub.params, retry=sub.retry,
-        )
+        try:
+            head = sub._client.request(
+                "HEAD", wake_url, operation="head wake stream", headers=sub.headers,
+                params=sub.params, retry=sub.retry,
+            )
+        except errors.StreamNotFoundError as exc:
+            raise errors.StreamNotFoundError(
+                f"the wake stream {redact_url(wake_url)} does not exist: create it (in JSON "
+                "mode) before the workers start; wakes written meanwhile were lost, but "
+                "claims() tries a claim first", status=404, url=redact_url(wake_url),
+            ) from exc
         offset = head.headers.get(P.STREAM_NEXT_OFFSET) or P.OFFSET_BEGINNING
         if not P.is_json(head.headers.get(P.CONTENT_TYPE)):
             raise ValueError(f"the wake stream {redact_url(wake_url)} is not a JSON stream; "

@@ -4,6 +4,7 @@ heartbeat and fencing."""
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from durable_streams import (
     Claim,
     FencedError,
     InvalidOffsetError,
+    StreamNotFoundError,
     Subscription,
     SubscriptionExistsError,
     SubscriptionInfo,
@@ -243,3 +245,23 @@ def test_ack_json_body_shape(space: Space) -> None:
     for path, offset in offsets.items():
         assert acked[path] == offset
     assert JSON
+
+
+def test_a_dropped_claim_stops_heartbeating_and_its_lease_expires(space: Space) -> None:
+    sub = space.subscription(lease_ttl_ms=1000)
+    space.create("orders/a").append({"n": 1})
+    claim = poll(lambda: sub.claim("forgetful"), what="a claim")
+    gen = claim.generation
+    del claim  # neither acked nor released: the heartbeat must not keep the lease forever
+    gc.collect()
+    poll(lambda: [w for w in space.wakes() if w["generation"] > gen], timeout=10,
+         what="a re-wake after the dropped claim's lease expired")
+    again = poll(lambda: sub.claim("careful"), what="the work offered again")
+    again.release()
+
+
+def test_claims_needs_the_wake_stream(space: Space) -> None:
+    sub = Subscription.create(space.root, space.prefix + "-nowake",
+                              pattern=space.path("orders/*"), wake_stream=space.path("none"))
+    with pytest.raises(StreamNotFoundError, match="wake stream .* does not exist"):
+        next(sub.claims("w", stop_after=5))
