@@ -200,6 +200,18 @@ def test_fork_ttl_and_closed_source(src: DurableStream, server: ReferenceServer)
         assert items(fork.url) == [1, 2]
 
 
+def test_fork_inherits_the_source_expiry_unless_given(server: ReferenceServer) -> None:
+    # §4.2 expiry table: source TTL + no fork expiry -> the fork inherits the TTL value;
+    # a fork Expires-At replaces it.
+    with DurableStream.create(server.stream_url(), content_type=JSON, ttl_seconds=120) as src:
+        with src.fork(server.stream_url()) as inherited:
+            assert inherited.head().ttl_seconds == 120
+        with src.fork(server.stream_url(), expires_at="2099-01-01T00:00:00Z") as own:
+            info = own.head()
+            assert info.expires_at and info.expires_at.startswith("2099-01-01")
+            assert info.ttl_seconds is None
+
+
 def test_soft_deleted_source(src: DurableStream, server: ReferenceServer) -> None:
     src.append('"kept"')
     fork = src.fork(server.stream_url())
