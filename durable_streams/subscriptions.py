@@ -216,8 +216,12 @@ class Subscription:
             response = sub._call(
                 "PUT", "", operation="create subscription",
                 data=json.dumps(doc, separators=(",", ":")).encode(),
-                hint=_WEBHOOK_HINT if webhook_url is not None else "",
             )
+        except errors.WebhookURLRejectedError as exc:
+            sub.close()
+            exc.message = f"{exc.message}. {_WEBHOOK_HINT}"
+            exc.args = (exc.message,)
+            raise
         except BaseException:
             sub.close()
             raise
