@@ -3,6 +3,8 @@
 - :class:`DurableStream`: blocking create / connect / head / append / close / delete.
 - :class:`IdempotentProducer`: non-blocking ``append()``, background batching, exactly-once.
 - :func:`stream`: catch-up, long-poll and SSE reads from any offset, with EOF.
+- :class:`Subscription`: server-side cursors over many streams; pull-wake claims
+  shared by worker processes (:class:`Claim`).
 - :class:`WebhookVerifier`, :class:`Wake`: verified webhook wakes (extra ``[webhooks]``).
 """
 
@@ -45,6 +47,7 @@ from .errors import (
 from .producer import IdempotentProducer, ProducerStats
 from .reading import JsonBatch, StreamEvent, StreamResponse, stream
 from .stream import DurableStream, StreamInfo
+from .subscriptions import Claim, ClaimLoop, Subscription, SubscriptionInfo
 from .webhooks import Wake, WebhookVerifier
 
 __version__ = "0.1.0"
@@ -55,6 +58,8 @@ _logging.getLogger("durable_streams").addHandler(_logging.NullHandler())
 __all__ = [
     "BadRequestError",
     "BufferFullError",
+    "Claim",
+    "ClaimLoop",
     "ConflictError",
     "ContentTypeMismatchError",
     "DeliveryError",
@@ -85,8 +90,10 @@ __all__ = [
     "StreamNotFoundError",
     "StreamResponse",
     "StreamSoftDeletedError",
+    "Subscription",
     "SubscriptionError",
     "SubscriptionExistsError",
+    "SubscriptionInfo",
     "SubscriptionNotFoundError",
     "TransportError",
     "UnauthorizedError",

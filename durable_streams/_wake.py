@@ -76,6 +76,7 @@ _BY_CODE: dict[str, type[errors.DurableStreamError]] = {
     "SUBSCRIPTION_NOT_FOUND": errors.SubscriptionNotFoundError,
     "SUBSCRIPTION_ALREADY_EXISTS": errors.SubscriptionExistsError,
     "FENCED": errors.FencedError,
+    "INVALID_OFFSET": errors.InvalidOffsetError,
     "WEBHOOK_URL_REJECTED": errors.WebhookURLRejectedError,
     "TOKEN_INVALID": errors.UnauthorizedError,
     "TOKEN_EXPIRED": errors.UnauthorizedError,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from . import _fork, errors
 from . import _protocol as P
 from ._http import (
     DEFAULT_RETRY,
@@ -121,8 +122,6 @@ class DurableStream:
                     if P.is_json(content_type)
                     and not isinstance(body, (str, bytes, bytearray, memoryview))
                     else _as_bytes(body, "body"))
-        handle = cls(url, content_type=content_type, headers=headers, params=params,
-                     session=session, timeout=timeout, retry=retry)
         extra: dict[str, str] = {}
         if content_type:
             extra[P.CONTENT_TYPE] = content_type
@@ -132,11 +131,34 @@ class DurableStream:
             extra[P.STREAM_EXPIRES_AT] = expires
         if closed:
             extra[P.STREAM_CLOSED] = "true"
+        return cls._put(url, extra, data, operation="create", content_type=content_type,
+                        headers=headers, params=params, session=session, timeout=timeout,
+                        retry=retry)
+
+    @classmethod
+    def _put(
+        cls,
+        url: str,
+        extra: dict[str, str],
+        data: bytes | None,
+        *,
+        operation: str,
+        content_type: str | None,
+        headers: HeadersLike,
+        params: ParamsLike,
+        session: requests.Session | None,
+        timeout: TimeoutLike,
+        retry: RetryPolicy | None,
+    ) -> DurableStream:
+        """The PUT behind :meth:`create` and :meth:`fork`: a new handle with ``.created``."""
+        handle = cls(url, content_type=content_type, headers=headers, params=params,
+                     session=session, timeout=timeout, retry=retry)
         try:
-            response = handle._client.request(
-                "PUT", url, operation="create", headers=headers, extra_headers=extra,
-                params=params, data=data, retry=handle.retry,
-            )
+            with _fork.mapping_soft_delete(operation, url):
+                response = handle._client.request(
+                    "PUT", url, operation=operation, headers=headers, extra_headers=extra,
+                    params=params, data=data, retry=handle.retry,
+                )
         except BaseException:
             handle.close()
             raise
@@ -165,13 +187,69 @@ class DurableStream:
             raise
         return handle
 
+    def fork(
+        self,
+        url: str,
+        *,
+        offset: str | None = None,
+        sub_offset: int | None = None,
+        ttl_seconds: int | None = None,
+        expires_at: Any = None,
+    ) -> DurableStream:
+        """Create a fork of this stream at ``url`` (PUT with fork headers, PROTOCOL §4.2).
+
+        The fork inherits this stream's data up to ``offset`` (``None``: the current tail)
+        plus ``sub_offset`` JSON messages (JSON mode) or bytes (otherwise) past it, then
+        lives on its own: appends, closes and deletes on either side do not affect the
+        other. Returns the fork's handle with ``.created`` (``False`` when the same fork
+        already existed, so a retry or re-run is harmless). Expiry: without ``ttl_seconds``
+        or ``expires_at`` the fork inherits the source's. Producer state is not inherited:
+        an :class:`IdempotentProducer` on the fork starts afresh.
+
+        ``url`` must be on this stream's server (``ValueError`` before any request).
+        Raises :class:`ForkError` (bad or out-of-range offset or sub-offset),
+        :class:`StreamNotFoundError` (no source), :class:`StreamSoftDeletedError` (the source
+        was deleted but still has forks), :class:`ContentTypeMismatchError`, or
+        :class:`StreamExistsError` (another stream or fork is at ``url``).
+        """
+        extra = _fork.fork_headers(self.url, url, offset=offset, sub_offset=sub_offset)
+        if ttl_seconds is not None and expires_at is not None:
+            raise ValueError("give ttl_seconds or expires_at, not both (PROTOCOL §5.1)")
+        ttl = P.validate_ttl(ttl_seconds)
+        expires = P.format_expires_at(expires_at)
+        if ttl is not None:
+            extra[P.STREAM_TTL] = ttl
+        if expires is not None:
+            extra[P.STREAM_EXPIRES_AT] = expires
+        # Send the source's content type: the reference server answers 409 instead of 200
+        # to a repeated fork PUT without one (so a retry would fail), and HEAD also tells a
+        # missing or soft-deleted source apart before anything is created.
+        try:
+            content_type = self._known_content_type()
+        except errors.DurableStreamError as exc:
+            raise _fork.fork_error(exc, self.url, url) from exc
+        extra[P.CONTENT_TYPE] = content_type
+        session = None if self._client.owns_session else self._client.session
+        try:
+            return type(self)._put(
+                url, extra, None, operation="fork", content_type=content_type,
+                headers=self.headers, params=self.params, session=session,
+                timeout=self._client.timeout, retry=self.retry,
+            )
+        except errors.DurableStreamError as exc:
+            mapped = _fork.fork_error(exc, self.url, url)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
     # -- operations ---------------------------------------------------------------------
     def head(self) -> StreamInfo:
         """Stream metadata (HEAD, §5.5); also refreshes :attr:`content_type`."""
-        response = self._client.request(
-            "HEAD", self.url, operation="head", headers=self.headers, params=self.params,
-            retry=self.retry,
-        )
+        with _fork.mapping_soft_delete("head", self.url):
+            response = self._client.request(
+                "HEAD", self.url, operation="head", headers=self.headers,
+                params=self.params, retry=self.retry,
+            )
         h = response.headers
         ttl = P.parse_int_header(h, P.STREAM_TTL)
         info = StreamInfo(
@@ -228,10 +306,12 @@ class DurableStream:
         extra = {P.CONTENT_TYPE: self._known_content_type()}
         if seq is not None:
             extra[P.STREAM_SEQ] = str(seq)
-        response = self._client.request(
-            "POST", self.url, operation="append", headers=self.headers, extra_headers=extra,
-            params=self.params, data=body, retry=self.retry, idempotent=seq is not None,
-        )
+        with _fork.mapping_soft_delete("append", self.url):
+            response = self._client.request(
+                "POST", self.url, operation="append", headers=self.headers,
+                extra_headers=extra, params=self.params, data=body, retry=self.retry,
+                idempotent=seq is not None,
+            )
         return self._next_offset(response, "append")
 
     def close_stream(self, *, body: Any = None) -> str:
@@ -248,18 +328,21 @@ class DurableStream:
             extra[P.CONTENT_TYPE] = self._known_content_type()
         elif self.content_type:
             extra[P.CONTENT_TYPE] = self.content_type
-        response = self._client.request(
-            "POST", self.url, operation="close", headers=self.headers, extra_headers=extra,
-            params=self.params, data=data, retry=self.retry, idempotent=body is None,
-        )
+        with _fork.mapping_soft_delete("close", self.url):
+            response = self._client.request(
+                "POST", self.url, operation="close", headers=self.headers,
+                extra_headers=extra, params=self.params, data=data, retry=self.retry,
+                idempotent=body is None,
+            )
         return response.headers.get(P.STREAM_NEXT_OFFSET, "")
 
     def delete(self) -> None:
         """Delete the stream and its data (DELETE, §5.4)."""
-        self._client.request(
-            "DELETE", self.url, operation="delete", headers=self.headers, params=self.params,
-            retry=self.retry,
-        )
+        with _fork.mapping_soft_delete("delete", self.url):
+            self._client.request(
+                "DELETE", self.url, operation="delete", headers=self.headers,
+                params=self.params, retry=self.retry,
+            )
 
     def stream(
         self,
@@ -286,9 +369,7 @@ class DurableStream:
         # Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
         offset = (response.headers.get(P.STREAM_NEXT_OFFSET) or "").strip()
         if not offset:
-            from .errors import DurableStreamError
-
-            raise DurableStreamError(
+            raise errors.DurableStreamError(
                 f"{operation} to {self.url}: the server answered {response.status_code} "
                 "without a Stream-Next-Offset header; the write may or may not have landed",
                 status=response.status_code, code="PROTOCOL_ERROR", url=self.url,

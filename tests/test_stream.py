@@ -31,6 +31,7 @@ from durable_streams import (
     StreamExistsError,
     StreamInfo,
     StreamNotFoundError,
+    StreamSoftDeletedError,
 )
 from durable_streams.testing import ReferenceServer
 
@@ -531,10 +532,12 @@ def test_soft_deleted_stream_is_gone(server: ReferenceServer, url: str) -> None:
             with pytest.raises(RetentionGoneError) as info:
                 operation()
             err = info.value
-            assert (err.status, err.code, err.url) == (410, "GONE", url)
-            assert url in str(err)
-        with pytest.raises(StreamExistsError):  # the path cannot be reused yet
+            assert (err.status, err.code, err.url) == (410, "SOFT_DELETED", url)
+            assert isinstance(err, StreamSoftDeletedError)
+            assert url in str(err) and "still has forks" in str(err)
+        with pytest.raises(StreamSoftDeletedError) as created:  # the path cannot be reused yet
             DurableStream.create(url, content_type="text/plain")
+        assert created.value.status == 409
     finally:
         source.close()
         requests.delete(fork_url, timeout=10)

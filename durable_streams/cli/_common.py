@@ -172,7 +172,8 @@ def exit_code_for(exc: BaseException) -> int:
             if code in codes:
                 return code
         return EXIT_FAILED
-    if isinstance(exc, (errors.StreamNotFoundError, errors.RetentionGoneError)):
+    if isinstance(exc, (errors.StreamNotFoundError, errors.RetentionGoneError,
+                        errors.SubscriptionNotFoundError)):
         return EXIT_NOT_FOUND
     if isinstance(exc, (errors.ConflictError, errors.StaleEpochError)):
         return EXIT_CONFLICT
@@ -217,6 +218,26 @@ class Commands:
             name, help=help_text, description=textwrap.fill(description, 79), epilog=EPILOG,
             parents=[self._common],
             formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return p
+
+    def add_group(self, name: str, help_text: str, description: str) -> Any:
+        """A command with actions of its own (``subscription create|info|delete``):
+        returns the subparsers object; add each action with :meth:`add_action`."""
+        group = self._subparsers.add_parser(
+            name, help=help_text, description=description, epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        actions = group.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+        actions.required = True
+        return actions
+
+    def add_action(self, actions: Any, name: str, help_text: str,
+                   description: str) -> argparse.ArgumentParser:
+        """An action of a group made by :meth:`add_group`, with the connection options."""
+        p: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, description=textwrap.fill(description, 79), epilog=EPILOG,
+            parents=[self._common], formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         return p
 
