@@ -262,6 +262,8 @@ def test_refused_webhook_url(root: str, prefix: str) -> None:
         create_webhook_subscription(root, f"sub-{prefix}", webhook_url="http://10.0.0.1/h",
                                     streams=[f"{prefix}/a"])
     assert exc.value.status == 400 and exc.value.code == "WEBHOOK_URL_REJECTED"
+    # The message says which URLs the server does accept.
+    assert "https://" in str(exc.value) and "localhost" in str(exc.value)
 
 
 def test_webhooks_are_off_unless_asked_for(durable_streams_server: ReferenceServer,

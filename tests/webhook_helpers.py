@@ -1,8 +1,7 @@
 """Test helpers for webhook subscriptions (PROTOCOL §6.2, §6.3, §7.1).
 
-The subscription calls are raw HTTP on purpose and live only here: when
-``Subscription.create(..., webhook_url=...)`` lands, switch ``create_webhook_subscription``
-to it. ``Receiver`` is a tiny loopback HTTP endpoint that records every delivery and answers
+Subscriptions are created through the library's ``Subscription.create(..., webhook_url=...)``;
+reads of their state are raw HTTP, so the tests check the server, not our parsing. ``Receiver`` is a tiny loopback HTTP endpoint that records every delivery and answers
 with whatever the test's ``respond`` function returns.
 """
 
@@ -19,7 +18,7 @@ from typing import Any
 
 import requests
 
-from durable_streams import _wake
+from durable_streams import Subscription
 
 JSON = "application/json"
 
@@ -27,21 +26,11 @@ JSON = "application/json"
 def create_webhook_subscription(root: str, sub_id: str, *, webhook_url: str,
                                 streams: list[str] | None = None, pattern: str | None = None,
                                 lease_ttl_ms: int | None = None) -> dict[str, Any]:
-    """``PUT {root}/__ds/subscriptions/{id}`` with ``type: "webhook"`` (§6.2)."""
-    body: dict[str, Any] = {"type": "webhook", "webhook": {"url": webhook_url}}
-    if streams is not None:
-        body["streams"] = streams
-    if pattern is not None:
-        body["pattern"] = pattern
-    if lease_ttl_ms is not None:
-        body["lease_ttl_ms"] = lease_ttl_ms
-    url = f"{root}/__ds/subscriptions/{sub_id}"
-    response = requests.put(url, json=body, timeout=10)
-    if response.status_code not in (200, 201):
-        raise _wake.subscription_error(response.status_code, response.headers, response.text,
-                                       url=url, operation="create subscription")
-    doc: dict[str, Any] = response.json()
-    return doc
+    """A webhook subscription (§6.2) through the library's ``Subscription.create``;
+    returns the server's document."""
+    with Subscription.create(root, sub_id, webhook_url=webhook_url, streams=streams,
+                             pattern=pattern, lease_ttl_ms=lease_ttl_ms) as sub:
+        return dict(sub.info().raw)
 
 
 def subscription_info(root: str, sub_id: str) -> dict[str, Any]:
