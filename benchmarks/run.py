@@ -5,6 +5,8 @@
     python3 -m benchmarks --scenario producer   # only scenarios whose name contains this
     python3 -m benchmarks --no-official         # skip the official client's rows
     python3 -m benchmarks --out results.md      # also write the table to a file
+    python3 -m benchmarks --no-ts               # skip the TypeScript client's rows
+    python3 -m benchmarks --against REV         # before/after against a git revision
 
 It starts the pinned reference server (``durable_streams.testing.ReferenceServer``, in
 memory, loopback), then for each scenario measures our client and its baselines:
@@ -13,7 +15,13 @@ memory, loopback), then for each scenario measures our client and its baselines:
   loop (1 connection, and 2 connections; the better one counts);
 - the released official Python client (PyPI ``durable-streams`` 0.1.0), installed by this
   runner into ``benchmarks/.venv-official`` and run there in a subprocess
-  (``_baseline_official.py``). If it cannot be installed or fails, its rows say why.
+  (``_baseline_official.py``). If it cannot be installed or fails, its rows say why;
+- the official TypeScript client (npm ``@durable-streams/client``, pinned in
+  ``benchmarks/ts_client/``, installed there by ``npm ci``), its ``IdempotentProducer``
+  with default options (``_ts_baseline.py``); skipped with a note when Node/npm is absent.
+
+Every throughput round reads its stream back and checks the stored count
+(``_stored.py``); a row with a wrong count is marked INVALID instead of a figure.
 
 Progress goes to stderr; stdout gets one markdown table of absolute figures and ratios,
 with the targets the project set itself.
@@ -459,7 +467,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None,
                         help="throughput runs per subject, best counts (default 5, quick 1)")
     parser.add_argument("--out", metavar="FILE", help="also write the markdown to FILE")
+    parser.add_argument("--against", metavar="REV",
+                        help="before/after instead: the producer rows of this tree against "
+                             "git revision REV (see benchmarks/compare.py)")
     args = parser.parse_args(argv)
+    if args.against:
+        from benchmarks import compare
+
+        return compare.main([args.against] + (["--quick"] if args.quick else [])
+                            + (["--repeat", str(args.repeat)] if args.repeat else [])
+                            + (["--out", args.out] if args.out else []))
     names = select(args.scenario)
     sizes = Sizes.for_mode(args.quick, args.repeat)
 
