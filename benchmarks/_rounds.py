@@ -75,7 +75,12 @@ class Rounds:
                 return ratio_row(scenario, what, None, target=target,
                                  reason=f"{name} invalid or missing")
         value, spread = paired_ratio(self.rates(num), self.rates(den))
-        return ratio_row(scenario, what, value, target=target, spread=spread)
+        row = ratio_row(scenario, what, value, target=target, spread=spread)
+        if len(spread) > 1:  # the figures' own ratio, for comparison with the median
+            best = self.best(num)["rate"] / self.best(den)["rate"]
+            row.result = row.result[:-1] + f"; best ÷ best {best:.2f}×)"
+            row.data["best_ratio"] = best
+        return row
 
 
 def checks_verdict(result: dict[str, Any]) -> str | None:
