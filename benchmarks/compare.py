@@ -92,7 +92,10 @@ def ensure_rev_venv(rev: str) -> tuple[str, str, str]:
         _git("archive", "--format=tar", "-o", tar_path, sha)
         src = os.path.join(tmp, "src")
         with tarfile.open(tar_path) as tar:
-            tar.extractall(src, filter="data")
+            try:
+                tar.extractall(src, filter="data")
+            except TypeError:  # Python < 3.11.4: no extraction filters (our own archive)
+                tar.extractall(src)
         steps = [
             [sys.executable, "-m", "venv", "--clear", venv],
             [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", src],
@@ -283,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks: list[tuple[dict[str, Any], int]] = []
     for m in ms:
         if all(_task_key(t) != _task_key(m.task) for t, _ in tasks):
-            rounds = repeat if m.verified else (
-                max(1, min(repeat, 3)) if m.task["task"] == "caller_cost" else
-                max(1, min(repeat, 2)))
+            rounds = repeat if m.verified else max(1, min(repeat, 3))
             tasks.append((m.task, rounds))
 
     from durable_streams.testing import ReferenceServer
