@@ -18,6 +18,10 @@ and low-rate latency. Every throughput round reads its stream back: a side whose
 count is wrong in any round is INVALID, and its ratio is not computed. Ratios are
 "after ÷ before", the median of the per-round ratios; for speeds higher is better, for
 times lower is better. Targets: no speed below 0.95× of before, no time above 1/0.95.
+
+On a shared, loaded machine single rounds vary by ±50 %; an A/A run (``compare.py HEAD``
+with a clean tree: the same library on both sides) shows how far apart identical code
+lands, i.e. how much of a before/after difference is noise.
 """
 
 from __future__ import annotations
@@ -270,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rev", metavar="REV", help="git revision to compare against (before)")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--repeat", type=int, default=None,
-                        help="throughput rounds per side (default 5, quick 1)")
+                        help="throughput rounds per side (default 7, quick 1)")
     parser.add_argument("--out", metavar="FILE", help="also write the markdown to FILE")
     args = parser.parse_args(argv)
-    repeat = args.repeat or (1 if args.quick else 5)
+    repeat = args.repeat or (1 if args.quick else 7)
     try:
         rev_python, sha, short = ensure_rev_venv(args.rev)
     except CompareError as exc:
@@ -317,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{after.info.get('file')}).",
         f"- Interleaved: {repeat} round(s) per throughput row, alternating which side goes "
         "first; figures are each side's best round (lowest for times); after ÷ before is the "
-        "median of per-round ratios. Every throughput round's stored count is verified.",
+        "median of per-round ratios. Every throughput round's stored count is verified. "
+        "Noise floor: an A/A run (REV = HEAD, clean tree) compares identical code.",
         "",
         "",
     ]) + table(ms, results, before, after)
