@@ -5,7 +5,8 @@
     python3 benchmarks/compare.py REV --quick    # small sizes, a smoke test
 
 REV is exported with ``git archive`` into a temporary directory and installed (``pip
-install``, with its own dependencies: requests, urllib3) into its own virtualenv,
+install``; its dependencies requests and urllib3 pinned to the versions this interpreter
+has, so only the library differs) into its own virtualenv,
 ``benchmarks/.venv-rev-<short>``, kept for the next run. Each side runs in its own worker
 process (``_compare_worker.py``): "before" = REV from that virtualenv, "after" = this tree
 (``PYTHONPATH``). Both run the current benchmark code, which uses only the public API
@@ -27,6 +28,7 @@ lands, i.e. how much of a before/after difference is noise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -77,6 +79,18 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+def _dependency_pins() -> list[str]:
+    """The HTTP stack this interpreter has (requests, urllib3), so both sides run on the
+    same versions and only the library differs."""
+    import importlib.metadata
+
+    pins = []
+    for name in ("requests", "urllib3"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+    return pins
+
+
 def ensure_rev_venv(rev: str) -> tuple[str, str, str]:
     """Export and install ``rev`` once; (python, full sha, short sha)."""
     sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
@@ -84,9 +98,11 @@ def ensure_rev_venv(rev: str) -> tuple[str, str, str]:
     venv = os.path.join(HERE, f".venv-rev-{short}")
     python = os.path.join(venv, "bin", "python")
     marker = os.path.join(venv, ".installed-revision")
+    pins = _dependency_pins()
+    stamp = " ".join([sha, *pins])
     try:
         with open(marker) as f:
-            if f.read().strip() == sha and os.path.exists(python):
+            if f.read().strip() == stamp and os.path.exists(python):
                 return python, sha, short
     except OSError:
         pass
@@ -102,7 +118,7 @@ def ensure_rev_venv(rev: str) -> tuple[str, str, str]:
                 tar.extractall(src)
         steps = [
             [sys.executable, "-m", "venv", "--clear", venv],
-            [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", src],
+            [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", src, *pins],
         ]
         for cmd in steps:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
@@ -111,7 +127,7 @@ def ensure_rev_venv(rev: str) -> tuple[str, str, str]:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
                 raise CompareError(f"{' '.join(cmd[:4])} failed: {' | '.join(tail)}")
     with open(marker, "w") as f:
-        f.write(sha + "\n")
+        f.write(stamp + "\n")
     return python, sha, short
 
 
