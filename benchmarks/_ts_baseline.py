@@ -111,5 +111,5 @@ class TsClient:
             stored = {**stored, "stored_ok": False,
                       "stored": f"{run['error_count']} onError call(s): {run['errors'][:1]}"}
         return {"rate": run["rate"], "bytes_per_s": n * size / run["seconds"],
-                "seconds": run["seconds"], "version": result.get("version"),
+                "seconds": run["seconds"], "version": _installed_version(self.directory),
                 "node": result.get("node"), **stored}

@@ -63,9 +63,7 @@ async function main() {
   const messages = build(task.n, size);
   const runs = [];
   for (let r = 0; r < (task.runs ?? 1); r++) runs.push(await oneRun(task.url, task.mode, messages));
-  const pkg = await import("@durable-streams/client/package.json", { with: { type: "json" } })
-    .then((m) => m.default.version).catch(() => "?");
-  console.log("RESULT " + JSON.stringify({ runs, version: pkg, node: process.version }));
+  console.log("RESULT " + JSON.stringify({ runs, node: process.version }));
 }
 
 main().catch((err) => {
