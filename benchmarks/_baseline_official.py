@@ -37,6 +37,7 @@ from _common import (
     latency_summary,
     unique_name,
 )
+from _stored import check as check_stored
 
 
 def _messages(mode: str, n: int, size: int) -> list[Any]:
@@ -51,8 +52,14 @@ def _ct(mode: str) -> str:
     return JSON_TYPE if mode == "json" else BYTES_TYPE
 
 
+def _check(url: str, mode: str, messages: list[Any]) -> dict[str, Any]:
+    """Read the stream back before it is deleted: is every message stored?"""
+    nbytes = None if mode == "json" else sum(len(m) for m in messages)
+    return check_stored(url, messages=len(messages), nbytes=nbytes)
+
+
 async def _one_async_run(url: str, mode: str, messages: list[Any], kind: str, conc: int
-                         ) -> float:
+                         ) -> tuple[float, dict[str, Any]]:
     from durable_streams import AsyncDurableStream
 
     handle = await AsyncDurableStream.create(f"{url}/{unique_name('official-async')}",
@@ -73,21 +80,25 @@ async def _one_async_run(url: str, mode: str, messages: list[Any], kind: str, co
         else:
             raise ValueError(f"unknown pattern {kind!r}")
         elapsed = time.perf_counter() - t0
+        stored = _check(handle.url, mode, messages)
         await handle.delete()
     finally:
         await handle.aclose()
-    return len(messages) / elapsed
+    return len(messages) / elapsed, stored
 
 
 def async_throughput(task: dict[str, Any]) -> dict[str, Any]:
     messages = _messages(task["mode"], task["n"], task["size"])
     rates: dict[str, float] = {}
+    checks: dict[str, list[dict[str, Any]]] = {}
     for kind, conc in task["patterns"]:
         name = f"{kind}-{conc}"
         for _ in range(max(1, task.get("repeat", 1))):
-            rate = asyncio.run(_one_async_run(task["url"], task["mode"], messages, kind, conc))
+            rate, stored = asyncio.run(_one_async_run(task["url"], task["mode"], messages,
+                                                      kind, conc))
+            checks.setdefault(name, []).append(stored)
             rates[name] = max(rates.get(name, 0.0), rate)
-    return {"rates": rates}
+    return {"rates": rates, "checks": checks}
 
 
 def sync_append(task: dict[str, Any]) -> dict[str, Any]:
@@ -105,10 +116,11 @@ def sync_append(task: dict[str, Any]) -> dict[str, Any]:
             handle.append(m)
             lat.append(pc() - t)
         elapsed = pc() - t0
+        stored = _check(handle.url, task["mode"], messages)
         handle.delete()
     finally:
         handle.close()
-    return {"rate": len(messages) / elapsed, "latency": latency_summary(lat)}
+    return {"rate": len(messages) / elapsed, "latency": latency_summary(lat), "checks": [stored]}
 
 
 async def _async_latency(task: dict[str, Any]) -> dict[str, Any]:

@@ -249,12 +249,14 @@ class RawClient:
 
 
 def raw_ceiling(base_url: str, bodies: Sequence[bytes], content_type: str, *,
-                connections: int) -> float:
+                connections: int, expect: dict[str, Any] | None = None) -> float:
     """Seconds to POST pre-built ``bodies`` to a fresh stream over ``connections``
     connections (bodies dealt round-robin; each connection sends sequentially).
 
     Each connection sends as its own idempotent producer (Producer-Id/Epoch/Seq), so the
-    server does the same work per request as for our producer's batches.
+    server does the same work per request as for our producer's batches. ``expect``:
+    ``{"messages": n, "nbytes": b}`` to read the stream back before it is deleted; the
+    check's result (``stored_ok``, ...) is added to that dict.
     """
     path = "/" + unique_name("raw")
     client = RawClient(base_url, connections)
@@ -281,6 +283,11 @@ def raw_ceiling(base_url: str, bodies: Sequence[bytes], content_type: str, *,
             for t in threads:
                 t.join()
         elapsed = time.perf_counter() - t0
+        if expect is not None:
+            from benchmarks._stored import check
+
+            expect.update(check(base_url + path, messages=expect.get("messages"),
+                                nbytes=expect.get("nbytes")))
     finally:
         client.delete(path)
         client.close()

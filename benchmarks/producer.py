@@ -40,13 +40,19 @@ from benchmarks._common import (  # noqa: E402
     timer_overhead_ns,
     unique_name,
 )
+from benchmarks._stored import check as check_stored  # noqa: E402
+from benchmarks._stored import expected_bytes  # noqa: E402
 from durable_streams import DurableStream, IdempotentProducer  # noqa: E402
 
 
 def _stats_dict(producer: IdempotentProducer) -> dict[str, int]:
-    s = producer.stats()
-    return {"batches": s.batches_sent, "requests": s.requests_sent, "retries": s.retries,
-            "acked": s.messages_acked, "failed": s.messages_failed}
+    # Public API only, read defensively: the before/after harness (benchmarks/compare.py)
+    # runs this module against other revisions of the library too.
+    stats = getattr(producer, "stats", None)
+    s = stats() if callable(stats) else None
+    return {key: int(getattr(s, attr, -1)) for key, attr in (
+        ("batches", "batches_sent"), ("requests", "requests_sent"), ("retries", "retries"),
+        ("acked", "messages_acked"), ("failed", "messages_failed"))}
 
 
 def _new_stream(base_url: str, content_type: str, prefix: str) -> DurableStream:
@@ -61,12 +67,18 @@ def _dispose(handle: DurableStream) -> None:
 
 
 def throughput(base_url: str, messages: list[Any], *, json_mode: bool, threads: int = 1,
-               **producer_options: Any) -> dict[str, Any]:
+               count_records: int | None = -1, **producer_options: Any) -> dict[str, Any]:
     """End to end: first ``append`` -> ``flush`` returns, from ``threads`` threads.
 
     The stream is created and the producer constructed before the clock starts (neither
     touches the producer path); sender threads start lazily inside the timed region.
+    Afterwards the stream is read back (:func:`benchmarks._stored.check`): ``stored_ok``
+    says whether exactly the messages sent are stored. ``count_records``: the expected
+    message count (default ``len(messages)``; None: check bytes only, for messages that
+    are not newline-terminated records).
     """
+    if count_records == -1:
+        count_records = len(messages)
     handle = _new_stream(base_url, JSON_TYPE if json_mode else BYTES_TYPE, "ours")
     producer = IdempotentProducer(handle, unique_name("p"), **producer_options)
     try:
@@ -97,17 +109,21 @@ def throughput(base_url: str, messages: list[Any], *, json_mode: bool, threads: 
             producer.flush(timeout=300)
             elapsed = time.perf_counter() - t0
         stats = _stats_dict(producer)
+        stored = check_stored(handle.url, messages=count_records,
+                              nbytes=expected_bytes(messages, json_mode=json_mode))
     finally:
         producer.close(timeout=60)
         _dispose(handle)
-    if stats["acked"] != len(messages):
-        raise RuntimeError(f"producer acknowledged {stats['acked']} of {len(messages)}")
+    if stats["acked"] not in (-1, len(messages)) and stored["stored_ok"]:
+        stored = {**stored, "stored_ok": False,
+                  "stored": f"producer acknowledged {stats['acked']} of {len(messages)}"}
     nbytes = sum(len(m) for m in messages)
     return {"rate": len(messages) / elapsed, "bytes_per_s": nbytes / elapsed,
-            "seconds": elapsed, **stats}
+            "seconds": elapsed, **stats, **stored}
 
 
-def ceiling(base_url: str, messages: list[Any], *, json_mode: bool) -> dict[str, Any]:
+def ceiling(base_url: str, messages: list[Any], *, json_mode: bool,
+            count_records: bool = True) -> dict[str, Any]:
     """The raw ceiling: the same messages as pre-built ~1 MiB bodies, POSTed by bare
     urllib3 over 1 and over 2 connections; the better of the two is the ceiling."""
     raw = [m.encode() if isinstance(m, str) else m for m in messages]
@@ -115,13 +131,19 @@ def ceiling(base_url: str, messages: list[Any], *, json_mode: bool) -> dict[str,
     ct = JSON_TYPE if json_mode else BYTES_TYPE
     nbytes = sum(len(m) for m in raw)
     out: dict[str, Any] = {"bodies": len(bodies)}
+    checks = []
     for conns in (1, 2):
-        elapsed = raw_ceiling(base_url, bodies, ct, connections=conns)
+        expect: dict[str, Any] = {"messages": len(raw) if count_records else None,
+                                  "nbytes": expected_bytes(raw, json_mode=json_mode)}
+        elapsed = raw_ceiling(base_url, bodies, ct, connections=conns, expect=expect)
+        checks.append(expect)
         out[f"rate_{conns}"] = len(raw) / elapsed
         out[f"bytes_per_s_{conns}"] = nbytes / elapsed
     best = 1 if out["rate_1"] >= out["rate_2"] else 2
     out.update(rate=out[f"rate_{best}"], bytes_per_s=out[f"bytes_per_s_{best}"],
                connections=best)
+    bad = [c for c in checks if not c.get("stored_ok")]
+    out.update(stored_ok=not bad, stored=bad[0]["stored"] if bad else "count verified")
     return out
 
 
@@ -277,7 +299,7 @@ def create_latency(base_url: str, n: int) -> dict[str, float]:
 def large_messages(base_url: str, n: int, size: int = MiB) -> dict[str, Any]:
     """``n`` messages of ``size`` bytes (bytes mode), end to end."""
     messages = [b"%08d" % i + b"z" * (size - 8) for i in range(n)]
-    return throughput(base_url, messages, json_mode=False)
+    return throughput(base_url, messages, json_mode=False, count_records=None)
 
 
 # -- standalone: the producer issue's figures ---------------------------------------------

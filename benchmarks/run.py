@@ -5,6 +5,8 @@
     python3 -m benchmarks --scenario producer   # only scenarios whose name contains this
     python3 -m benchmarks --no-official         # skip the official client's rows
     python3 -m benchmarks --out results.md      # also write the table to a file
+    python3 -m benchmarks --no-ts               # skip the TypeScript client's rows
+    python3 -m benchmarks --against REV         # before/after against a git revision
 
 It starts the pinned reference server (``durable_streams.testing.ReferenceServer``, in
 memory, loopback), then for each scenario measures our client and its baselines:
@@ -13,7 +15,13 @@ memory, loopback), then for each scenario measures our client and its baselines:
   loop (1 connection, and 2 connections; the better one counts);
 - the released official Python client (PyPI ``durable-streams`` 0.1.0), installed by this
   runner into ``benchmarks/.venv-official`` and run there in a subprocess
-  (``_baseline_official.py``). If it cannot be installed or fails, its rows say why.
+  (``_baseline_official.py``). If it cannot be installed or fails, its rows say why;
+- the official TypeScript client (npm ``@durable-streams/client``, pinned in
+  ``benchmarks/ts_client/``, installed there by ``npm ci``), its ``IdempotentProducer``
+  with default options (``_ts_baseline.py``); skipped with a note when Node/npm is absent.
+
+Every throughput round reads its stream back and checks the stored count
+(``_stored.py``); a row with a wrong count is marked INVALID instead of a figure.
 
 Progress goes to stderr; stdout gets one markdown table of absolute figures and ratios,
 with the targets the project set itself.
@@ -48,16 +56,18 @@ from benchmarks._common import (  # noqa: E402
     load_average,
     machine_summary,
     markdown_table,
-    paired_ratio,
     progress,
     ratio_row,
     utc_now,
 )
+from benchmarks._rounds import Rounds, checks_verdict  # noqa: E402
+from benchmarks._ts_baseline import TS_PACKAGE, TS_VERSION, TsClient  # noqa: E402
 
 TARGET_JSON = 0.6
 TARGET_BYTES = 0.8
 TARGET_VS_SYNC = 100.0
 TARGET_VS_ASYNC = 1.5
+TARGET_VS_TS = 1.0
 TARGET_APPEND_US = 1.0
 TARGET_READS = 0.9
 
@@ -73,12 +83,13 @@ class Sizes:
     creates: int
     repeat: int
     async_patterns: list[tuple[str, int]] = field(default_factory=list)
+    ts_warmup: int = 10_000  # untimed messages the TypeScript client sends first (JIT)
 
     @classmethod
     def for_mode(cls, quick: bool, repeat: int | None) -> Sizes:
         patterns = [("gather", 200), ("window", 200)]
         if quick:
-            return cls(10_000, 200, 10, 20_000, 20, 50, 10, repeat or 1, patterns)
+            return cls(10_000, 200, 10, 20_000, 20, 50, 10, repeat or 1, patterns, 1_000)
         return cls(100_000, 2_000, 50, 100_000, 200, 500, 100, repeat or 5, patterns)
 
 
@@ -89,6 +100,8 @@ class Context:
     quick: bool
     official: OfficialClient | None
     official_reason: str = ""
+    ts: TsClient | None = None
+    ts_reason: str = ""
 
     def run_official(self, task: dict[str, Any]) -> dict[str, Any]:
         """A baseline task in the official client's venv; BaselineUnavailable with the reason
@@ -118,38 +131,46 @@ def scenario_producer(ctx: Context, *, json_mode: bool) -> list[Row]:
     target = TARGET_JSON if json_mode else TARGET_BYTES
     scenario = f"Producer, {'JSON' if json_mode else 'bytes'}, {s.messages:,} × 100 B"
     messages: list[Any] = json_messages(s.messages) if json_mode else bytes_messages(s.messages)
-    best: dict[str, dict[str, Any]] = {}
-    rounds: dict[str, list[float]] = {}
-
-    def keep(name: str, result: dict[str, Any]) -> None:
-        rounds.setdefault(name, []).append(result["rate"])
-        if result["rate"] > best.get(name, {}).get("rate", 0):
-            best[name] = result
-
+    rounds = Rounds()
+    if ctx.ts is None:
+        rounds.unavailable["ts"] = ctx.ts_reason or "skipped (--no-ts)"
+    ts = ctx.ts
     for r in range(s.repeat):  # interleaved rounds: each subject sees the same noise
-        keep("ceiling", ours.ceiling(ctx.base_url, messages, json_mode=json_mode))
-        keep("ours1", ours.throughput(ctx.base_url, messages, json_mode=json_mode))
-        keep("ours8", ours.throughput(ctx.base_url, messages, json_mode=json_mode, threads=8))
+        rounds.keep("ceiling", ours.ceiling(ctx.base_url, messages, json_mode=json_mode))
+        rounds.keep("ours1", ours.throughput(ctx.base_url, messages, json_mode=json_mode))
+        rounds.keep("ours8", ours.throughput(ctx.base_url, messages, json_mode=json_mode,
+                                             threads=8))
         if json_mode:
-            keep("novalidate", ours.throughput(ctx.base_url, messages, json_mode=True,
-                                               validate_json=False))
-        keep("floor", ours.python_floor(messages))
-        progress(f"  round {r + 1}/{s.repeat}: ceiling {best['ceiling']['rate']:,.0f}, "
-                 f"ours 1 thread {best['ours1']['rate']:,.0f}, "
-                 f"8 threads {best['ours8']['rate']:,.0f} msg/s (best so far)")
-    c, o1 = best["ceiling"], best["ours1"]
-    rows = [
-        Row(scenario, f"raw ceiling: urllib3, {c['bodies']} pre-built ~1 MiB bodies "
-            f"(1 conn {c['rate_1']:,.0f}, 2 conn {c['rate_2']:,.0f} msg/s)",
-            fmt_rate(c["rate"], c["bytes_per_s"]), data=c),
-    ]
+            rounds.keep("novalidate", ours.throughput(ctx.base_url, messages, json_mode=True,
+                                                      validate_json=False))
+        if ts is not None:
+            rounds.attempt("ts", lambda: ts.throughput(
+                ctx.base_url, json_mode=json_mode, n=s.messages, warmup=s.ts_warmup))
+        rounds.keep("floor", {**ours.python_floor(messages), "stored_ok": True})
+        progress(f"  round {r + 1}/{s.repeat}: ceiling {rounds.best_so_far('ceiling')}, "
+                 f"ours 1 thread {rounds.best_so_far('ours1')}, "
+                 f"8 threads {rounds.best_so_far('ours8')}, "
+                 f"TypeScript {rounds.best_so_far('ts')} msg/s (best so far)")
+    rows = [rounds.row(scenario, "raw ceiling: urllib3, pre-built ~1 MiB bodies",
+                       "ceiling", lambda c: fmt_rate(c["rate"], c["bytes_per_s"])
+                       + f" ({c['bodies']} bodies; 1 conn {c['rate_1']:,.0f}, 2 conn "
+                       f"{c['rate_2']:,.0f} msg/s)")]
 
     def render_async(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        bad = checks_verdict(result)
+        if bad is not None:
+            return f"**INVALID**, not a result: {bad}", {}
         rates = result["rates"]
         name = max(rates, key=rates.get)
         others = ", ".join(f"{k} {v:,.0f}" for k, v in rates.items() if k != name)
         text = fmt_rate(rates[name]) + f" ({name}" + (f"; {others}" if others else "") + ")"
         return text, {"rate": rates[name], "pattern": name}
+
+    def render_sync(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        bad = checks_verdict(result)
+        if bad is not None:
+            return f"**INVALID**, not a result: {bad}", {}
+        return fmt_rate(result["rate"]), {"rate": result["rate"]}
 
     async_row, async_data = _official_row(
         scenario, f"official {OFFICIAL_VERSION} AsyncDurableStream.append, asyncio.gather "
@@ -159,34 +180,37 @@ def scenario_producer(ctx: Context, *, json_mode: bool) -> list[Row]:
     sync_row, sync_data = _official_row(
         scenario, f"official {OFFICIAL_VERSION} DurableStream.append loop "
         f"({s.official_sync:,} msgs)", ctx,
-        {"task": "sync_append", "mode": mode, "n": s.official_sync, "size": 100},
-        lambda res: (fmt_rate(res["rate"]), {"rate": res["rate"]}))
+        {"task": "sync_append", "mode": mode, "n": s.official_sync, "size": 100}, render_sync)
     rows += [async_row, sync_row]
-    f = best["floor"]
-    rows.append(Row(scenario, "Python floor: an append() method doing only `with lock: "
-                    "list.append(m)`, no I/O (bounds any thread-safe API from 1 thread)",
-                    fmt_rate(f["rate"]), data=f))
+    rows.append(rounds.row(
+        scenario, f"official TypeScript {TS_PACKAGE} {TS_VERSION} IdempotentProducer, "
+        "default options (Node; fresh stream and producer id per round)", "ts",
+        lambda t: fmt_rate(t["rate"], t["bytes_per_s"]) + f"; Node {t.get('node')}"))
+    rows.append(rounds.row(scenario, "Python floor: an append() method doing only `with lock: "
+                           "list.append(m)`, no I/O (bounds any thread-safe API from 1 thread)",
+                           "floor", lambda f: fmt_rate(f["rate"])))
     labels = [("ours1", "ours, 1 thread"), ("ours8", "ours, 8 threads")]
     if json_mode:
         labels.append(("novalidate", "ours, 1 thread, validate_json=False"))
     for key, label in labels:
-        o = best[key]
-        rows.append(Row(scenario, label, fmt_rate(o["rate"], o["bytes_per_s"])
-                        + f"; {o['requests']} requests for {o['batches']} batches", data=o))
+        rows.append(rounds.row(scenario, label, key, lambda o: fmt_rate(o["rate"], o[
+            "bytes_per_s"]) + f"; {o['requests']} requests for {o['batches']} batches"))
     for key, label, tgt in (("ours1", "ours 1 thread", target),
                             ("ours8", "ours 8 threads", target),
                             ("novalidate", "ours 1 thread, validate_json=False", None),
                             ("floor", "Python floor", None)):
-        if key in rounds:
-            value, spread = paired_ratio(rounds[key], rounds["ceiling"])
-            rows.append(ratio_row(scenario, f"{label} ÷ raw ceiling", value, target=tgt,
-                                  spread=spread))
+        if key in rounds.results:
+            rows.append(rounds.ratio(scenario, f"{label} ÷ raw ceiling", key, "ceiling",
+                                     target=tgt))
+    rows.append(rounds.ratio(scenario, "ours 1 thread ÷ TypeScript client", "ours1", "ts",
+                             target=TARGET_VS_TS))
+    o1 = rounds.best("ours1") if rounds.valid("ours1") else None
     rows.append(ratio_row(scenario, "ours 1 thread ÷ official best async",
-                          o1["rate"] / async_data["rate"] if async_data else None,
-                          target=TARGET_VS_ASYNC, reason="official unavailable"))
+                          o1["rate"] / async_data["rate"] if o1 and async_data else None,
+                          target=TARGET_VS_ASYNC, reason="a side is unavailable or invalid"))
     rows.append(ratio_row(scenario, "ours 1 thread ÷ official sync loop",
-                          o1["rate"] / sync_data["rate"] if sync_data else None,
-                          target=TARGET_VS_SYNC, reason="official unavailable"))
+                          o1["rate"] / sync_data["rate"] if o1 and sync_data else None,
+                          target=TARGET_VS_SYNC, reason="a side is unavailable or invalid"))
     return rows
 
 
@@ -202,25 +226,25 @@ def scenario_large(ctx: Context) -> list[Row]:
     s = ctx.sizes
     scenario = f"Large messages, bytes, {s.large} × 1 MiB"
     messages = [b"%08d" % i + b"z" * (MiB - 8) for i in range(s.large)]
-    best: dict[str, dict[str, Any]] = {}
-    rounds: dict[str, list[float]] = {}
+    rounds = Rounds()
     for _ in range(s.repeat):
-        for name, result in (("ceiling", ours.ceiling(ctx.base_url, messages, json_mode=False)),
-                             ("ours", ours.large_messages(ctx.base_url, s.large))):
-            rounds.setdefault(name, []).append(result["rate"])
-            if result["rate"] > best.get(name, {}).get("rate", 0):
-                best[name] = result
-    c, o = best["ceiling"], best["ours"]
-    progress(f"  ceiling {c['bytes_per_s'] / MiB:,.0f} MiB/s, ours {o['bytes_per_s'] / MiB:,.0f}")
+        rounds.keep("ceiling", ours.ceiling(ctx.base_url, messages, json_mode=False,
+                                            count_records=False))
+        rounds.keep("ours", ours.large_messages(ctx.base_url, s.large))
+    progress(f"  ceiling {rounds.best('ceiling')['bytes_per_s'] / MiB:,.0f} MiB/s, "
+             f"ours {rounds.best('ours')['bytes_per_s'] / MiB:,.0f}")
 
     def mib(result: dict[str, Any]) -> str:
         return f"{result['bytes_per_s'] / MiB:,.1f} MiB/s"
 
-    rows = [Row(scenario, f"raw ceiling: urllib3, one 1 MiB body per POST (1 conn "
-                f"{c['bytes_per_s_1'] / MiB:,.0f}, 2 conn {c['bytes_per_s_2'] / MiB:,.0f} "
-                "MiB/s)", mib(c), data=c)]
+    rows = [rounds.row(scenario, "raw ceiling: urllib3, one 1 MiB body per POST", "ceiling",
+                       lambda c: mib(c) + f" (1 conn {c['bytes_per_s_1'] / MiB:,.0f}, 2 conn "
+                       f"{c['bytes_per_s_2'] / MiB:,.0f} MiB/s)")]
 
     def render_async(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        bad = checks_verdict(result)
+        if bad is not None:
+            return f"**INVALID**, not a result: {bad}", {}
         rates = result["rates"]
         name = max(rates, key=rates.get)
         return f"{rates[name]:,.1f} MiB/s ({name})", {"bytes_per_s": rates[name] * MiB}
@@ -230,13 +254,15 @@ def scenario_large(ctx: Context) -> list[Row]:
         {"task": "async_throughput", "mode": "bytes", "n": s.large, "size": MiB,
          "patterns": [("gather", 200)], "repeat": s.repeat}, render_async)
     rows.append(async_row)
-    rows.append(Row(scenario, "ours", mib(o) + f"; {o['requests']} requests", data=o))
-    value, spread = paired_ratio(rounds["ours"], rounds["ceiling"])
-    rows.append(ratio_row(scenario, "ours ÷ raw ceiling", value, target=TARGET_BYTES,
-                          spread=spread))
+    rows.append(rounds.row(scenario, "ours", "ours",
+                           lambda o: mib(o) + f"; {o['requests']} requests"))
+    rows.append(rounds.ratio(scenario, "ours ÷ raw ceiling", "ours", "ceiling",
+                             target=TARGET_BYTES))
+    o = rounds.best("ours") if rounds.valid("ours") else None
     rows.append(ratio_row(scenario, "ours ÷ official async",
-                          o["bytes_per_s"] / async_data["bytes_per_s"] if async_data else None,
-                          reason="official unavailable"))
+                          o["bytes_per_s"] / async_data["bytes_per_s"]
+                          if o and async_data else None,
+                          reason="a side is unavailable or invalid"))
     return rows
 
 
@@ -436,10 +462,21 @@ def main(argv: list[str] | None = None) -> int:
                              f"comma-separated): {', '.join(SCENARIOS)}")
     parser.add_argument("--no-official", action="store_true",
                         help="skip the official client (no virtualenv, no install)")
+    parser.add_argument("--no-ts", action="store_true",
+                        help="skip the official TypeScript client (no npm ci, no node)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="throughput runs per subject, best counts (default 5, quick 1)")
     parser.add_argument("--out", metavar="FILE", help="also write the markdown to FILE")
+    parser.add_argument("--against", metavar="REV",
+                        help="before/after instead: the producer rows of this tree against "
+                             "git revision REV (see benchmarks/compare.py)")
     args = parser.parse_args(argv)
+    if args.against:
+        from benchmarks import compare
+
+        return compare.main([args.against] + (["--quick"] if args.quick else [])
+                            + (["--repeat", str(args.repeat)] if args.repeat else [])
+                            + (["--out", args.out] if args.out else []))
     names = select(args.scenario)
     sizes = Sizes.for_mode(args.quick, args.repeat)
 
@@ -453,11 +490,12 @@ def main(argv: list[str] | None = None) -> int:
             official.ensure()
         except BaselineUnavailable as exc:
             reason, official = f"could not install: {exc}", None
+    ts, ts_reason = _ts_client(args.no_ts, names)
     started = time.monotonic()
     load_before = load_average()
     rows: list[Row] = []
     with ReferenceServer() as server:
-        ctx = Context(server.url, sizes, args.quick, official, reason)
+        ctx = Context(server.url, sizes, args.quick, official, reason, ts, ts_reason)
         for name in names:
             progress(f"[{name}]")
             t0 = time.monotonic()
@@ -479,6 +517,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ts_client(skip: bool, names: list[str]) -> tuple[TsClient | None, str]:
+    """The TypeScript baseline, installed (npm ci) if a producer scenario runs."""
+    if skip:
+        return None, "skipped (--no-ts)"
+    if not any(n.startswith("producer") for n in names):
+        return None, "not needed"
+    ts = TsClient()
+    try:
+        ts.ensure()
+    except BaselineUnavailable as exc:
+        progress(f"note: TypeScript client rows skipped: {exc}")
+        return None, f"not available: {exc}"
+    return ts, ""
+
+
 def render(rows: list[Row], *, command: str, sizes: Sizes, elapsed: float,
            load: tuple[str, str], official: bool) -> str:
     from durable_streams.testing import SERVER_VERSION
@@ -493,6 +546,13 @@ def render(rows: list[Row], *, command: str, sizes: Sizes, elapsed: float,
         "subject, a ratio to the raw ceiling is the median of the per-round ratios; end to end "
         "= first append → flush returns. Ratios to the official client: best ÷ best.",
         f"- Baseline: {'official client `durable-streams` ' + OFFICIAL_VERSION + ' from PyPI, in its own virtualenv' if official else 'official client not run'}.",  # noqa: E501
+        f"- TypeScript baseline: `{TS_PACKAGE}` {TS_VERSION} from npm (pinned in "
+        "`benchmarks/ts_client/`), its IdempotentProducer with default options in Node, a "
+        "fresh stream and producer id per round; ours ÷ TypeScript = median of per-round "
+        "ratios.",
+        "- Stored counts: every throughput round (ours, raw, official, TypeScript) reads its "
+        "stream back and checks that exactly the messages sent are stored; a row with a "
+        "wrong count in any round is marked INVALID instead of a figure.",
         "",
         "",
     ]
