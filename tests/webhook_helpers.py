@@ -1,7 +1,8 @@
 """Test helpers for webhook subscriptions (PROTOCOL §6.2, §6.3, §7.1).
 
 Subscriptions are created through the library's ``Subscription.create(..., webhook_url=...)``;
-reads of their state are raw HTTP, so the tests check the server, not our parsing. ``Receiver`` is a tiny loopback HTTP endpoint that records every delivery and answers
+reads of their state are raw HTTP, so the tests check the server, not our parsing.
+``Receiver`` is a tiny loopback HTTP endpoint that records every delivery and answers
 with whatever the test's ``respond`` function returns.
 """
 
