@@ -20,12 +20,20 @@ import requests
 import requests.adapters
 import requests.auth
 import requests.utils
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from . import _protocol as P
 from . import errors
+from ._redact import INSIDE_REQUEST, install_log_filters, redact_url
+from ._transport import DefaultSession, DirectTransport, default_transport
+from ._transport_errors import describe_failure, is_timeout
 
 log = logging.getLogger("durable_streams")
+install_log_filters()
+
+#: Use the shared urllib3 transport when no session is given. Tests that mock
+#: ``requests`` (the ``responses`` library) set this to False to route through requests.
+_DIRECT = True
 
 HeaderValue = Union[str, Callable[[], "str | None"], None]  # noqa: UP007
 #: Headers or query parameters: a mapping whose values are strings or zero-argument
@@ -140,24 +148,38 @@ def _reached_server(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, NewConnectionError):
+        if isinstance(cur, (NewConnectionError, ConnectTimeoutError)):
             return False
         for arg in getattr(cur, "args", ()):
-            if isinstance(arg, NewConnectionError):
+            if isinstance(arg, (NewConnectionError, ConnectTimeoutError)):
                 return False
             reason = getattr(arg, "reason", None)
-            if isinstance(reason, NewConnectionError):
+            if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):
                 return False
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):
+            return False
         cur = cur.__cause__ or cur.__context__
     return True
 
 
-def transport_error(exc: BaseException, *, url: str, operation: str) -> errors.TransportError:
-    timeout = isinstance(exc, requests.exceptions.Timeout)
-    kind = "timed out" if timeout else "could not complete"
-    return errors.TransportError(
-        f"{operation} {kind} for {url}: {type(exc).__name__}: {exc}", url=url, timeout=timeout
+def transport_error(exc: BaseException, *, url: str, operation: str,
+                    params: Iterable[tuple[str, str]] | None = None) -> errors.TransportError:
+    """A :class:`TransportError` saying what happened, with no secret in its text.
+
+    Raise it ``from None``: the underlying exception's text names the request path with
+    its query (urllib3's "Max retries exceeded with url: /x?token=..."); what matters of it
+    is in the message. ``url`` stays available, unredacted, as ``.url``.
+    """
+    shown = url  # with the parameter names (values are masked below)
+    if params:
+        shown += ("&" if "?" in url else "?") + "&".join(f"{name}=" for name, _ in params)
+    what = describe_failure(exc, url)
+    err = errors.TransportError(
+        f"{operation} of {redact_url(shown)} failed: {what}", url=url, timeout=is_timeout(exc)
     )
+    err.reached_server = _reached_server(exc)  # type: ignore[attr-defined]
+    return err
 
 
 def new_session(pool_size: int = 10) -> requests.Session:
@@ -192,12 +214,32 @@ class HttpClient:
         timeout: TimeoutLike = None,
     ) -> None:
         self.owns_session = session is None
-        self.session = session if session is not None else new_session(pool_size)
+        self._direct: DirectTransport | None = None
+        if _DIRECT and (session is None or type(session) is DefaultSession):
+            # No user session: the shared urllib3 transport (a DefaultSession is what
+            # another client's .session returned on this path; keep the fast path).
+            self._direct = default_transport()
+            self._direct.ensure_pool_size(pool_size)
+        elif session is None:
+            session = new_session(pool_size)
+        self._session = session
         self.timeout = normalize_timeout(timeout)
         self._closed = False
         self._lock = threading.Lock()
         self._env_cache: dict[tuple[str, str, bool], dict[str, Any]] = {}
         self._netrc_cache: dict[tuple[str, str], requests.auth.AuthBase] = {}
+
+    @property
+    def session(self) -> requests.Session:
+        """The user's session, or (default path) a working ``requests.Session`` that, given
+        to another ``HttpClient``, keeps it on the shared urllib3 transport."""
+        session = self._session
+        if session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = DefaultSession()
+                session = self._session
+        return session
 
     def _netrc_auth(self, url: str) -> Any:
         """``~/.netrc`` credentials for the origin, looked up once (requests would stat the
@@ -227,8 +269,8 @@ class HttpClient:
             if self._closed:
                 return
             self._closed = True
-        if self.owns_session:
-            self.session.close()
+        if self.owns_session and self._session is not None:
+            self._session.close()
 
     def send(
         self,
@@ -243,8 +285,28 @@ class HttpClient:
         stream: bool = False,
     ) -> requests.Response:
         """One HTTP exchange; transport failures become :class:`TransportError`."""
-        session = self.session
         req_timeout = normalize_timeout(timeout) if timeout is not None else self.timeout
+        direct = self._direct
+        if direct is not None:
+            route = direct.route_for(url)
+            if not route.fallback:
+                query = list(params) if params else None
+                # The failure is raised outside the except clause so that it carries no
+                # implicit __context__ (whose text names the path with its query).
+                failure: Exception
+                INSIDE_REQUEST.active = True
+                try:
+                    return direct.send(method, url, headers=headers, params=query, data=data,
+                                       timeout=req_timeout, stream=stream, route=route)
+                except ValueError as exc:  # http.client refuses a header or the URL
+                    failure = _malformed(exc, url=url, operation=operation)
+                except Exception as exc:  # urllib3 and socket errors
+                    failure = transport_error(exc, url=url, operation=operation, params=query)
+                finally:
+                    INSIDE_REQUEST.active = False
+                raise failure
+        session = self.session
+        INSIDE_REQUEST.active = True
         try:
             if type(session).request is not requests.Session.request:
                 # A session subclass that customises request(): go through it.
@@ -268,11 +330,16 @@ class HttpClient:
                 )
             if not stream:
                 _ = response.content  # read now so a broken body is a transport error
+        except requests.exceptions.InvalidHeader as exc:
+            failure = _malformed(exc, url=url, operation=operation)
         except requests.exceptions.RequestException as exc:
-            err = transport_error(exc, url=url, operation=operation)
-            err.reached_server = _reached_server(exc)  # type: ignore[attr-defined]
-            raise err from exc
-        return response
+            failure = transport_error(exc, url=url, operation=operation,
+                                      params=list(params) if params else None)
+        else:
+            return response
+        finally:
+            INSIDE_REQUEST.active = False
+        raise failure
 
     def request(
         self,
@@ -298,6 +365,7 @@ class HttpClient:
         transport failure after the request may have reached the server is not retried.
         """
         attempt = 0
+        started = time.monotonic()
         while True:
             all_headers = merge_headers(resolve(headers), extra_headers or {})
             query = build_query(resolve(params), extra_params or {})
@@ -309,9 +377,12 @@ class HttpClient:
             except errors.TransportError as exc:
                 retryable = idempotent or not getattr(exc, "reached_server", True)
                 if not retryable or attempt >= retry.max_retries:
+                    if attempt:
+                        _note_attempts(exc, attempt + 1, time.monotonic() - started)
                     raise
                 wait = retry.delay(attempt)
-                log.debug("%s %s: %s; retry %d in %.3fs", method, url, exc, attempt + 1, wait)
+                log.debug("%s %s: %s; retry %d in %.3fs", method, redact_url(url), exc,
+                          attempt + 1, wait)
             else:
                 status = response.status_code
                 if ok(response) if ok is not None else status < 300:
@@ -320,14 +391,33 @@ class HttpClient:
                     raise error_from(response, url=url, operation=operation)
                 retry_after = P.parse_retry_after(response.headers.get(P.RETRY_AFTER))
                 wait = retry.delay(attempt, retry_after)
-                log.debug("%s %s: HTTP %d; retry %d in %.3fs", method, url, status,
+                log.debug("%s %s: HTTP %d; retry %d in %.3fs", method, redact_url(url), status,
                           attempt + 1, wait)
             attempt += 1
             if stop is not None:
                 if stop.wait(wait):
-                    raise errors.TransportError(f"{operation} cancelled for {url}", url=url)
+                    raise errors.TransportError(f"{operation} cancelled for {redact_url(url)}",
+                                                url=url)
             else:
                 time.sleep(wait)
+
+
+def _note_attempts(exc: errors.DurableStreamError, attempts: int, seconds: float) -> None:
+    """Say how hard we tried: "...; 6 attempts over 3.1 s"."""
+    exc.message = f"{exc.message}; {attempts} attempts over {seconds:.1f} s"
+    exc.args = (exc.message,)
+
+
+def _malformed(exc: Exception, *, url: str, operation: str) -> ValueError:
+    """A header or URL that HTTP cannot carry; the offending value is not shown."""
+    text = str(exc)
+    if "header" in text.lower():
+        detail = ("a header name or value contains a line break, leading whitespace or a "
+                  "control character (value not shown)")
+    else:
+        detail = redact_url(text) if "://" in text else type(exc).__name__
+    return ValueError(f"{operation} of {redact_url(url)}: cannot send the request: {detail}; "
+                      "fix the header or URL")
 
 
 def error_from(response: requests.Response, *, url: str, operation: str
