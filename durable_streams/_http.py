@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from time import monotonic as _monotonic
 from typing import Any, Union
 from urllib.parse import urlsplit
 
@@ -365,7 +366,7 @@ class HttpClient:
         transport failure after the request may have reached the server is not retried.
         """
         attempt = 0
-        started = time.monotonic()
+        started = _monotonic()
         while True:
             all_headers = merge_headers(resolve(headers), extra_headers or {})
             query = build_query(resolve(params), extra_params or {})
@@ -378,7 +379,7 @@ class HttpClient:
                 retryable = idempotent or not getattr(exc, "reached_server", True)
                 if not retryable or attempt >= retry.max_retries:
                     if attempt:
-                        _note_attempts(exc, attempt + 1, time.monotonic() - started)
+                        _note_attempts(exc, attempt + 1, _monotonic() - started)
                     raise
                 wait = retry.delay(attempt)
                 log.debug("%s %s: %s; retry %d in %.3fs", method, redact_url(url), exc,

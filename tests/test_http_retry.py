@@ -287,7 +287,10 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
+def mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[responses.RequestsMock]:
+    # ``responses`` mocks requests: route through it instead of the urllib3 transport (the
+    # retry loop under test is the same for both).
+    monkeypatch.setattr("durable_streams._http._DIRECT", False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         yield rsps
 
