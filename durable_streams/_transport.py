@@ -277,7 +277,12 @@ class DirectTransport:
                 out[name] = value
         if route.auth is not None and not has_auth:
             out["Authorization"] = route.auth
-        chunked = data is not None and not isinstance(data, (bytes, bytearray, memoryview))
+        chunked = False
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            if hasattr(data, "__len__"):  # a sized iterable: Content-Length, as requests does
+                out["Content-Length"] = str(len(data))
+            else:
+                chunked = True
         t = self._timeout(timeout)
         for _ in range(_MAX_REDIRECTS + 1):
             started = time.perf_counter()
