@@ -41,11 +41,9 @@ try:
     USER_AGENT = f"durable-streams-python/{_version('durable_streams')}"
 except Exception:  # noqa: BLE001 - not installed (a source checkout)
     USER_AGENT = "durable-streams-python"
-_DEFAULT_HEADERS = {
-    "User-Agent": USER_AGENT,
-    "Accept-Encoding": "identity",  # stream bodies are compact; compression costs more
-    "Accept": "*/*",
-}
+# http.client adds "Accept-Encoding: identity" itself (stream bodies are compact; compression
+# would cost more than it saves on fast links) and urllib3 adds no Accept.
+_DEFAULT_HEADERS = {"User-Agent": USER_AGENT}
 _DEFAULT_LOWER = {k.lower(): k for k in _DEFAULT_HEADERS}
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 30  # as requests
@@ -134,15 +132,34 @@ def _tls_context(verify: object) -> ssl.SSLContext:
     return ctx
 
 
+_ENV_KEYS_BYTES = tuple(os.fsencode(name) for name in _ENV_NAMES)
+_netrc_seen: tuple[str, float, object] = ("", 0.0, None)
+_NETRC_RECHECK = 1.0  # seconds between looks at the netrc file's size and mtime
+
+
 def _env_key() -> tuple[object, ...]:
-    env = os.environ
-    values: list[object] = [env.get(name) for name in _ENV_NAMES]
-    path = env.get("NETRC") or os.path.expanduser("~/.netrc")
-    try:
-        st = os.stat(path)
-        values.append((st.st_mtime_ns, st.st_size))
-    except OSError:
-        values.append(None)
+    """What the per-origin settings depend on: the relevant variables, and the netrc file
+    (looked at again at most once a second; a changed path is looked at at once)."""
+    global _netrc_seen
+    data = getattr(os.environ, "_data", None)  # POSIX: bytes keys, no decoding per lookup
+    if isinstance(data, dict) and os.name == "posix":
+        values: list[object] = [data.get(key) for key in _ENV_KEYS_BYTES]
+        netrc_env, home = data.get(b"NETRC"), data.get(b"HOME")
+        path = os.fsdecode(netrc_env) if netrc_env else (
+            os.path.join(os.fsdecode(home), ".netrc") if home else "~/.netrc")
+    else:  # pragma: no cover - other platforms
+        values = [os.environ.get(name) for name in _ENV_NAMES]
+        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    seen_path, checked, stamp = _netrc_seen
+    now = time.monotonic()
+    if path != seen_path or now - checked > _NETRC_RECHECK:
+        try:
+            st = os.stat(os.path.expanduser(path))
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        _netrc_seen = (path, now, stamp)
+    values.append(stamp)
     return tuple(values)
 
 
@@ -280,7 +297,7 @@ class DirectTransport:
         chunked = False
         if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
             if hasattr(data, "__len__"):  # a sized iterable: Content-Length, as requests does
-                out["Content-Length"] = str(len(data))
+                out["Content-Length"] = str(len(data))  # type: ignore[arg-type]
             else:
                 chunked = True
         t = self._timeout(timeout)
