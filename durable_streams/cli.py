@@ -28,6 +28,7 @@ from typing import IO, Any, NoReturn
 
 from . import _protocol as P
 from . import errors
+from ._redact import redact_text
 from .producer import IdempotentProducer
 from .stream import DurableStream, StreamInfo
 
@@ -86,7 +87,7 @@ def _one_line(text: object) -> str:
 def _err(message: object) -> None:
     """One clear line on stderr."""
     with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+        sys.stderr.write(f"{PROG}: error: {redact_text(_one_line(message))}\n")
         sys.stderr.flush()
 
 
@@ -94,7 +95,7 @@ def _info(message: str) -> None:
     """An informational line, shown only when stderr is a terminal."""
     if _stderr_is_tty():
         with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(message + "\n")
+            sys.stderr.write(redact_text(message) + "\n")
             sys.stderr.flush()
 
 
@@ -130,11 +131,14 @@ def parse_header(text: str) -> tuple[str, str]:
     """``'Name: value'`` -> ``('Name', 'value')``; raises :class:`UsageError`."""
     name, sep, value = text.partition(":")
     name = name.strip()
+    # The value is never echoed: it is often a credential.
     if not sep or not name or any(c in name for c in " \t\r\n"):
-        raise UsageError(f"--header must look like 'Name: value', got {text!r}")
+        raise UsageError("--header must look like 'Name: value' (a name, a colon, a value); "
+                         "got text that does not (not shown)")
     value = value.strip()
     if "\n" in value or "\r" in value:
-        raise UsageError(f"--header value must be one line, got {text!r}")
+        raise UsageError(f"--header value must be one line; the value of {name!r} is not "
+                         "(not shown)")
     return name, value
 
 

@@ -16,6 +16,7 @@ from ._http import (
     RetryPolicy,
     TimeoutLike,
 )
+from ._redact import redact_url
 
 if TYPE_CHECKING:
     from .reading import LiveMode, StreamResponse
@@ -308,4 +309,4 @@ class DurableStream:
         self.close()
 
     def __repr__(self) -> str:
-        return f"DurableStream({self.url!r}, content_type={self.content_type!r})"
+        return f"DurableStream({redact_url(self.url)!r}, content_type={self.content_type!r})"
