@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 import requests.utils
@@ -277,8 +277,13 @@ class DirectTransport:
         """One exchange (following redirects for GET/HEAD as requests does). urllib3's
         exceptions propagate; the caller turns them into TransportError."""
         full = url
+        if "@" in url:  # user-info travels as Authorization, never in the request target
+            parts = urlsplit(url)
+            if "@" in parts.netloc:
+                full = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path,
+                                   parts.query, ""))
         if params:
-            full = url + ("&" if "?" in url else "?") + urlencode(params)
+            full += ("&" if "?" in full else "?") + urlencode(params)
         if not full.isascii() or " " in full:
             full = requests.utils.requote_uri(full)
         out = dict(_DEFAULT_HEADERS)
