@@ -124,69 +124,96 @@ def basic_calls(base_url: str, n: int) -> dict[str, dict[str, dict[str, float]]]
     return {name: {who: _stats(s) for who, s in by.items()} for name, by in results.items()}
 
 
-def _deliveries(base_url: str, n: int, live: str, who: str) -> dict[str, float]:
-    """append → delivered to a reader waiting in ``live`` mode; ``who``: ours or urllib3."""
-    from durable_streams import DurableStream
+class _Reader:
+    """A reader waiting on its own stream in ``live`` mode: ours or bare urllib3."""
 
-    raw = _Raw(base_url)
-    path = "/" + unique_name(f"blk-{live}")
-    raw.call("PUT", path, headers={"content-type": CT})
-    got = threading.Event()
-    stop = threading.Event()
-    ready = threading.Event()
-    handle = DurableStream(base_url + path, content_type=CT)
+    def __init__(self, base_url: str, live: str, who: str) -> None:
+        from durable_streams import DurableStream
 
-    def ours_reader() -> None:
-        with handle.stream(offset="now", live=live) as res:  # type: ignore[arg-type]
-            ready.set()
+        self.raw = _Raw(base_url)
+        self.path = "/" + unique_name(f"blk-{live}")
+        self.raw.call("PUT", self.path, headers={"content-type": CT})
+        self.live, self.who = live, who
+        self.got = threading.Event()
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.handle = DurableStream(base_url + self.path, content_type=CT)
+        target = self._ours if who == "ours" else self._bare
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _ours(self) -> None:
+        with self.handle.stream(offset="now", live=self.live) as res:  # type: ignore[arg-type]
+            self.ready.set()
             for _chunk in res.iter_bytes():
-                if stop.is_set():
+                if self.stop.is_set():
                     break
-                got.set()
+                self.got.set()
 
-    def raw_reader() -> None:
-        offset = raw.call("HEAD", path).headers["Stream-Next-Offset"]
-        ready.set()
-        if live == "sse":
-            r = raw.pool.urlopen("GET", f"{path}?offset={offset}&live=sse",
-                                 preload_content=False)
-            while not stop.is_set():
+    def _bare(self) -> None:
+        path = self.path
+        offset = self.raw.call("HEAD", path).headers["Stream-Next-Offset"]
+        self.ready.set()
+        if self.live == "sse":
+            r = self.raw.pool.urlopen("GET", f"{path}?offset={offset}&live=sse",
+                                      preload_content=False)
+            pending = b""
+            while not self.stop.is_set():
                 data = r.read1(65536)
                 if not data:
                     break
-                if b"event: data" in data or b"event:data" in data:
-                    got.set()
+                pending += data
+                # A client knows where to resume only with the control event after the data.
+                at = pending.find(b"event: data")
+                if at >= 0 and pending.find(b"event: control", at) >= 0:
+                    pending = b""
+                    self.got.set()
             r.release_conn()
             return
-        while not stop.is_set():
-            r = raw.call("GET", f"{path}?offset={offset}&live=long-poll")
+        while not self.stop.is_set():
+            r = self.raw.call("GET", f"{path}?offset={offset}&live=long-poll")
             offset = r.headers.get("Stream-Next-Offset", offset)
             if r.status == 200 and r.data:
-                got.set()
+                self.got.set()
 
-    thread = threading.Thread(target=ours_reader if who == "ours" else raw_reader, daemon=True)
-    thread.start()
-    ready.wait(10)
-    time.sleep(0.05)  # let the reader's first request reach the server
-    walls: list[float] = []
-    c0 = time.process_time()
-    for _ in range(n):
-        got.clear()
+    def deliver(self) -> float:
+        self.got.clear()
         t0 = time.perf_counter()
-        if who == "ours":
-            handle.append(BODY)
+        if self.who == "ours":
+            self.handle.append(BODY)
         else:
-            raw.call("POST", path, BODY, {"content-type": CT})
-        if not got.wait(10):
-            raise RuntimeError(f"{who} {live} reader got nothing within 10 s")
-        walls.append(time.perf_counter() - t0)
-        time.sleep(0.002)  # the reader is waiting again
-    cpu = (time.process_time() - c0) / n
-    stop.set()
-    raw.call("POST", path, BODY, {"content-type": CT})  # wake it
-    thread.join(10)
-    handle.close()
-    return {"p50_ms": percentile(walls, 50) * 1e3, "cpu_ms": cpu * 1e3, "n": float(n)}
+            self.raw.call("POST", self.path, BODY, {"content-type": CT})
+        if not self.got.wait(10):
+            raise RuntimeError(f"{self.who} {self.live} reader got nothing within 10 s")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.stop.set()
+        self.raw.call("POST", self.path, BODY, {"content-type": CT})  # wake it
+        self.thread.join(10)
+        self.handle.close()
+
+
+def deliveries(base_url: str, n: int, live: str) -> dict[str, dict[str, float]]:
+    """append → delivered to a reader waiting in ``live`` mode, ours and bare urllib3
+    interleaved (each reader waits on its own stream; one delivery at a time)."""
+    readers = {who: _Reader(base_url, live, who) for who in ("ours", "urllib3")}
+    time.sleep(0.05)  # let the readers' first requests reach the server
+    walls: dict[str, list[float]] = {who: [] for who in readers}
+    cpu: dict[str, float] = dict.fromkeys(readers, 0.0)
+    try:
+        for i in range(n):
+            for who in (("ours", "urllib3") if i % 2 else ("urllib3", "ours")):
+                c0 = time.process_time()
+                walls[who].append(readers[who].deliver())
+                cpu[who] += time.process_time() - c0
+                time.sleep(0.002)  # the reader is waiting again
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return {who: {"p50_ms": percentile(w, 50) * 1e3, "cpu_ms": cpu[who] / n * 1e3,
+                  "n": float(n)} for who, w in walls.items()}
 
 
 def producer_latency(base_url: str, n: int, who: str) -> dict[str, float]:
@@ -272,11 +299,11 @@ def measure(base_url: str, *, n: int = 400, official: OfficialClient | None = No
                               ours["p50_ms"] / bare["p50_ms"], target=TARGET,
                               lower_is_better=True))
         rows[-1].result += f"; CPU {ours['cpu_ms'] / bare['cpu_ms']:.2f}×"
-    deliveries = max(n // 4, 20)
+    count_live = max(n // 4, 20)
     for live in ("long-poll", "sse"):
-        progress(f"  append → delivered ({live}) × {deliveries}")
-        ours = _deliveries(base_url, deliveries, live, "ours")
-        bare = _deliveries(base_url, deliveries, live, "urllib3")
+        progress(f"  append → delivered ({live}) × {count_live}")
+        both = deliveries(base_url, count_live, live)
+        ours, bare = both["ours"], both["urllib3"]
         rows.append(Row(SCENARIO, f"append → delivered to a {live} reader: p50, process CPU",
                         f"ours {_fmt(ours)} · urllib3 {_fmt(bare)}",
                         data={"ours": ours, "urllib3": bare}))
