@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.server
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,8 +97,9 @@ def proxy() -> Iterator[RecordingProxy]:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No proxy variables, and a HOME without a .netrc."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "NETRC"):
+    """No proxy or CA-bundle variables, and a HOME without a .netrc."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "netrc",
+                 "requests_ca_bundle", "curl_ca_bundle"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -246,3 +248,88 @@ def test_user_session_subclass_overriding_request(clean_env: Path, proxy: Record
     assert [s.method for s in seen] == ["PUT", "POST", "HEAD"]
     assert all(s.headers.get("X-Tag") == "mine" for s in seen)
     session.close()
+
+
+# -- TLS: REQUESTS_CA_BUNDLE on the default path --------------------------------------------
+
+
+class TlsFront:
+    """HTTPS on loopback in front of the reference server (a self-signed certificate)."""
+
+    def __init__(self, upstream: str, directory: Path) -> None:
+        import ssl
+        import subprocess
+
+        self.cert = directory / "cert.pem"
+        key = directory / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(self.cert)],
+            check=True, capture_output=True, timeout=60)
+        pool = urllib3.PoolManager(retries=False)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                r = pool.urlopen(self.command, upstream + self.path, body=body,
+                                 headers=headers, redirect=False)
+                self.send_response(r.status)
+                for k, v in r.headers.items():
+                    if k.lower() not in _HOP:
+                        self.send_header(k, v)
+                data = r.data if self.command != "HEAD" else b""
+                self.send_header("Content-Length", str(len(data)) if self.command != "HEAD"
+                                 else r.headers.get("Content-Length", "0"))
+                self.end_headers()
+                if data:
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _relay
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.cert), str(key))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tls(server: ReferenceServer, tmp_path: Path) -> Iterator[TlsFront]:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a certificate")
+    front = TlsFront(server.url, tmp_path)
+    yield front
+    front.close()
+
+
+def test_tls_ca_bundle_variable(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                tls: TlsFront) -> None:
+    from durable_streams import RetryPolicy, TransportError
+
+    url = f"{tls.url}/tls-{os.getpid()}-{threading.get_ident()}"
+    with pytest.raises(TransportError, match="TLS with 127.0.0.1"):  # not in certifi
+        DurableStream.create(url, content_type="text/plain",
+                             retry=RetryPolicy(max_retries=0))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.cert))
+    with DurableStream.create(url, content_type="text/plain") as handle:
+        handle.append("over TLS")
+        assert handle.stream().read_text() == "over TLS"
+    with requests.Session() as session:  # a user session: requests' own handling
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+        session.verify = str(tls.cert)
+        with DurableStream(url, session=session) as handle:
+            assert handle.head().offset
