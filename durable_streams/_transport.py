@@ -168,6 +168,10 @@ class DirectTransport:
 
     def __init__(self, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.pool_size = max(pool_size, 1)
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._env_session = requests.Session()  # only its environment logic is used
         self._direct = urllib3.PoolManager(num_pools=64, maxsize=self.pool_size, block=False,
@@ -250,15 +254,23 @@ class DirectTransport:
     def _timeout(self, timeout: tuple[float, float]) -> urllib3.Timeout:
         t = self._timeouts.get(timeout)
         if t is None:
+            if len(self._timeouts) > 256:
+                self._timeouts.clear()
             t = self._timeouts[timeout] = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         return t
 
     # -- requests -----------------------------------------------------------------------
     def route_for(self, url: str) -> Route:
+        if self._pid != os.getpid():
+            # A forked child must not share the parent's connections (or a lock the parent
+            # held at fork time): start over with new pools; the old ones are dropped.
+            self._start()
         parts = urlsplit(url)
         key = _env_key()
         route = self._routes.get((parts.scheme, parts.netloc, key))
         if route is None:
+            if len(self._routes) > 256:  # the environment keeps changing: forget old routes
+                self._routes.clear()
             route = self._route(parts.scheme, parts.netloc, url, key)
         return route
 
@@ -371,10 +383,9 @@ def default_transport() -> DirectTransport:
 
 
 def _after_fork_in_child() -> None:
-    # The parent's connections must not be shared: start over with new pools. The old
-    # objects are dropped, not closed (closing would only close this process's copies).
-    global _default, _default_lock
-    _default = None
+    # The transport notices the new process itself (route_for compares the pid) and starts
+    # over with new pools; only this module's lock may have been held by a parent thread.
+    global _default_lock
     _default_lock = threading.Lock()
 
 

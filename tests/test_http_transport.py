@@ -333,3 +333,23 @@ def test_tls_ca_bundle_variable(clean_env: Path, monkeypatch: pytest.MonkeyPatch
         session.verify = str(tls.cert)
         with DurableStream(url, session=session) as handle:
             assert handle.head().offset
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_its_own_connections(url: str) -> None:
+    """A handle made before fork() works in the child on new connections, and the parent's
+    kept-alive connection is not disturbed."""
+    with DurableStream.create(url, content_type="text/plain") as handle:
+        handle.append("a")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                handle.append("b")
+                code = 0 if handle.stream().read_text() == "ab" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        handle.append("c")
+        assert handle.stream().read_text() == "abc"
