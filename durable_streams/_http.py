@@ -389,7 +389,10 @@ class HttpClient:
                 if ok(response) if ok is not None else status < 300:
                     return response
                 if not retry.is_retryable_status(status) or attempt >= retry.max_retries:
-                    raise error_from(response, url=url, operation=operation)
+                    failure = error_from(response, url=url, operation=operation)
+                    if attempt:
+                        _note_attempts(failure, attempt + 1, _monotonic() - started)
+                    raise failure
                 retry_after = P.parse_retry_after(response.headers.get(P.RETRY_AFTER))
                 wait = retry.delay(attempt, retry_after)
                 log.debug("%s %s: HTTP %d; retry %d in %.3fs", method, redact_url(url), status,

@@ -353,3 +353,41 @@ def test_forked_child_gets_its_own_connections(url: str) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         handle.append("c")
         assert handle.stream().read_text() == "abc"
+
+
+def test_redirects_followed_for_reads_without_credentials_across_origins(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch, proxy: RecordingProxy,
+        server: ReferenceServer, url: str) -> None:
+    """GET/HEAD follow redirects as requests does; Authorization stays with its origin."""
+    target = urlsplit(url)
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _go(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", f"{server.url}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _go
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    try:
+        with DurableStream.create(url, content_type="text/plain") as handle:
+            handle.append("moved")
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)  # to see both hops
+        front = f"http://127.0.0.1:{redirector.server_address[1]}{target.path}"
+        with DurableStream(front, headers={"Authorization": "Bearer t"}) as moved:
+            assert moved.head().content_type == "text/plain"
+            assert moved.stream().read_text() == "moved"
+    finally:
+        redirector.shutdown()
+        redirector.server_close()
+    hops = [(urlsplit(s.target).port, s.headers.get("Authorization")) for s in proxy.seen]
+    first, second = redirector.server_address[1], target.port
+    assert hops == [(first, "Bearer t"), (second, None)] * 2

@@ -161,6 +161,7 @@ def test_server_error_storm(server: ReferenceServer, url: str,
     server.clear_faults()
     assert_clean(exception_text(info.value) + repr(handle) + log_text(logs))
     assert info.value.status == 503 and "503" in str(info.value)
+    assert "4 attempts over" in str(info.value)
     retries = [r for r in logs.records if r.name == "durable_streams" and "HTTP 503" in
                r.getMessage()]
     assert len(retries) == FAST.max_retries
