@@ -98,7 +98,6 @@ from ._http import (
     resolve,
     transport_error,
 )
-from ._redact import redact_url
 from ._sse import SSEParser
 
 __all__ = [
@@ -444,8 +443,7 @@ class StreamResponse:
 
     def __repr__(self) -> str:
         return (
-            f"StreamResponse({redact_url(self._url)!r}, live={self._live!r}, "
-            f"offset={self._offset!r}, "
+            f"StreamResponse({self._url!r}, live={self._live!r}, offset={self._offset!r}, "
             f"up_to_date={self._up_to_date}, closed={self._eof})"
         )
 
