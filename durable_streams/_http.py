@@ -9,6 +9,7 @@ import logging
 # child (where every later request would then deadlock).
 import netrc  # noqa: F401
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +27,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from . import _protocol as P
 from . import errors
 from ._redact import INSIDE_REQUEST, install_log_filters, redact_url
-from ._transport import DefaultSession, DirectTransport, default_transport
+from ._transport import SENT_HOOK, DefaultSession, DirectTransport, default_transport
 from ._transport_errors import describe_failure, is_timeout
 
 log = logging.getLogger("durable_streams")
@@ -231,6 +232,12 @@ class HttpClient:
         self._netrc_cache: dict[tuple[str, str], requests.auth.AuthBase] = {}
 
     @property
+    def can_interrupt(self) -> bool:
+        """True when :meth:`send` honours ``on_sent`` (the default urllib3 path; a SOCKS
+        proxy route also goes through requests and is not interruptible this way)."""
+        return self._direct is not None
+
+    @property
     def session(self) -> requests.Session:
         """The user's session, or (default path) a working ``requests.Session`` that, given
         to another ``HttpClient``, keeps it on the shared urllib3 transport."""
@@ -284,8 +291,15 @@ class HttpClient:
         data: bytes | Iterable[bytes] | None = None,
         timeout: TimeoutLike = None,
         stream: bool = False,
+        on_sent: Callable[[socket.socket], None] | None = None,
     ) -> requests.Response:
-        """One HTTP exchange; transport failures become :class:`TransportError`."""
+        """One HTTP exchange; transport failures become :class:`TransportError`.
+
+        ``on_sent`` (default path only; see :attr:`can_interrupt`) is called in this thread
+        with the connection's socket once the request is written, before the response is
+        awaited: shutting that socket down from another thread ends the wait at once (the
+        call then raises :class:`TransportError`), with no helper thread per request.
+        """
         req_timeout = normalize_timeout(timeout) if timeout is not None else self.timeout
         direct = self._direct
         if direct is not None:
@@ -296,6 +310,7 @@ class HttpClient:
                 # implicit __context__ (whose text names the path with its query).
                 failure: Exception
                 INSIDE_REQUEST.active = True
+                SENT_HOOK.fn = on_sent
                 try:
                     return direct.send(method, url, headers=headers, params=query, data=data,
                                        timeout=req_timeout, stream=stream, route=route)
@@ -305,6 +320,7 @@ class HttpClient:
                     failure = transport_error(exc, url=url, operation=operation, params=query)
                 finally:
                     INSIDE_REQUEST.active = False
+                    SENT_HOOK.fn = None
                 raise failure
         session = self.session
         INSIDE_REQUEST.active = True

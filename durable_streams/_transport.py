@@ -30,6 +30,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 import requests
 import requests.utils
 import urllib3
+import urllib3.connection
 from requests.auth import _basic_auth_str
 from requests.cookies import RequestsCookieJar
 from urllib3.exceptions import ClosedPoolError
@@ -94,6 +95,42 @@ class DirectResponse(requests.Response):
     @cookies.setter
     def cookies(self, jar: RequestsCookieJar) -> None:
         self._jar = jar
+
+
+#: ``fn`` (a callable taking the socket), set by the caller for the duration of one request.
+SENT_HOOK = threading.local()
+
+
+def _after_send(sock: object) -> None:
+    hook = getattr(SENT_HOOK, "fn", None)
+    if hook is not None and sock is not None:
+        hook(sock)
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    """Tells :data:`SENT_HOOK` the socket once the request is written, before the response
+    is awaited: another thread can then shut it down to end a long wait (a long-poll)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _after_send(self.sock)
+
+
+class _TlsConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _after_send(self.sock)
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TlsPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TlsConnection
+
+
+_POOL_CLASSES = {"http": _Pool, "https": _TlsPool}
 
 
 class DefaultSession(requests.Session):
@@ -176,6 +213,7 @@ class DirectTransport:
         self._env_session = requests.Session()  # only its environment logic is used
         self._direct = urllib3.PoolManager(num_pools=64, maxsize=self.pool_size, block=False,
                                            retries=False)
+        self._direct.pool_classes_by_scheme = _POOL_CLASSES
         self._proxies: dict[str, urllib3.ProxyManager] = {}
         self._tls: dict[object, ssl.SSLContext] = {}
         self._routes: dict[tuple[str, str, tuple[object, ...]], Route] = {}
@@ -238,6 +276,7 @@ class DirectTransport:
                         proxy_headers=headers, num_pools=16, maxsize=self.pool_size,
                         block=False, retries=False,
                     )
+                    manager.pool_classes_by_scheme = _POOL_CLASSES
                     self._proxies[proxy] = manager
             if pool_kw:
                 manager.connection_pool_kw.update(pool_kw)

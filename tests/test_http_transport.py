@@ -391,3 +391,47 @@ def test_redirects_followed_for_reads_without_credentials_across_origins(
     hops = [(urlsplit(s.target).port, s.headers.get("Authorization")) for s in proxy.seen]
     first, second = redirector.server_address[1], target.port
     assert hops == [(first, "Bearer t"), (second, None)] * 2
+
+
+def test_on_sent_socket_ends_a_pending_long_poll(url: str) -> None:
+    """On the default path a waiting live request can be ended from another thread through
+    the socket handed to ``on_sent`` (no helper thread per request)."""
+    import socket as socket_module
+    import time
+
+    from durable_streams import TransportError
+    from durable_streams._http import HttpClient
+
+    with DurableStream.create(url, content_type="text/plain") as handle:
+        tail = handle.head().offset
+    client = HttpClient()
+    assert client.can_interrupt
+    sent: list[socket_module.socket] = []
+    registered = threading.Event()
+    outcome: list[BaseException | int] = []
+
+    def on_sent(sock: socket_module.socket) -> None:
+        sent.append(sock)
+        registered.set()
+
+    def wait() -> None:
+        try:
+            response = client.send("GET", url, operation="read", stream=True,
+                                   params=[("live", "long-poll"), ("offset", tail)],
+                                   timeout=(5.0, 60.0), on_sent=on_sent)
+            outcome.append(response.status_code)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    started = time.monotonic()
+    waiter.start()
+    assert registered.wait(10)
+    time.sleep(0.1)  # the request is now held by the server (long-poll)
+    assert not outcome
+    sent[0].shutdown(socket_module.SHUT_RDWR)
+    waiter.join(10)
+    assert isinstance(outcome[0], TransportError)
+    assert time.monotonic() - started < 5  # not the server's long-poll hold
+    with DurableStream(url) as again:  # the pool recovers
+        assert again.head().offset == tail
