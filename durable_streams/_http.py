@@ -33,9 +33,21 @@ from ._transport_errors import describe_failure, is_timeout
 log = logging.getLogger("durable_streams")
 install_log_filters()
 
-#: Use the shared urllib3 transport when no session is given. Tests that mock
-#: ``requests`` (the ``responses`` library) set this to False to route through requests.
+#: Use the shared urllib3 transport when no session is given (False: always requests).
 _DIRECT = True
+
+# What requests-mocking libraries replace (``responses`` patches HTTPAdapter.send,
+# ``requests_mock`` Session.get_adapter): while one is active, the default path goes through
+# requests too, so tests that mock requests keep seeing the library's calls.
+_ADAPTER_SEND = requests.adapters.HTTPAdapter.send
+_GET_ADAPTER = requests.Session.get_adapter
+_SESSION_SEND = requests.Session.send
+
+
+def _requests_mocked() -> bool:
+    return (requests.adapters.HTTPAdapter.send is not _ADAPTER_SEND
+            or requests.Session.get_adapter is not _GET_ADAPTER
+            or requests.Session.send is not _SESSION_SEND)
 
 HeaderValue = Union[str, Callable[[], "str | None"], None]  # noqa: UP007
 #: Headers or query parameters: a mapping whose values are strings or zero-argument
@@ -302,7 +314,7 @@ class HttpClient:
         """
         req_timeout = normalize_timeout(timeout) if timeout is not None else self.timeout
         direct = self._direct
-        if direct is not None:
+        if direct is not None and not _requests_mocked():
             route = direct.route_for(url)
             if not route.fallback:
                 query = list(params) if params else None

@@ -68,19 +68,3 @@ def make(producers: list[IdempotentProducer]) -> Callable[..., IdempotentProduce
         return p
 
     return factory
-
-
-@pytest.fixture(autouse=True)
-def _responses_mocks_use_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ``responses`` library mocks ``requests``; while one of its mocks is active, send
-    the library's requests through ``requests`` instead of the default urllib3 transport
-    (the retry, reading and producer logic above the transport is the same)."""
-    import responses
-
-    real_start = responses.RequestsMock.start
-
-    def start(self: responses.RequestsMock) -> None:
-        monkeypatch.setattr("durable_streams._http._DIRECT", False)
-        real_start(self)
-
-    monkeypatch.setattr(responses.RequestsMock, "start", start)

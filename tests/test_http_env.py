@@ -13,13 +13,6 @@ import responses
 from durable_streams import DurableStream
 
 
-@pytest.fixture(autouse=True)
-def _through_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests mock ``requests`` (``responses``): use the requests path. The urllib3
-    path's environment handling is tested against a real server in test_http_transport.py."""
-    monkeypatch.setattr("durable_streams._http._DIRECT", False)
-
-
 @responses.activate
 def test_netrc_credentials_are_still_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     netrc = tmp_path / ".netrc"

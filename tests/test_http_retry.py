@@ -287,10 +287,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[responses.RequestsMock]:
-    # ``responses`` mocks requests: route through it instead of the urllib3 transport (the
-    # retry loop under test is the same for both).
-    monkeypatch.setattr("durable_streams._http._DIRECT", False)
+def mock() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         yield rsps
 

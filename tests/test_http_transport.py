@@ -435,3 +435,16 @@ def test_on_sent_socket_ends_a_pending_long_poll(url: str) -> None:
     assert time.monotonic() - started < 5  # not the server's long-poll hold
     with DurableStream(url) as again:  # the pool recovers
         assert again.head().offset == tail
+
+
+def test_requests_mocks_still_see_the_default_path() -> None:
+    """While ``responses`` (or requests_mock) patches requests, the default path goes through
+    requests, so applications that mock requests in their tests keep working."""
+    import responses
+
+    with responses.RequestsMock() as mock:
+        mock.add(responses.HEAD, "http://mocked.test/s", status=200,
+                 headers={"Stream-Next-Offset": "0_7", "Content-Type": "text/plain"})
+        with DurableStream("http://mocked.test/s") as handle:
+            assert handle.head().offset == "0_7"
+        assert len(mock.calls) == 1
