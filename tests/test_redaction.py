@@ -194,6 +194,26 @@ def test_invalid_header_value_is_not_echoed(url: str) -> None:
     assert "header" in str(info.value)
 
 
+def test_logging_handler_that_cannot_deliver(server: ReferenceServer, url: str,
+                                            capsys: pytest.CaptureFixture[str],
+                                            logs: pytest.LogCaptureFixture) -> None:
+    """DurableStreamHandler: its warnings on stderr and its repr name the URL redacted."""
+    from durable_streams.logging import DurableStreamHandler
+
+    DurableStream.create(url, content_type="application/json").close()
+    handler = DurableStreamHandler(with_password(url) + f"?token={TOKEN}", "h",
+                                   content_type="application/json", headers=HEADERS,
+                                   retry=FAST, close_timeout=1)
+    shown = repr(handler)
+    server.inject_fault(url, status=503, count=10_000, method="POST")
+    handler.handle(logging.LogRecord("app", logging.INFO, __file__, 1, "hello", None, None))
+    handler.close()
+    server.clear_faults()
+    err = capsys.readouterr().err
+    assert_clean(shown + err + log_text(logs))
+    assert "not delivered" in err and "token=***" in err
+
+
 # -- the CLI ------------------------------------------------------------------------------
 
 
