@@ -76,7 +76,8 @@ class DurableStream:
         retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
+            shown = redact_url(url) if isinstance(url, str) else type(url).__name__
+            raise ValueError(f"url must be an http:// or https:// URL, got {shown!r}")
         self.url = url
         self.content_type = content_type
         self.headers = headers
