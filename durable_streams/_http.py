@@ -1,4 +1,5 @@
-"""The only module that talks HTTP: sessions, timeouts, dynamic headers, the retry policy."""
+"""The only module that talks HTTP: the two transports (urllib3 by default, a user's
+``requests.Session``), timeouts, dynamic headers, the retry policy, transport errors."""
 
 from __future__ import annotations
 
@@ -218,7 +219,13 @@ class _NoAuth(requests.auth.AuthBase):
 
 
 class HttpClient:
-    """A ``requests.Session`` plus the retry loop; shared by handles, producers and readers."""
+    """The transport plus the retry loop; shared by handles, producers and readers.
+
+    Without a session (or with the :class:`DefaultSession` another client's :attr:`session`
+    returned) requests go through the process-wide urllib3 transport (``_transport``); a
+    user's ``requests.Session`` is used exactly as given. Responses are
+    ``requests.Response`` objects either way.
+    """
 
     def __init__(
         self,
