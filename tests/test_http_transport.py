@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +75,29 @@ class RecordingProxy:
                     self.wfile.write(data)
 
             do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _relay
+
+            def do_CONNECT(self) -> None:  # noqa: N802 - a tunnel for https:// targets
+                proxy.seen.append(Seen("CONNECT", self.path, dict(self.headers.items())))
+                host, _, port = self.path.rpartition(":")
+                upstream_sock = socket.create_connection((host, int(port)), timeout=10)
+                self.send_response(200, "Connection established")
+                self.end_headers()
+                self.wfile.flush()
+                pair = (self.connection, upstream_sock)
+
+                def pump(src: socket.socket, dst: socket.socket) -> None:
+                    with contextlib.suppress(OSError):
+                        while data := src.recv(65536):
+                            dst.sendall(data)
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+
+                back = threading.Thread(target=pump, args=pair[::-1], daemon=True)
+                back.start()
+                pump(*pair)
+                back.join(10)
+                upstream_sock.close()
+                self.close_connection = True
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -448,3 +473,18 @@ def test_requests_mocks_still_see_the_default_path() -> None:
         with DurableStream("http://mocked.test/s") as handle:
             assert handle.head().offset == "0_7"
         assert len(mock.calls) == 1
+
+
+def test_https_through_a_proxy_tunnel(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                      tls: TlsFront, proxy: RecordingProxy) -> None:
+    """HTTPS_PROXY: an https:// stream is reached through a CONNECT tunnel, verified with
+    REQUESTS_CA_BUNDLE."""
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.cert))
+    url = f"{tls.url}/tunnel-{os.getpid()}"
+    with DurableStream.create(url, content_type="text/plain") as handle:
+        handle.append("tunnelled")
+        assert handle.stream().read_text() == "tunnelled"
+    tunnels = [s for s in proxy.seen if s.method == "CONNECT"]
+    assert tunnels and all(s.target == urlsplit(tls.url).netloc for s in tunnels)
+    assert not [s for s in proxy.seen if s.method != "CONNECT"]  # nothing in the clear
