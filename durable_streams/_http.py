@@ -27,7 +27,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from . import _protocol as P
 from . import errors
-from ._redact import INSIDE_REQUEST, install_log_filters, redact_url
+from ._redact import INSIDE_REQUEST, install_log_filters, redact_text, redact_url
 from ._transport import SENT_HOOK, DefaultSession, DirectTransport, default_transport
 from ._transport_errors import describe_failure, is_timeout
 
@@ -322,7 +322,13 @@ class HttpClient:
         req_timeout = normalize_timeout(timeout) if timeout is not None else self.timeout
         direct = self._direct
         if direct is not None and not _requests_mocked():
-            route = direct.route_for(url)
+            bad_url: ValueError | None = None
+            try:
+                route = direct.route_for(url)
+            except ValueError as exc:  # e.g. a port out of range
+                bad_url = _malformed(exc, url=url, operation=operation)
+            if bad_url is not None:
+                raise bad_url
             if not route.fallback:
                 query = list(params) if params else None
                 # The failure is raised outside the except clause so that it carries no
@@ -454,7 +460,7 @@ def _malformed(exc: Exception, *, url: str, operation: str) -> ValueError:
         detail = ("a header name or value contains a line break, leading whitespace or a "
                   "control character (value not shown)")
     else:
-        detail = redact_url(text) if "://" in text else type(exc).__name__
+        detail = redact_text(text)
     return ValueError(f"{operation} of {redact_url(url)}: cannot send the request: {detail}; "
                       "fix the header or URL")
 
