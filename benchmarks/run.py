@@ -42,6 +42,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as ``python3 benchmarks/run.py``
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import blocking  # noqa: E402
 from benchmarks import producer as ours  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     OFFICIAL_VERSION,
@@ -438,6 +439,8 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "caller-cost": scenario_caller_cost,
     "latency": scenario_latency,
     "reads": scenario_reads,
+    "blocking": lambda ctx: blocking.measure(ctx.base_url, n=40 if ctx.quick else 400,
+                                             official=ctx.official),
 }
 
 

@@ -1,4 +1,5 @@
-"""The only module that talks HTTP: sessions, timeouts, dynamic headers, the retry policy."""
+"""The only module that talks HTTP: the two transports (urllib3 by default, a user's
+``requests.Session``), timeouts, dynamic headers, the retry policy, transport errors."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import logging
 # child (where every later request would then deadlock).
 import netrc  # noqa: F401
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from time import monotonic as _monotonic
 from typing import Any, Union
 from urllib.parse import urlsplit
 
@@ -20,12 +23,32 @@ import requests
 import requests.adapters
 import requests.auth
 import requests.utils
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from . import _protocol as P
 from . import errors
+from ._redact import INSIDE_REQUEST, install_log_filters, redact_text, redact_url
+from ._transport import SENT_HOOK, DefaultSession, DirectTransport, default_transport
+from ._transport_errors import describe_failure, is_timeout
 
 log = logging.getLogger("durable_streams")
+install_log_filters()
+
+#: Use the shared urllib3 transport when no session is given (False: always requests).
+_DIRECT = True
+
+# What requests-mocking libraries replace (``responses`` patches HTTPAdapter.send,
+# ``requests_mock`` Session.get_adapter): while one is active, the default path goes through
+# requests too, so tests that mock requests keep seeing the library's calls.
+_ADAPTER_SEND = requests.adapters.HTTPAdapter.send
+_GET_ADAPTER = requests.Session.get_adapter
+_SESSION_SEND = requests.Session.send
+
+
+def _requests_mocked() -> bool:
+    return (requests.adapters.HTTPAdapter.send is not _ADAPTER_SEND
+            or requests.Session.get_adapter is not _GET_ADAPTER
+            or requests.Session.send is not _SESSION_SEND)
 
 HeaderValue = Union[str, Callable[[], "str | None"], None]  # noqa: UP007
 #: Headers or query parameters: a mapping whose values are strings or zero-argument
@@ -140,24 +163,38 @@ def _reached_server(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, NewConnectionError):
+        if isinstance(cur, (NewConnectionError, ConnectTimeoutError)):
             return False
         for arg in getattr(cur, "args", ()):
-            if isinstance(arg, NewConnectionError):
+            if isinstance(arg, (NewConnectionError, ConnectTimeoutError)):
                 return False
             reason = getattr(arg, "reason", None)
-            if isinstance(reason, NewConnectionError):
+            if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):
                 return False
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):
+            return False
         cur = cur.__cause__ or cur.__context__
     return True
 
 
-def transport_error(exc: BaseException, *, url: str, operation: str) -> errors.TransportError:
-    timeout = isinstance(exc, requests.exceptions.Timeout)
-    kind = "timed out" if timeout else "could not complete"
-    return errors.TransportError(
-        f"{operation} {kind} for {url}: {type(exc).__name__}: {exc}", url=url, timeout=timeout
+def transport_error(exc: BaseException, *, url: str, operation: str,
+                    params: Iterable[tuple[str, str]] | None = None) -> errors.TransportError:
+    """A :class:`TransportError` saying what happened, with no secret in its text.
+
+    Raise it ``from None``: the underlying exception's text names the request path with
+    its query (urllib3's "Max retries exceeded with url: /x?token=..."); what matters of it
+    is in the message. ``url`` stays available, unredacted, as ``.url``.
+    """
+    shown = url  # with the parameter names (values are masked below)
+    if params:
+        shown += ("&" if "?" in url else "?") + "&".join(f"{name}=" for name, _ in params)
+    what = describe_failure(exc, url)
+    err = errors.TransportError(
+        f"{operation} of {redact_url(shown)} failed: {what}", url=url, timeout=is_timeout(exc)
     )
+    err.reached_server = _reached_server(exc)  # type: ignore[attr-defined]
+    return err
 
 
 def new_session(pool_size: int = 10) -> requests.Session:
@@ -182,7 +219,13 @@ class _NoAuth(requests.auth.AuthBase):
 
 
 class HttpClient:
-    """A ``requests.Session`` plus the retry loop; shared by handles, producers and readers."""
+    """The transport plus the retry loop; shared by handles, producers and readers.
+
+    Without a session (or with the :class:`DefaultSession` another client's :attr:`session`
+    returned) requests go through the process-wide urllib3 transport (``_transport``); a
+    user's ``requests.Session`` is used exactly as given. Responses are
+    ``requests.Response`` objects either way.
+    """
 
     def __init__(
         self,
@@ -192,12 +235,38 @@ class HttpClient:
         timeout: TimeoutLike = None,
     ) -> None:
         self.owns_session = session is None
-        self.session = session if session is not None else new_session(pool_size)
+        self._direct: DirectTransport | None = None
+        if _DIRECT and (session is None or type(session) is DefaultSession):
+            # No user session: the shared urllib3 transport (a DefaultSession is what
+            # another client's .session returned on this path; keep the fast path).
+            self._direct = default_transport()
+            self._direct.ensure_pool_size(pool_size)
+        elif session is None:
+            session = new_session(pool_size)
+        self._session = session
         self.timeout = normalize_timeout(timeout)
         self._closed = False
         self._lock = threading.Lock()
         self._env_cache: dict[tuple[str, str, bool], dict[str, Any]] = {}
         self._netrc_cache: dict[tuple[str, str], requests.auth.AuthBase] = {}
+
+    @property
+    def can_interrupt(self) -> bool:
+        """True when :meth:`send` honours ``on_sent`` (the default urllib3 path; a SOCKS
+        proxy route also goes through requests and is not interruptible this way)."""
+        return self._direct is not None
+
+    @property
+    def session(self) -> requests.Session:
+        """The user's session, or (default path) a working ``requests.Session`` that, given
+        to another ``HttpClient``, keeps it on the shared urllib3 transport."""
+        session = self._session
+        if session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = DefaultSession()
+                session = self._session
+        return session
 
     def _netrc_auth(self, url: str) -> Any:
         """``~/.netrc`` credentials for the origin, looked up once (requests would stat the
@@ -227,8 +296,8 @@ class HttpClient:
             if self._closed:
                 return
             self._closed = True
-        if self.owns_session:
-            self.session.close()
+        if self.owns_session and self._session is not None:
+            self._session.close()
 
     def send(
         self,
@@ -241,10 +310,45 @@ class HttpClient:
         data: bytes | Iterable[bytes] | None = None,
         timeout: TimeoutLike = None,
         stream: bool = False,
+        on_sent: Callable[[socket.socket], None] | None = None,
     ) -> requests.Response:
-        """One HTTP exchange; transport failures become :class:`TransportError`."""
-        session = self.session
+        """One HTTP exchange; transport failures become :class:`TransportError`.
+
+        ``on_sent`` (default path only; see :attr:`can_interrupt`) is called in this thread
+        with the connection's socket once the request is written, before the response is
+        awaited: shutting that socket down from another thread ends the wait at once (the
+        call then raises :class:`TransportError`), with no helper thread per request.
+        """
         req_timeout = normalize_timeout(timeout) if timeout is not None else self.timeout
+        direct = self._direct
+        if direct is not None and not _requests_mocked():
+            bad_url: ValueError | None = None
+            try:
+                route = direct.route_for(url)
+            except ValueError as exc:  # e.g. a port out of range
+                bad_url = _malformed(exc, url=url, operation=operation)
+            if bad_url is not None:
+                raise bad_url
+            if not route.fallback:
+                query = list(params) if params else None
+                # The failure is raised outside the except clause so that it carries no
+                # implicit __context__ (whose text names the path with its query).
+                failure: Exception
+                INSIDE_REQUEST.active = True
+                SENT_HOOK.fn = on_sent
+                try:
+                    return direct.send(method, url, headers=headers, params=query, data=data,
+                                       timeout=req_timeout, stream=stream, route=route)
+                except ValueError as exc:  # http.client refuses a header or the URL
+                    failure = _malformed(exc, url=url, operation=operation)
+                except Exception as exc:  # urllib3 and socket errors
+                    failure = transport_error(exc, url=url, operation=operation, params=query)
+                finally:
+                    INSIDE_REQUEST.active = False
+                    SENT_HOOK.fn = None
+                raise failure
+        session = self.session
+        INSIDE_REQUEST.active = True
         try:
             if type(session).request is not requests.Session.request:
                 # A session subclass that customises request(): go through it.
@@ -268,11 +372,16 @@ class HttpClient:
                 )
             if not stream:
                 _ = response.content  # read now so a broken body is a transport error
+        except requests.exceptions.InvalidHeader as exc:
+            failure = _malformed(exc, url=url, operation=operation)
         except requests.exceptions.RequestException as exc:
-            err = transport_error(exc, url=url, operation=operation)
-            err.reached_server = _reached_server(exc)  # type: ignore[attr-defined]
-            raise err from exc
-        return response
+            failure = transport_error(exc, url=url, operation=operation,
+                                      params=list(params) if params else None)
+        else:
+            return response
+        finally:
+            INSIDE_REQUEST.active = False
+        raise failure
 
     def request(
         self,
@@ -298,6 +407,7 @@ class HttpClient:
         transport failure after the request may have reached the server is not retried.
         """
         attempt = 0
+        started = _monotonic()
         while True:
             all_headers = merge_headers(resolve(headers), extra_headers or {})
             query = build_query(resolve(params), extra_params or {})
@@ -309,25 +419,50 @@ class HttpClient:
             except errors.TransportError as exc:
                 retryable = idempotent or not getattr(exc, "reached_server", True)
                 if not retryable or attempt >= retry.max_retries:
+                    if attempt:
+                        _note_attempts(exc, attempt + 1, _monotonic() - started)
                     raise
                 wait = retry.delay(attempt)
-                log.debug("%s %s: %s; retry %d in %.3fs", method, url, exc, attempt + 1, wait)
+                log.debug("%s %s: %s; retry %d in %.3fs", method, redact_url(url), exc,
+                          attempt + 1, wait)
             else:
                 status = response.status_code
                 if ok(response) if ok is not None else status < 300:
                     return response
                 if not retry.is_retryable_status(status) or attempt >= retry.max_retries:
-                    raise error_from(response, url=url, operation=operation)
+                    failure = error_from(response, url=url, operation=operation)
+                    if attempt:
+                        _note_attempts(failure, attempt + 1, _monotonic() - started)
+                    raise failure
                 retry_after = P.parse_retry_after(response.headers.get(P.RETRY_AFTER))
                 wait = retry.delay(attempt, retry_after)
-                log.debug("%s %s: HTTP %d; retry %d in %.3fs", method, url, status,
+                log.debug("%s %s: HTTP %d; retry %d in %.3fs", method, redact_url(url), status,
                           attempt + 1, wait)
             attempt += 1
             if stop is not None:
                 if stop.wait(wait):
-                    raise errors.TransportError(f"{operation} cancelled for {url}", url=url)
+                    raise errors.TransportError(f"{operation} cancelled for {redact_url(url)}",
+                                                url=url)
             else:
                 time.sleep(wait)
+
+
+def _note_attempts(exc: errors.DurableStreamError, attempts: int, seconds: float) -> None:
+    """Say how hard we tried: "...; 6 attempts over 3.1 s"."""
+    exc.message = f"{exc.message}; {attempts} attempts over {seconds:.1f} s"
+    exc.args = (exc.message,)
+
+
+def _malformed(exc: Exception, *, url: str, operation: str) -> ValueError:
+    """A header or URL that HTTP cannot carry; the offending value is not shown."""
+    text = str(exc)
+    if "header" in text.lower():
+        detail = ("a header name or value contains a line break, leading whitespace or a "
+                  "control character (value not shown)")
+    else:
+        detail = redact_text(text)
+    return ValueError(f"{operation} of {redact_url(url)}: cannot send the request: {detail}; "
+                      "fix the header or URL")
 
 
 def error_from(response: requests.Response, *, url: str, operation: str

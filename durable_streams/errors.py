@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ._redact import redact_text
+
 __all__ = [
     "BadRequestError",
     "BufferFullError",
@@ -51,7 +53,8 @@ class DurableStreamError(Exception):
     Attributes:
         status: HTTP status of the response that caused it, or ``None``.
         code: a stable, machine-readable code (``"NOT_FOUND"``, ``"STREAM_CLOSED"``...).
-        url: the stream URL the request was about, when known.
+        url: the stream URL the request was about, when known, exactly as given (it may
+            hold credentials: the message, ``str()`` and ``repr()`` show it redacted).
         headers: the response headers, when there was a response.
         body: the response body text (truncated), when there was one.
         undelivered: for producer failures, the messages this failure left undelivered.
@@ -69,6 +72,10 @@ class DurableStreamError(Exception):
         headers: Mapping[str, str] | None = None,
         body: str | None = None,
     ) -> None:
+        # Secrets never reach the text: URL user-info and query values are masked in the
+        # message (and so in str(), repr() and tracebacks); ``url`` keeps the URL as given,
+        # for programs, and is not part of the text.
+        message = redact_text(message, url=url)
         super().__init__(message)
         self.message = message
         self.status = status

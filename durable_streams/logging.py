@@ -38,6 +38,7 @@ from typing import Any
 
 from . import _protocol as P
 from . import errors
+from ._redact import redact_text, redact_url
 from .producer import IdempotentProducer
 from .stream import DurableStream
 
@@ -326,12 +327,12 @@ class DurableStreamHandler(logging.Handler):
         if stream is None:
             return
         try:
-            stream.write(f"durable_streams.logging: {' '.join(message.split())}\n")
+            stream.write(f"durable_streams.logging: {redact_text(' '.join(message.split()))}\n")
             stream.flush()
         except (OSError, ValueError):
             pass
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
-        return f"<{type(self).__name__} {self.url} ({level})>"
+        return f"<{type(self).__name__} {redact_url(self.url)} ({level})>"
 

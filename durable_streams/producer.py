@@ -38,6 +38,7 @@ from ._http import (
     merge_headers,
     resolve,
 )
+from ._redact import redact_url
 from .stream import DurableStream
 
 __all__ = ["IdempotentProducer", "ProducerStats"]
@@ -224,7 +225,7 @@ class IdempotentProducer:
         elif isinstance(stream, str):
             if not stream.startswith(("http://", "https://")):
                 raise ValueError(f"stream must be a DurableStream or an http(s) URL, got "
-                                 f"{stream!r}")
+                                 f"{redact_url(stream)!r}")
             self.url = stream
             stream_headers = None
             self._params = None
@@ -503,7 +504,8 @@ class IdempotentProducer:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(
                         f"flush timed out after {timeout}s: {self._count_unresolved(target)} "
-                        f"messages for {self.url} are not acknowledged yet (still retrying)"
+                        f"messages for {redact_url(self.url)} are not acknowledged yet "
+                        "(still retrying)"
                     )
                 if not self._started and self._buf:
                     self._start_locked()

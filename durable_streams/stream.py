@@ -17,6 +17,7 @@ from ._http import (
     RetryPolicy,
     TimeoutLike,
 )
+from ._redact import redact_url
 
 if TYPE_CHECKING:
     from .reading import LiveMode, StreamResponse
@@ -76,7 +77,8 @@ class DurableStream:
         retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
+            shown = redact_url(url) if isinstance(url, str) else type(url).__name__
+            raise ValueError(f"url must be an http:// or https:// URL, got {shown!r}")
         self.url = url
         self.content_type = content_type
         self.headers = headers
@@ -389,4 +391,4 @@ class DurableStream:
         self.close()
 
     def __repr__(self) -> str:
-        return f"DurableStream({self.url!r}, content_type={self.content_type!r})"
+        return f"DurableStream({redact_url(self.url)!r}, content_type={self.content_type!r})"

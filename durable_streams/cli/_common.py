@@ -20,6 +20,7 @@ import textwrap
 from typing import Any, NoReturn
 
 from .. import errors
+from .._redact import redact_text
 from ..stream import DurableStream
 
 PROG = "durable-streams"
@@ -60,7 +61,7 @@ def one_line(text: object) -> str:
 def err(message: object) -> None:
     """One clear line on stderr."""
     with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(f"{PROG}: error: {one_line(message)}\n")
+        sys.stderr.write(f"{PROG}: error: {redact_text(one_line(message))}\n")
         sys.stderr.flush()
 
 
@@ -68,7 +69,7 @@ def note(message: str) -> None:
     """An informational line, shown only when stderr is a terminal."""
     if stderr_is_tty():
         with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(message + "\n")
+            sys.stderr.write(redact_text(message) + "\n")
             sys.stderr.flush()
 
 
@@ -104,11 +105,14 @@ def parse_header(text: str) -> tuple[str, str]:
     """``'Name: value'`` -> ``('Name', 'value')``; raises :class:`UsageError`."""
     name, sep, value = text.partition(":")
     name = name.strip()
+    # The value is never echoed: it is often a credential.
     if not sep or not name or any(c in name for c in " \t\r\n"):
-        raise UsageError(f"--header must look like 'Name: value', got {text!r}")
+        raise UsageError("--header must look like 'Name: value' (a name, a colon, a value); "
+                         "got text that does not (not shown)")
     value = value.strip()
     if "\n" in value or "\r" in value:
-        raise UsageError(f"--header value must be one line, got {text!r}")
+        raise UsageError(f"--header value must be one line; the value of {name!r} is not "
+                         "(not shown)")
     return name, value
 
 

@@ -1,0 +1,431 @@
+"""The default transport: urllib3 directly, with the environment handling of ``requests``.
+
+Used when the caller passes no ``requests.Session``. Every request goes straight to a
+kept-alive urllib3 connection pool shared by the whole process (handles, producers and
+readers to the same origin reuse connections), so a blocking call costs about what a bare
+urllib3 request costs. What ``requests`` would take from the environment is taken here too,
+looked up once per origin and looked up again when the relevant variables change:
+
+- ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` (any case), with the same
+  rules as ``requests`` (its own functions decide); a SOCKS proxy is handed to ``requests``;
+- ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` for TLS verification (certifi otherwise);
+- ``~/.netrc`` (or ``$NETRC``) credentials, and ``user:password@`` in the URL, sent as Basic
+  auth unless the request carries its own ``Authorization`` header.
+
+Responses are :class:`requests.Response` objects, so callers see one type on both paths.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+import requests.utils
+import urllib3
+import urllib3.connection
+from requests.auth import _basic_auth_str
+from requests.cookies import RequestsCookieJar
+from urllib3.exceptions import ClosedPoolError
+from urllib3.util.ssl_ import create_urllib3_context
+
+try:
+    from importlib.metadata import version as _version
+
+    USER_AGENT = f"durable-streams-python/{_version('durable_streams')}"
+except Exception:  # noqa: BLE001 - not installed (a source checkout)
+    USER_AGENT = "durable-streams-python"
+# http.client adds "Accept-Encoding: identity" itself (stream bodies are compact; compression
+# would cost more than it saves on fast links) and urllib3 adds no Accept.
+_DEFAULT_HEADERS = {"User-Agent": USER_AGENT}
+_DEFAULT_LOWER = {k.lower(): k for k in _DEFAULT_HEADERS}
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 30  # as requests
+_ENV_NAMES = tuple(
+    name
+    for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for name in (base, base.upper())
+) + ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC", "HOME")
+DEFAULT_POOL_SIZE = 16
+_NO_RETRIES = urllib3.Retry(total=False, redirect=False)  # the retry loop is HttpClient's
+
+
+class DirectResponse(requests.Response):
+    """A ``requests.Response`` built from a urllib3 response without the adapter's work.
+
+    ``raw`` is the urllib3 response (streamed bodies are read from it, and its socket can be
+    shut down from another thread); ``headers`` is urllib3's case-insensitive header dict.
+    """
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, elapsed: float) -> None:
+        # requests.Response.__init__ builds a cookie jar and more that nothing here uses.
+        self._content: Any = False
+        self._content_consumed = False
+        self._next = None
+        self.status_code = raw.status
+        self.headers = raw.headers  # type: ignore[assignment]
+        self.raw = raw
+        self.url = url
+        self.encoding = requests.utils.get_encoding_from_headers(raw.headers)
+        self.history = []
+        self.reason = raw.reason or ""
+        self.elapsed = datetime.timedelta(seconds=elapsed)
+        self.request = None  # type: ignore[assignment]
+        self.connection = None  # type: ignore[assignment]
+        self._jar: RequestsCookieJar | None = None
+
+    def preload(self) -> None:
+        """Take the body urllib3 has already read (``preload_content=True``)."""
+        self._content = self.raw.data or b""
+        self._content_consumed = True
+
+    @property
+    def cookies(self) -> RequestsCookieJar:
+        if self._jar is None:
+            self._jar = RequestsCookieJar()
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, jar: RequestsCookieJar) -> None:
+        self._jar = jar
+
+
+#: ``fn`` (a callable taking the socket), set by the caller for the duration of one request.
+SENT_HOOK = threading.local()
+
+
+def _after_send(sock: object) -> None:
+    hook = getattr(SENT_HOOK, "fn", None)
+    if hook is not None and sock is not None:
+        hook(sock)
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    """Tells :data:`SENT_HOOK` the socket once the request is written, before the response
+    is awaited: another thread can then shut it down to end a long wait (a long-poll)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _after_send(self.sock)
+
+
+class _TlsConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _after_send(self.sock)
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TlsPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TlsConnection
+
+
+_POOL_CLASSES = {"http": _Pool, "https": _TlsPool}
+
+
+class DefaultSession(requests.Session):
+    """What :attr:`HttpClient.session` returns on the default path.
+
+    A working ``requests.Session`` (trust_env, identity encoding) for code that wants one;
+    an ``HttpClient`` given this object keeps using the shared urllib3 transport.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers["Accept-Encoding"] = "identity"
+
+
+@dataclass
+class Route:
+    """How to reach one origin under the current environment."""
+
+    pool: Any  # urllib3 connection pool (direct) or ProxyManager (proxied)
+    proxied: bool
+    auth: str | None  # Authorization value from ~/.netrc or URL user-info
+    fallback: bool = False  # a SOCKS proxy: let requests do it
+
+
+def _tls_context(verify: object) -> ssl.SSLContext:
+    ctx = create_urllib3_context()
+    if verify is False:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    where = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+    if os.path.isdir(where):
+        ctx.load_verify_locations(capath=where)
+    else:
+        ctx.load_verify_locations(cafile=where)
+    return ctx
+
+
+_ENV_KEYS_BYTES = tuple(os.fsencode(name) for name in _ENV_NAMES)
+_netrc_seen: tuple[str, float, object] = ("", 0.0, None)
+_NETRC_RECHECK = 1.0  # seconds between looks at the netrc file's size and mtime
+
+
+def _env_key() -> tuple[object, ...]:
+    """What the per-origin settings depend on: the relevant variables, and the netrc file
+    (looked at again at most once a second; a changed path is looked at at once)."""
+    global _netrc_seen
+    data = getattr(os.environ, "_data", None)  # POSIX: bytes keys, no decoding per lookup
+    if isinstance(data, dict) and os.name == "posix":
+        values: list[object] = [data.get(key) for key in _ENV_KEYS_BYTES]
+        netrc_env, home = data.get(b"NETRC"), data.get(b"HOME")
+        path = os.fsdecode(netrc_env) if netrc_env else (
+            os.path.join(os.fsdecode(home), ".netrc") if home else "~/.netrc")
+    else:  # pragma: no cover - other platforms
+        values = [os.environ.get(name) for name in _ENV_NAMES]
+        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    seen_path, checked, stamp = _netrc_seen
+    now = time.monotonic()
+    if path != seen_path or now - checked > _NETRC_RECHECK:
+        try:
+            st = os.stat(os.path.expanduser(path))
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        _netrc_seen = (path, now, stamp)
+    values.append(stamp)
+    return tuple(values)
+
+
+class DirectTransport:
+    """A process-wide set of urllib3 pools plus per-origin environment settings."""
+
+    def __init__(self, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        self.pool_size = max(pool_size, 1)
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._env_session = requests.Session()  # only its environment logic is used
+        self._direct = urllib3.PoolManager(num_pools=64, maxsize=self.pool_size, block=False,
+                                           retries=False)
+        self._direct.pool_classes_by_scheme = _POOL_CLASSES
+        self._proxies: dict[str, urllib3.ProxyManager] = {}
+        self._tls: dict[object, ssl.SSLContext] = {}
+        self._routes: dict[tuple[str, str, tuple[object, ...]], Route] = {}
+        self._timeouts: dict[tuple[float, float], urllib3.Timeout] = {}
+
+    # -- configuration ------------------------------------------------------------------
+    def ensure_pool_size(self, size: int) -> None:
+        """Keep up to ``size`` idle connections per origin from now on."""
+        if size <= self.pool_size:
+            return
+        with self._lock:
+            if size <= self.pool_size:
+                return
+            self.pool_size = size
+            for manager in (self._direct, *self._proxies.values()):
+                manager.connection_pool_kw["maxsize"] = size
+            self._routes.clear()  # new pools (with the new size) on next use
+
+    def close(self) -> None:
+        with self._lock:
+            self._routes.clear()
+            self._direct.clear()
+            for manager in self._proxies.values():
+                manager.clear()
+            self._env_session.close()
+
+    def _route(self, scheme: str, netloc: str, url: str, key: tuple[object, ...]) -> Route:
+        settings = self._env_session.merge_environment_settings(url, {}, False, None, None)
+        proxy = requests.utils.select_proxy(url, settings.get("proxies") or {})
+        auth = None
+        found = requests.utils.get_netrc_auth(url)
+        if found:
+            auth = _basic_auth_str(*found)
+        elif "@" in netloc:
+            user, password = requests.utils.get_auth_from_url(url)
+            if user or password:
+                auth = _basic_auth_str(user, password)
+        pool_kw: dict[str, Any] = {}
+        if scheme == "https":
+            verify = settings.get("verify", True)
+            with self._lock:
+                ctx = self._tls.get(verify)
+                if ctx is None:
+                    ctx = self._tls[verify] = _tls_context(verify)
+            pool_kw = {"ssl_context": ctx,
+                       "cert_reqs": "CERT_NONE" if verify is False else "CERT_REQUIRED"}
+        if proxy:
+            if proxy.lower().startswith("socks"):
+                return Route(None, False, auth, fallback=True)
+            with self._lock:
+                manager = self._proxies.get(proxy)
+                if manager is None:
+                    headers: dict[str, str] = {}
+                    p_user, p_password = requests.utils.get_auth_from_url(proxy)
+                    if p_user:
+                        headers["Proxy-Authorization"] = _basic_auth_str(p_user, p_password)
+                    manager = urllib3.ProxyManager(
+                        requests.utils.prepend_scheme_if_needed(  # type: ignore[no-untyped-call]
+                            proxy, "http"),
+                        proxy_headers=headers, num_pools=16, maxsize=self.pool_size,
+                        block=False, retries=False,
+                    )
+                    manager.pool_classes_by_scheme = _POOL_CLASSES
+                    self._proxies[proxy] = manager
+            if pool_kw:
+                manager.connection_pool_kw.update(pool_kw)
+            route = Route(manager, True, auth)
+        else:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            port = parts.port
+            pool = self._direct.connection_from_host(host, port, scheme, pool_kwargs=pool_kw)
+            route = Route(pool, False, auth)
+        self._routes[(scheme, netloc, key)] = route
+        return route
+
+    def _timeout(self, timeout: tuple[float, float]) -> urllib3.Timeout:
+        t = self._timeouts.get(timeout)
+        if t is None:
+            if len(self._timeouts) > 256:
+                self._timeouts.clear()
+            t = self._timeouts[timeout] = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+        return t
+
+    # -- requests -----------------------------------------------------------------------
+    def route_for(self, url: str) -> Route:
+        if self._pid != os.getpid():
+            # A forked child must not share the parent's connections (or a lock the parent
+            # held at fork time): start over with new pools; the old ones are dropped.
+            self._start()
+        parts = urlsplit(url)
+        key = _env_key()
+        route = self._routes.get((parts.scheme, parts.netloc, key))
+        if route is None:
+            if len(self._routes) > 256:  # the environment keeps changing: forget old routes
+                self._routes.clear()
+            route = self._route(parts.scheme, parts.netloc, url, key)
+        return route
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None,
+        params: Sequence[tuple[str, str]] | None,
+        data: bytes | Iterable[bytes] | None,
+        timeout: tuple[float, float],
+        stream: bool,
+        route: Route,
+    ) -> DirectResponse:
+        """One exchange (following redirects for GET/HEAD as requests does). urllib3's
+        exceptions propagate; the caller turns them into TransportError."""
+        full = url
+        if "@" in url:  # user-info travels as Authorization, never in the request target
+            parts = urlsplit(url)
+            if "@" in parts.netloc:
+                full = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path,
+                                   parts.query, ""))
+        if params:
+            full += ("&" if "?" in full else "?") + urlencode(params)
+        if not full.isascii() or " " in full:
+            full = requests.utils.requote_uri(full)
+        out = dict(_DEFAULT_HEADERS)
+        has_auth = False
+        if headers:
+            for name, value in headers.items():
+                lower = name.lower()
+                default = _DEFAULT_LOWER.get(lower)
+                if default is not None and default != name:
+                    del out[default]
+                if lower == "authorization":
+                    has_auth = True
+                out[name] = value
+        if route.auth is not None and not has_auth:
+            out["Authorization"] = route.auth
+        chunked = False
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            if hasattr(data, "__len__"):  # a sized iterable: Content-Length, as requests does
+                out["Content-Length"] = str(len(data))  # type: ignore[arg-type]
+            else:
+                chunked = True
+        t = self._timeout(timeout)
+        for _ in range(_MAX_REDIRECTS + 1):
+            started = time.perf_counter()
+            response = self._urlopen(route, method, full, out, data, t, stream, chunked)
+            result = DirectResponse(response, full, time.perf_counter() - started)
+            location = response.headers.get("Location") if response.status in _REDIRECTS \
+                else None
+            if not location or method not in ("GET", "HEAD"):
+                if not stream:
+                    result.preload()
+                return result
+            result.close()
+            nxt = urljoin(full, location)
+            old, new = urlsplit(full), urlsplit(nxt)
+            if (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port):
+                out.pop("Authorization", None)  # credentials stay with their origin
+                route = self.route_for(nxt)
+                if route.fallback:
+                    raise urllib3.exceptions.ProxySchemeUnknown(
+                        "redirect to an origin behind a SOCKS proxy")
+                if route.auth is not None and not has_auth:
+                    out["Authorization"] = route.auth
+            full = nxt
+        raise requests.exceptions.TooManyRedirects(f"more than {_MAX_REDIRECTS} redirects")
+
+    def _urlopen(self, route: Route, method: str, url: str, headers: dict[str, str],
+                 data: Any, timeout: urllib3.Timeout, stream: bool, chunked: bool
+                 ) -> urllib3.BaseHTTPResponse:
+        kw: dict[str, Any] = {
+            "body": data, "headers": headers, "retries": _NO_RETRIES, "redirect": False,
+            "preload_content": not stream, "decode_content": True, "timeout": timeout,
+            "chunked": chunked,
+        }
+        if route.proxied:
+            response: urllib3.BaseHTTPResponse = route.pool.urlopen(method, url, **kw)
+            return response
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        try:
+            response = route.pool.urlopen(method, target, assert_same_host=False, **kw)
+        except ClosedPoolError:  # evicted from the manager: the request was never sent
+            self._routes.clear()
+            route = self.route_for(url)
+            response = route.pool.urlopen(method, target, assert_same_host=False, **kw)
+        return response
+
+
+_default: DirectTransport | None = None
+_default_lock = threading.Lock()
+
+
+def default_transport() -> DirectTransport:
+    """The process-wide transport (made on first use, made again in a forked child)."""
+    global _default
+    transport = _default
+    if transport is None:
+        with _default_lock:
+            if _default is None:
+                _default = DirectTransport()
+            transport = _default
+    return transport
+
+
+def _after_fork_in_child() -> None:
+    # The transport notices the new process itself (route_for compares the pid) and starts
+    # over with new pools; only this module's lock may have been held by a parent thread.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
