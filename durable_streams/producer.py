@@ -198,6 +198,7 @@ class IdempotentProducer:
             probe_wait=(float(request_timeout) if isinstance(request_timeout, (int, float))
                         else 10.0), token=self._token)
         self._acc.wake = self._pool.wake
+        self._pool.owner = self
         self._seq = self._pool.seq = Sequencer(
             producer_id=producer_id, url=url, epoch=epoch, auto_claim=self.auto_claim,
             fresh_epoch=fresh_epoch, max_in_flight=max_in_flight, retry=retry,

@@ -46,6 +46,9 @@ class SenderPool:
         self.probe_wait = probe_wait
         self.token = token
         self.seq: Sequencer  # set by the producer (the sequencer reports to this pool)
+        #: the producer facade: running senders keep it alive (and in the registry of
+        #: lifecycle), so that a producer dropped with messages pending is flushed at exit
+        self.owner: object = None
         self.threads: list[threading.Thread] = []
         self.started = False
         self.stopping = False
