@@ -170,3 +170,8 @@ class Accumulator:
 
     def count_below(self, target: int) -> int:
         return max(0, min(target - self.start, len(self.buf)))
+
+    def after_fork_in_child(self, lock: threading.Lock) -> None:
+        """A forked child: the parent's lock may be held by a thread that does not exist."""
+        self._lock = lock
+        self.space = threading.Condition(lock)
