@@ -145,6 +145,9 @@ class IdempotentProducer:
             probe_wait=(float(request_timeout) if isinstance(request_timeout, (int, float))
                         else 10.0), token=self._token)
         self._acc.wake = self._pool.wake
+        # The hot path: producer.append is the accumulator's bound method (one Python call
+        # per message instead of two, ~0.1 µs); the class attribute keeps the docs.
+        self.append = self._acc.append  # type: ignore[method-assign]
         self._pool.owner = self
         self._seq = self._pool.seq = Sequencer(
             producer_id=producer_id, url=url, epoch=epoch, auto_claim=self.auto_claim,
@@ -217,35 +220,7 @@ class IdempotentProducer:
         than ``max_batch_bytes``, :class:`BufferFullError` when the buffer stayed full for
         ``max_block_ms``, and the producer's terminal error after it was closed or fenced.
         """
-        t = type(data)
-        if t is str:
-            try:
-                raw = data.encode()  # type: ignore[union-attr]
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
-        elif t is bytes:
-            raw = data  # type: ignore[assignment,unused-ignore]
-        elif isinstance(data, (bytes, bytearray, memoryview)):
-            raw = bytes(data)
-        elif isinstance(data, str):  # a str subclass (StrEnum member, numpy.str_...)
-            try:
-                raw = str.encode(data)
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
-        else:
-            raise TypeError(
-                f"IdempotentProducer.append() takes str or bytes, not {t.__name__}; "
-                "serialise objects first, e.g. producer.append(json.dumps(obj))"
-            )
-        n = len(raw)
-        if not n or n > self._max_batch_bytes:
-            if not n:
-                raise ValueError(
-                    "cannot append an empty message (the server rejects empty appends)")
-            raise ValueError(
-                f"message of {n} bytes is larger than max_batch_bytes "
-                f"({self._max_batch_bytes}); raise max_batch_bytes or split the message")
-        self._acc.add(raw, n)
+        self._acc.append(data)  # (instances call the accumulator directly: see __init__)
 
     # -- flush / close -----------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> str:

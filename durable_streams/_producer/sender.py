@@ -361,6 +361,7 @@ class SenderPool:
             with self.lock:
                 seq.probe_done(gen, offset, early=False)
                 self.notify()
+            return True
 
     def _found(self, start: str | None, batch: Batch) -> bool | None:
         """Is this batch in the stream after ``start`` (its generation's tail probe)?"""

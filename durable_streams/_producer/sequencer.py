@@ -149,8 +149,9 @@ class Sequencer:
 
     # -- probes ------------------------------------------------------------------------
     def needs_probe(self, batch: Batch) -> bool:
-        """Seq 0 of a generation is not sent before the tail was read (one HEAD)."""
-        return batch.seq == 0 and batch.gen not in self.probes
+        """Seq 0 of a generation is not sent before the tail was read (one HEAD). A batch
+        of an older generation needs none: it will be parked, not sent."""
+        return batch.seq == 0 and batch.gen == self.gen and batch.gen not in self.probes
 
     def probe_running(self, gen: int) -> bool:
         return self.probing == gen

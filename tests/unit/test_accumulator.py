@@ -33,7 +33,7 @@ def make(*, batch: int = 10, items: int = 0, capacity: int = 100, linger: float 
 
 def add(acc: Accumulator, *messages: bytes) -> None:
     for m in messages:
-        acc.add(m, len(m))
+        acc.append(m)
 
 
 def test_first_message_opens_the_batch_and_wakes_the_senders() -> None:
@@ -183,3 +183,23 @@ def test_take_all_empties_the_buffer_for_failing() -> None:
     add(acc, b"a", b"bc")
     assert acc.take_all() == ([b"a", b"bc"], 3)
     assert acc.buf == [] and acc.start == 2 and acc.appended == 2
+
+
+@pytest.mark.parametrize(("message", "exc", "needle"), [
+    (b"", ValueError, "empty"), (b"x" * 11, ValueError, "max_batch_bytes"),
+    (42, TypeError, "json.dumps"), ("\ud800", ValueError, "UTF-8")])
+def test_bad_messages_are_refused_before_taking_the_lock(message: object, exc: type,
+                                                         needle: str) -> None:
+    acc, _, wakes = make(batch=10)
+    with pytest.raises(exc, match=needle):
+        acc.append(message)  # type: ignore[arg-type]
+    assert acc.appended == 0 and not wakes
+
+
+def test_str_and_bytes_like_messages_are_encoded() -> None:
+    acc, _, _ = make(batch=100)
+    acc.append("é")
+    acc.append(bytearray(b"ab"))
+    acc.append(memoryview(b"cd"))
+    assert acc.buf == ["é".encode(), b"ab", b"cd"]
+

@@ -540,3 +540,29 @@ def test_close_without_auto_claim_raises_the_stale_epoch() -> None:
     assert d.act is Act.RAISE and isinstance(d.error, errors.StaleEpochError)
     d = seq.on_close_outcome(answer(400), 2, 0, 0.0, 10.0, 0)
     assert d.act is Act.RAISE and isinstance(d.error, errors.BadRequestError)
+
+
+def test_no_probe_for_a_batch_of_an_older_generation() -> None:
+    seq, _ = make(auto_claim=True)
+    assert seq.next_work(True, 0.0).work is Work.SEAL
+    b = new_batch()
+    seq.admit(b)
+    assert seq.needs_probe(b)
+    seq.begin_claim(None, seq.epoch)  # e.g. a hole: the epoch moves on
+    assert not seq.needs_probe(b)  # it is parked, never sent: no HEAD for it
+    assert not seq.check(b) and b.state is BatchState.PARKED
+
+
+def test_holes_resequence_only_after_every_old_request_returned() -> None:
+    seq, _ = make(max_in_flight=3)
+    a, b, c = sent(seq), sent(seq), sent(seq)
+    seq.on_outcome(b, answer(400), 0.0)  # b is rejected: a hole at seq 1
+    seq.finish_work()
+    assert seq.phase is Phase.DRAINING and not seq.resend
+    seq.on_outcome(a, ok("0_1"), 0.0)  # a was stored under the old epoch: fine
+    seq.finish_work()
+    assert seq.phase is Phase.DRAINING  # c still in flight under the old epoch
+    assert not seq.check(c)
+    seq.finish_work()
+    assert seq.phase is Phase.UNCONFIRMED and list(seq.resend) == [c]
+    assert (c.epoch, c.seq) == (1, 0) and a.state is BatchState.ACKED
