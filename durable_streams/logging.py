@@ -165,7 +165,6 @@ class DurableStreamHandler(logging.Handler):
         self._producer_lock = threading.Lock()
         self._local = threading.local()
         self._producer: IdempotentProducer | None = None
-        self._producer_threads_prefix = ""
         self._closed = False
         self._dropped = 0
         self._dropping = False
@@ -184,11 +183,7 @@ class DurableStreamHandler(logging.Handler):
             options.setdefault("headers", handle.headers)
         else:
             target = self.url
-        producer = IdempotentProducer(target, producer_id, **options)
-        # The producer names its threads "ds-producer-<id>-...": records logged on them
-        # (the HTTP client's own debug lines while sending) must not come back here.
-        self._producer_threads_prefix = f"ds-producer-{producer_id}-"
-        return producer
+        return IdempotentProducer(target, producer_id, **options)
 
     def _current_producer(self) -> IdempotentProducer:
         producer = self._producer
@@ -223,8 +218,10 @@ class DurableStreamHandler(logging.Handler):
         name = record.name
         if name == _LIBRARY_LOGGER or name.startswith(_LIBRARY_LOGGER + "."):
             return False
-        prefix = self._producer_threads_prefix
-        if prefix and threading.current_thread().name.startswith(prefix):
+        # Records logged on the producer's own threads (the HTTP client's debug lines while
+        # sending, on_error) must not come back here.
+        producer = self._producer
+        if producer is not None and producer.owns_current_thread():
             return False
         return super().filter(record)
 

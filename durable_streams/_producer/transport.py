@@ -1,0 +1,185 @@
+"""The one object through which a producer talks HTTP.
+
+Every request a producer makes goes through :class:`Transport`: the batch POSTs, the
+closing POST, the HEAD that learns the content type and the stream's tail, and the read
+that looks for an in-doubt batch. None of its methods is called with the producer lock
+held. Answers leave this module as :class:`~.outcome.Outcome` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import requests
+
+from .. import _protocol as P
+from .. import errors
+from .._http import (
+    NO_RETRY,
+    HeadersLike,
+    HttpClient,
+    ParamsLike,
+    RetryPolicy,
+    TimeoutLike,
+    error_from,
+    merge_headers,
+    resolve,
+)
+from .._redact import redact_url
+from ..stream import DurableStream
+from .outcome import Outcome, classify, transport_failure
+
+
+class MarkedBody:
+    """A request body that reports when its last byte has been handed to the socket.
+
+    ``__len__`` makes the client send ``Content-Length`` (no chunked framing), so once the
+    iterator is exhausted the whole request has been written.
+    """
+
+    __slots__ = ("body", "on_written")
+
+    def __init__(self, body: bytes, on_written: Callable[[], None]) -> None:
+        self.body = body
+        self.on_written = on_written
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+        self.on_written()
+
+
+class Transport:
+    def __init__(self, url: str, *, producer_id: str, stream_headers: HeadersLike,
+                 headers: HeadersLike, params: ParamsLike, content_type: str | None,
+                 session: requests.Session | None, retry: RetryPolicy,
+                 timeout: TimeoutLike, pool_size: int) -> None:
+        self.url = url
+        self.where = redact_url(url)
+        self.producer_id = producer_id
+        self.stream_headers = stream_headers
+        self.headers = headers
+        self.params = params
+        self.retry = retry
+        self.timeout = timeout
+        self.client = HttpClient(session, pool_size=pool_size, timeout=timeout)
+        #: the stream's content type (learned with a HEAD when not given)
+        self.content_type = content_type
+        self.json_mode: bool | None = P.is_json(content_type) if content_type else None
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- POST ------------------------------------------------------------------------------
+    def _post(self, body: bytes | MarkedBody | None, extra: dict[str, str], operation: str
+              ) -> requests.Response:
+        user = merge_headers(resolve(self.stream_headers), resolve(self.headers))
+        headers = merge_headers(
+            {k: v for k, v in user.items() if k.lower() not in P.PROTECTED_PRODUCER_HEADERS},
+            extra,
+        )
+        query = sorted(resolve(self.params).items())
+        return self.client.send("POST", self.url, operation=operation, headers=headers,
+                                params=query, data=body, timeout=self.timeout)
+
+    def _producer_headers(self, epoch: int, seq: int) -> dict[str, str]:
+        return {
+            P.PRODUCER_ID: self.producer_id,
+            P.PRODUCER_EPOCH: str(epoch),
+            P.PRODUCER_SEQ: str(seq),
+        }
+
+    def _outcome(self, response: requests.Response, seq: int, operation: str) -> Outcome:
+        return classify(
+            response.status_code, response.headers, seq, self.retry.is_retryable_status,
+            lambda: error_from(response, url=self.url, operation=operation),
+            url=self.url, where=self.where)
+
+    def send_batch(self, body: bytes, epoch: int, seq: int,
+                   on_written: Callable[[], None]) -> Outcome:
+        """POST one batch with its producer headers; never raises for HTTP trouble."""
+        extra = {P.CONTENT_TYPE: self.content_type or P.DEFAULT_CONTENT_TYPE}
+        extra.update(self._producer_headers(epoch, seq))
+        try:
+            response = self._post(MarkedBody(body, on_written), extra, "append")
+        except errors.TransportError as exc:
+            return transport_failure(exc)
+        return self._outcome(response, seq, "append")
+
+    def send_close(self, body: bytes | None, epoch: int, seq: int) -> Outcome:
+        """POST ``Stream-Closed: true`` (with the final message, if any)."""
+        extra = self._producer_headers(epoch, seq)
+        extra[P.STREAM_CLOSED] = "true"
+        if body is not None:
+            extra[P.CONTENT_TYPE] = self.learn_content_type()
+        try:
+            response = self._post(body, extra, "close")
+        except errors.TransportError as exc:
+            return transport_failure(exc)
+        return self._outcome(response, seq, "close")
+
+    # -- HEAD and reads ----------------------------------------------------------------------
+    def head(self, *, retry: bool) -> str:
+        """The stream's tail offset (one HEAD; with ``retry``, the retry policy applies).
+
+        Also learns the stream's content type if it was not known. Raises the mapped error.
+        """
+        handle = DurableStream(self.url, headers=self.stream_headers, params=self.params,
+                               session=self.client.session,
+                               retry=self.retry if retry else NO_RETRY, timeout=self.timeout)
+        try:
+            offset = handle.head().offset
+        finally:
+            handle.close()
+        if not self.content_type:
+            self.content_type = handle.content_type or P.DEFAULT_CONTENT_TYPE
+        if self.json_mode is None:
+            self.json_mode = P.is_json(self.content_type)
+        return offset
+
+    def learn_content_type(self) -> str:
+        """The stream's content type, with a HEAD the first time if it was not given."""
+        if not self.content_type:
+            self.head(retry=True)
+        elif self.json_mode is None:
+            self.json_mode = P.is_json(self.content_type)
+        return self.content_type or P.DEFAULT_CONTENT_TYPE
+
+    def final_body(self, body: bytes, *, validate: bool) -> bytes:
+        """The closing POST's body for a final message (a one-item array in JSON mode)."""
+        self.learn_content_type()
+        if not self.json_mode:
+            return body
+        if validate:
+            try:
+                P.check_json_text(body)
+            except ValueError as exc:
+                raise ValueError(f"final_message is not valid JSON: {exc}") from None
+        return b"[" + body + b"]"
+
+    def read_from(self, offset: str) -> bytes:
+        """Everything in the stream from ``offset`` to its tail now."""
+        from ..reading import stream as read_stream
+
+        with read_stream(self.url, offset=offset, headers=self.stream_headers,
+                         params=self.params, content_type=self.content_type,
+                         retry=self.retry, _client=self.client) as res:
+            return res.read_bytes()
+
+
+def contains_batch(data: bytes, body: bytes, messages: list[bytes], json_mode: bool
+                   ) -> bool | None:
+    """Is this batch's data in ``data`` (read from the stream)? None: cannot tell."""
+    if not json_mode:
+        return body in data
+    try:
+        stored = P.load_json(data) if data else []
+        ours = [P.load_json(m) for m in messages]
+    except ValueError:
+        return None
+    if not isinstance(stored, list):
+        return None
+    n = len(ours)
+    return any(stored[i:i + n] == ours for i in range(len(stored) - n + 1))
