@@ -146,7 +146,7 @@ def test_default_path_is_urllib3_and_shared(clean_env: Path, url: str) -> None:
         assert response.headers.get("stream-next-offset") == response.headers[
             "Stream-Next-Offset"]
         with IdempotentProducer(handle, "p") as producer:  # the handle's transport
-            assert producer._client._direct is handle._client._direct
+            assert producer._transport.client._direct is handle._client._direct
             producer.append("a")
         assert stream(url).read_text() == "a"
 
@@ -226,7 +226,7 @@ def test_user_session_auth_and_proxies(clean_env: Path, proxy: RecordingProxy,
         assert handle._client.session is session and handle._client._direct is None
         handle.append("x")
         with IdempotentProducer(handle, "p") as producer:
-            assert producer._client.session is session
+            assert producer._transport.client.session is session
             producer.append("y")
         assert handle.stream().read_text() == "xy"
     seen = proxy.for_path(path)
