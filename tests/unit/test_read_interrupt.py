@@ -1,5 +1,5 @@
 """StopSignal.send: stopping a pending request through its socket (no server, no threads
-per request). A connected socket pair plays the request's connection: the "transport" hands
+per request), and HttpClient.interruptible, which chooses it over a helper thread. A connected socket pair plays the request's connection: the "transport" hands
 one end to ``on_sent`` and blocks reading it, as urllib3 does while awaiting a long-poll's
 answer; ``interrupt()`` from another thread must end that wait at once.
 """
@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
+import responses
 
+from durable_streams._http import HttpClient
 from durable_streams._read_interrupt import OnSent, Stopped, StopSignal
 
 pytestmark = pytest.mark.timeout(30)
@@ -144,3 +146,23 @@ def test_answers_and_failures_pass_through_when_not_stopping(
     stop.interrupt("closed")  # later: the forgotten socket is not touched
     ours.sendall(b"y")
     assert server.recv(1) == b"y"
+
+
+def test_interruptible_only_where_send_calls_on_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads use StopSignal.send only where the transport hands the socket over; elsewhere
+    (a user session, a SOCKS proxy, requests patched by a mocking library) a helper thread."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    target = "http://127.0.0.1:1/v1/stream/s"
+    default = HttpClient()
+    assert default.interruptible(target)
+    with requests.Session() as session:
+        assert not HttpClient(session=session).interruptible(target)
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1")
+    assert not default.interruptible(target)
+    monkeypatch.delenv("ALL_PROXY")
+    assert default.interruptible(target)
+    with responses.RequestsMock():
+        assert not default.interruptible(target)
+    assert not default.interruptible("http://127.0.0.1:99999/s")  # send() reports it
