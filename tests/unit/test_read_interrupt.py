@@ -1,7 +1,9 @@
 """StopSignal.send: stopping a pending request through its socket (no server, no threads
-per request), and HttpClient.interruptible, which chooses it over a helper thread. A connected socket pair plays the request's connection: the "transport" hands
-one end to ``on_sent`` and blocks reading it, as urllib3 does while awaiting a long-poll's
-answer; ``interrupt()`` from another thread must end that wait at once.
+per request), and HttpClient.interruptible, which chooses it over a helper thread.
+
+A connected socket pair plays the request's connection: the "transport" hands one end to
+``on_sent`` and blocks reading it, as urllib3 does while awaiting a long-poll's answer;
+``interrupt()`` from another thread must end that wait at once.
 """
 
 from __future__ import annotations
