@@ -256,6 +256,17 @@ class HttpClient:
         proxy route also goes through requests and is not interruptible this way)."""
         return self._direct is not None
 
+    def interruptible(self, url: str) -> bool:
+        """True when :meth:`send` to ``url`` will call ``on_sent`` right now: the default
+        path, ``requests`` not patched by a mocking library, no SOCKS proxy for ``url``."""
+        direct = self._direct
+        if direct is None or _requests_mocked():
+            return False
+        try:
+            return not direct.route_for(url).fallback
+        except ValueError:  # send() reports the bad URL
+            return False
+
     @property
     def session(self) -> requests.Session:
         """The user's session, or (default path) a working ``requests.Session`` that, given

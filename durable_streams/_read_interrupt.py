@@ -4,15 +4,22 @@ A :class:`StopSignal` belongs to one read. Any thread may call :meth:`StopSignal
 the reading thread then ends quietly at its next check (:class:`Stopped`), and is woken at
 once wherever it may be blocked:
 
-- waiting for a live request's answer: the request runs on a short-lived helper thread
-  (:meth:`StopSignal.call`), because no socket is reachable before the response headers
-  arrive; the reader stops waiting and the abandoned response is closed when it comes;
+- waiting for a live request's answer, on the default transport (:meth:`StopSignal.send`):
+  the transport hands over the request's socket once it is written, and that socket is shut
+  down, which ends the wait at once; no extra thread;
+- waiting for a live request's answer through a user's ``requests.Session``, where no socket
+  is reachable before the response headers arrive: the request runs on a short-lived helper
+  thread (:meth:`StopSignal.call`); the reader stops waiting and the abandoned response is
+  closed when it comes;
 - reading an SSE body: the socket of the watched response (:meth:`StopSignal.watch`) is
   shut down, which wakes a blocked ``recv`` (closing it from another thread does not);
 - sleeping between retries (:meth:`StopSignal.sleep`).
 
 Lock order: :attr:`StopSignal.lock` is the only lock of a read and is never held while a
-request is made, a body is read or a socket is shut down.
+request is made, a body is read or a socket is shut down. A socket is shut down only while
+its request is pending or its response is watched: the reading thread forgets it (under the
+lock) before looking at :attr:`StopSignal.reason`, and closes the response when stopping, so
+a connection that was shut down never goes back to the shared pool.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from typing import Any
 
 import requests
 
-__all__ = ["StopSignal", "Stopped"]
+__all__ = ["OnSent", "StopSignal", "Stopped"]
+
+#: The transport's hook: called with a request's socket once the request is written.
+OnSent = Callable[[socket.socket], None]
 
 
 class Stopped(Exception):
@@ -57,8 +67,12 @@ def shutdown_socket(response: requests.Response) -> None:
         fp = getattr(getattr(raw, "_fp", None), "fp", None)
         sock = getattr(getattr(fp, "raw", None), "_sock", None)
     if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by the reading thread: nothing to do
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _close_if_response(value: Any) -> None:
@@ -73,13 +87,14 @@ class StopSignal:
     once. ``lock`` also guards the owner's own cross-thread fields (the consumer guard).
     """
 
-    __slots__ = ("lock", "reason", "_event", "_waiter", "_watched", "_timer", "_done")
+    __slots__ = ("lock", "reason", "_event", "_waiter", "_sock", "_watched", "_timer", "_done")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.reason: str | None = None
         self._event = threading.Event()
         self._waiter: _Call | None = None
+        self._sock: socket.socket | None = None  # of the pending request (send())
         self._watched: requests.Response | None = None
         self._timer: threading.Timer | None = None
         self._done = False  # no deadline timer may start any more
@@ -91,10 +106,13 @@ class StopSignal:
             if self.reason is None:
                 self.reason = reason
             call = self._waiter
+            sock = self._sock
             watched = self._watched
         self._event.set()
         if call is not None:
             call.done.set()
+        if sock is not None:
+            _shutdown(sock)
         if watched is not None:
             shutdown_socket(watched)
 
@@ -128,7 +146,7 @@ class StopSignal:
     @property
     def blocked(self) -> bool:
         """True while the reader waits for a live answer or reads a watched SSE body."""
-        return self._waiter is not None or self._watched is not None
+        return self._waiter is not None or self._sock is not None or self._watched is not None
 
     def check(self) -> None:
         """Raise :class:`Stopped` once the read was interrupted."""
@@ -205,3 +223,34 @@ class StopSignal:
             raise Stopped
         response: requests.Response = value
         return response
+
+    def send(self, fn: Callable[[OnSent], requests.Response]) -> requests.Response:
+        """Run ``fn(on_sent)`` on this thread; :meth:`interrupt` ends the wait for its answer.
+
+        ``fn`` makes one request and passes ``on_sent`` to a transport that calls it with
+        the request's socket once the request is written (``HttpClient.send(on_sent=...)``
+        on the default path). :meth:`interrupt` shuts that socket down, so ``fn`` fails at
+        once, which ends the read quietly; when already stopping, ``on_sent`` shuts it down
+        itself. A response that arrives while stopping is closed.
+        """
+        self.check()
+        try:
+            response = fn(self._sent)
+        except Exception:
+            if self.reason is not None:
+                raise Stopped from None
+            raise
+        finally:
+            with self.lock:
+                self._sock = None
+        if self.reason is not None:  # read after forgetting the socket (see module doc)
+            response.close()
+            raise Stopped
+        return response
+
+    def _sent(self, sock: socket.socket) -> None:
+        with self.lock:
+            self._sock = sock
+            stopping = self.reason is not None
+        if stopping:
+            _shutdown(sock)

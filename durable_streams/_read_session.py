@@ -4,9 +4,10 @@ A :class:`ReadSession` sends the requests of one :class:`~durable_streams.Stream
 through its :class:`~durable_streams._http.HttpClient`, reads the bodies, and feeds every
 response or SSE control event to the pure :class:`~durable_streams._read_cursor.ReadCursor`,
 which decides what it means. Stopping from another thread goes through the
-:class:`~durable_streams._read_interrupt.StopSignal`. The only parts of a response used are
-``status_code``, ``headers``, ``raw`` (``read``/``read1``), ``iter_content``/``content`` as a
-fallback, and ``close()``.
+:class:`~durable_streams._read_interrupt.StopSignal` (on the default transport, through the
+socket of the pending request: ``HttpClient.send(on_sent=...)``). The only parts of a
+response used are ``status_code``, ``headers``, ``raw`` (``read``/``read1``),
+``iter_content``/``content`` as a fallback, and ``close()``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ._http import (
     transport_error,
 )
 from ._read_cursor import Chunk, ReadCursor, RetryableRead
-from ._read_interrupt import Stopped, StopSignal
+from ._read_interrupt import OnSent, Stopped, StopSignal
 from ._sse import SSEParser
 
 __all__ = ["LIVE_READ_TIMEOUT", "Chunks", "LiveMode", "ReadSession", "normalize_live"]
@@ -253,13 +254,19 @@ class ReadSession:
         else:
             timeout = self._live_timeout
 
-            def send() -> requests.Response:
+            def send(on_sent: OnSent | None = None) -> requests.Response:
                 return self._client.send(
                     "GET", self.url, operation="read", headers=headers, params=query,
-                    timeout=timeout, stream=True,
+                    timeout=timeout, stream=True, on_sent=on_sent,
                 )
 
-            response = self.stop.call(send)
+            # A live request waits up to the server's hold; close() must be able to end
+            # that wait: through the request's socket where the transport hands it over,
+            # else by waiting for the request on a helper thread.
+            if self._client.interruptible(self.url):
+                response = self.stop.send(send)
+            else:
+                response = self.stop.call(send)
         status = response.status_code
         if 200 <= status < 300:
             return response

@@ -392,6 +392,51 @@ def test_close_from_another_thread_unblocks_a_live_read(
     json_stream.append({"still": "open"})
 
 
+def has_items(count: int) -> Callable[[list[Any]], bool]:
+    return lambda items: len(items) == count
+
+
+@pytest.mark.parametrize("live", ["long-poll", "sse"])
+@pytest.mark.parametrize("transport", ["default", "user session"])
+def test_live_requests_are_interruptible_on_both_transports(
+    url: str, live: LiveMode, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default path stops a pending live request through its socket, with no thread
+    per request; through a user's session each live request waits on a helper thread.
+    Either way close() ends the blocked read at once and the handle stays usable."""
+    session = requests.Session() if transport == "user session" else None
+    handle = DurableStream.create(url, content_type=JSON, session=session)
+    res = handle.stream(live=live)
+    reader = Collector(res.iter_json())
+    wait_until(lambda: res._stop.blocked)  # caught up, waiting in the first live request
+    started_threads: list[str] = []
+    real_start = threading.Thread.start
+
+    def spy_start(thread: threading.Thread) -> None:
+        started_threads.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", spy_start)
+    for i in range(3):  # long-poll: each delivery is answered to a new request
+        handle.append({"n": i})
+        reader.wait_for(has_items(i + 1))
+    wait_until(lambda: res._stop.blocked)
+    monkeypatch.undo()
+    if transport == "default" or live == "sse":  # SSE: one request, made before the spy
+        assert started_threads == []
+    else:
+        assert len(started_threads) >= 3, started_threads
+    started = time.monotonic()
+    res.close()
+    assert reader.join(timeout=5) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert time.monotonic() - started < 2
+    handle.append({"n": 3})  # the shared connections are still fine
+    assert handle.stream().read_json() == [{"n": i} for i in range(4)]
+    handle.close()
+    if session is not None:
+        session.close()
+
+
 @pytest.mark.parametrize("live", ["long-poll", "sse", "auto"])
 def test_stop_after_ends_an_idle_live_read(json_stream: DurableStream, live: LiveMode) -> None:
     """``stop_after`` ends a live read with what it got; a quiet stream is up to date."""
