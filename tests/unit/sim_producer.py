@@ -16,7 +16,9 @@ reported failed (never both, never twice); acked messages must be in the server'
 
 from __future__ import annotations
 
+import random
 import threading
+from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -57,11 +59,14 @@ class RecordingSequencer(Sequencer):
 
     def __init__(self, **kw: object) -> None:
         self.transitions: list[tuple[Phase, Phase]] = []
+        self.trace: list[str] | None = None
         super().__init__(**kw)  # type: ignore[arg-type]
 
     def _to(self, phase: Phase, why: str) -> None:
         assert phase in ALLOWED[self.phase], (self.phase, phase, why)
         self.transitions.append((self.phase, phase))
+        if self.trace is not None:
+            self.trace.append(f"PHASE {self.phase.name} -> {phase.name} ({why})")
         super()._to(phase, why)
 
 
@@ -124,6 +129,8 @@ class SimProducer:
         self.waiting: list[Req | None] = [None] * n  # what each sender waits for
         self.alive = [True] * n
         self.failures: list[errors.DurableStreamError] = []
+        self.stats: Counter[str] = Counter()  # what the run exercised (for the notes)
+        self.trace: list[str] | None = None  # set to a list to record what happened
         self.stopped_with: errors.DurableStreamError | None = None
 
     # -- the Sink ----------------------------------------------------------------------------
@@ -133,6 +140,9 @@ class SimProducer:
         if batch.id in book.acked_batches:
             raise InvariantError(f"{batch!r} acknowledged twice")
         book.acked_batches.add(batch.id)
+        if self.trace is not None:
+            self.trace.append(f"t={self.now:.3f} ACK {batch!r} dup={duplicate} "
+                              f"{batch.messages}")
         stored = self.stored_set()
         for m in batch.messages:
             if m in book.acked or m in book.failed:
@@ -147,6 +157,9 @@ class SimProducer:
                nbytes: int) -> None:
         self.acc.release(nbytes)
         self.failures.append(err)
+        if self.trace is not None:
+            self.trace.append(f"t={self.now:.3f} FAIL {messages} {err}")
+        self.stats[f"failed:{type(err).__name__}:{err.code}:{str(err)[-60:]}"] += 1
         book = self.book
         if not in_doubt(err) and any(
                 b.maybe_stored for b in {id(b): b for b in (self.batch_of.get(m) for m in messages)
@@ -221,12 +234,19 @@ class SimProducer:
             assert req.outcome is None
             req.outcome = post_with(self.server, fault, self.producer_id, req.epoch, req.seq,
                                     req.body)
+            if self.trace is not None:
+                self.trace.append(f"t={self.now:.3f} POST e={req.epoch} s={req.seq} "
+                                  f"{req.body!r} {fault.name} -> {req.outcome.kind.name} "
+                                  f"{req.outcome.status} srv={self.server.producers}")
             if fault is Fault.ZOMBIE:
                 self.zombies.append(Req("post", req.epoch, req.seq, req.body))
         elif fault in (Fault.NONE, Fault.PROXY_502, Fault.LOSE):
             req.result = self.server.tail() if req.kind == "head" else \
                 self.server.read_from(req.offset)
         req.done = True
+        if self.trace is not None and req.kind != "post":
+            self.trace.append(f"t={self.now:.3f} {req.kind.upper()} {req.offset} {fault.name} "
+                              f"-> {req.result!r}")
         return req
 
     def write(self, k: int) -> None:
@@ -358,6 +378,8 @@ class SimProducer:
         messages, total, first = taken
         good, bad, body = build(messages, self.server.json_mode, False)
         self.acc.sealed()
+        if self.trace is not None:
+            self.trace.append(f"t={self.now:.3f} SEAL {messages}")
         assert not bad
         batch = Batch(good, total, first, body, self.now + self.delivery_timeout)
         self.batches.append(batch)
@@ -389,6 +411,7 @@ class SimProducer:
             outcome = req.outcome
             decision = seq.on_outcome(batch, outcome, self.now)
             act = decision.act
+            self.stats[f"{outcome.kind.name}->{act.name}"] += 1
             if act is Act.RETRY:
                 ok = yield from self._sleep(batch, decision.delay)
                 if not ok:
@@ -399,6 +422,7 @@ class SimProducer:
                     return None
             elif act is Act.CHECK_STORED:
                 found = yield from self._found(decision.offset, batch)
+                self.stats[f"checked:{found}"] += 1
                 seq.checked(batch, outcome, found)
                 return None
             elif act is Act.SPLIT_JSON:
@@ -486,6 +510,7 @@ class SimProducer:
         doubtful = [(b, self.seq.probes.get(b.gen)) for b in self.seq.verify_candidates()]
         for batch, start in doubtful:
             found = yield from self._found(start, batch)
+            self.stats[f"verified:{found}"] += 1
             self.seq.verified(batch, found)
         return None
 
@@ -496,3 +521,101 @@ def ours(data: bytes) -> list[bytes]:
     for part in data.split(b"<")[1:]:
         out.append(b"<" + part)
     return out
+
+
+@dataclass
+class Config:
+    auto_claim: bool = False
+    fresh: bool = False
+    max_in_flight: int = 3
+    json_mode: bool = False
+    earlier_run: int = 0
+    max_batch_bytes: int = 16
+    linger: float = 0.01
+    second_writer: bool = False
+    delivery_timeout: float = 8.0
+
+    @classmethod
+    def draw(cls, rnd: random.Random) -> Config:
+        auto_claim = rnd.random() < 0.5
+        return cls(auto_claim=auto_claim, fresh=auto_claim and rnd.random() < 0.5,
+                   max_in_flight=rnd.randint(1, 4), json_mode=rnd.random() < 0.4,
+                   earlier_run=rnd.choice([0, 0, 1, 3]),
+                   max_batch_bytes=rnd.choice([8, 16, 40, 1000]),
+                   linger=rnd.choice([0.0, 0.01, 0.2]), second_writer=rnd.random() < 0.3)
+
+
+FAULTS = [Fault.NONE] * 6 + [Fault.DROP, Fault.LOSE, Fault.UNAVAILABLE, Fault.RATE_LIMITED,
+                             Fault.PROXY_502, Fault.ZOMBIE]
+TICKS = [0.005, 0.05, 0.3, 1.0, 3.0, 9.0]
+
+
+class World:
+    """A producer, its server, a possible second writer and the application's threads."""
+
+    def __init__(self, cfg: Config) -> None:
+        from .sim_server import OtherWriter, previous_run
+
+        server = SimServer(json_mode=cfg.json_mode)
+        if cfg.earlier_run:
+            previous_run(server, PID, 0, cfg.earlier_run)
+        self.cfg = cfg
+        self.p = SimProducer(server, epoch=1000 if cfg.fresh else 0, auto_claim=cfg.auto_claim,
+                             fresh_epoch=cfg.fresh, max_in_flight=cfg.max_in_flight,
+                             delivery_timeout=cfg.delivery_timeout, linger=cfg.linger,
+                             max_batch_bytes=cfg.max_batch_bytes)
+        self.other = OtherWriter(server, PID) if cfg.second_writer else None
+        self.counters = [0, 0, 0]
+        self.steps = 0
+
+    def append(self, thread: int, valid: bool = True) -> None:
+        self.p.append(thread, self.counters[thread], valid=valid)
+        self.counters[thread] += 1
+
+    def random_steps(self, rnd: random.Random, n: int) -> None:
+        """``n`` random steps with the machine's mix of rules."""
+        p = self.p
+        for _ in range(n):
+            self.steps += 1
+            r = rnd.random()
+            if r < 0.18:
+                self.append(rnd.randrange(3),
+                            valid=not (p.server.json_mode and rnd.random() < 0.05))
+            elif r < 0.55:
+                runnable = p.runnable()
+                if runnable:
+                    p.resume(rnd.choice(runnable))
+            elif r < 0.80:
+                if p.wire:
+                    p.handle(rnd.randrange(8), rnd.choice(FAULTS))
+            elif r < 0.84:
+                if p.wire:
+                    p.write(rnd.randrange(8))
+            elif r < 0.94:
+                p.advance(rnd.choice(TICKS))
+            elif r < 0.96:
+                if p.zombies:
+                    p.zombie_arrives(rnd.randrange(8))
+            elif r < 0.97:
+                if p.wire:
+                    p.restart_server([rnd.random() < 0.5 for _ in range(3)])
+            elif self.other is not None:
+                if self.other.fenced or rnd.random() < 0.3:
+                    self.other.claim()
+                else:
+                    self.other.write()
+
+    def finish(self) -> None:
+        self.p.drain()
+        self.p.check_final()
+
+
+def random_walk(seed: int, steps: int = 60, trace: list[str] | None = None) -> World:
+    rnd = random.Random(seed)
+    world = World(Config.draw(rnd))
+    if trace is not None:
+        trace.append(repr(world.cfg))
+        world.p.trace = world.p.seq.trace = trace
+    world.random_steps(rnd, steps)
+    world.finish()
+    return world

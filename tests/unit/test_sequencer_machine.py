@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -37,6 +38,7 @@ FAULTS = [Fault.NONE] * 6 + [Fault.DROP, Fault.LOSE, Fault.UNAVAILABLE, Fault.RA
                              Fault.PROXY_502, Fault.ZOMBIE]
 
 STEPS = {"n": 0, "runs": 0}
+STATS: Counter[str] = Counter()
 
 
 class ProducerMachine(RuleBasedStateMachine):
@@ -142,6 +144,9 @@ class ProducerMachine(RuleBasedStateMachine):
             return
         self.p.drain()
         self.p.check_final()
+        STATS.update(self.p.stats)
+        STATS.update(f"{a.name}->{b.name}" for a, b in self.p.seq.transitions)
+        STATS["B1 (undisclosed doubt)"] += len(self.p.undisclosed)
 
 
 ProducerMachine.TestCase.settings = settings(
@@ -164,3 +169,5 @@ def _report_speed() -> Iterator[None]:
     if STEPS["n"]:
         print(f"\nsequencer machine: {STEPS['n']} steps in {STEPS['runs']} runs, "
               f"{took:.1f}s, {STEPS['n'] / took:.0f} steps/s")
+        for key, n in sorted(STATS.items()):
+            print(f"  {key}: {n}")
