@@ -400,6 +400,25 @@ def test_flush_waits_for_a_batch_being_sealed(
     assert len(read_json(json_stream.url)) == 1501
 
 
+def test_flush_returns_the_offset_after_the_last_acknowledged_message(
+        json_stream: DurableStream, make: Callable[..., IdempotentProducer]) -> None:
+    """flush() returns the natural fork point: the offset just after this producer's last
+    acknowledged message (PROTOCOL §5.2 Stream-Next-Offset), the same as last_offset."""
+    p = make(json_stream)
+    assert p.flush() == ""  # nothing acknowledged yet
+    for i in range(50):
+        p.append(str(i))
+    first = p.flush()
+    assert first and first == p.last_offset
+    assert first == json_stream.head().offset  # the tail: all of ours is before it
+    p.append("50")
+    second = p.flush()
+    assert second > first and second == p.last_offset
+    with json_stream.stream(offset=first) as res:  # from the fork point: only "50"
+        assert res.read_json() == [50]
+    assert p.flush() == second  # nothing new: the same offset
+
+
 def test_flush_with_nothing_appended_returns(json_stream: DurableStream,
                                              make: Callable[..., IdempotentProducer]) -> None:
     p = make(json_stream)

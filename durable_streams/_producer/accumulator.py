@@ -2,8 +2,8 @@
 
 Every field is guarded by the producer lock (passed in; the accumulator has no lock of its
 own). ``room`` is ``max_buffer_bytes`` minus the bytes accepted and not yet acknowledged or
-failed (buffered *and* in flight): ``add`` blocks while it would go negative. Methods that
-need the time take ``now``; ``add`` reads the injected clock only when the buffer was empty.
+failed (buffered *and* in flight): ``append`` blocks while it would go negative. Methods that
+need the time take ``now``; ``append`` reads the injected clock only when the buffer was empty.
 """
 
 from __future__ import annotations
@@ -40,12 +40,36 @@ class Accumulator:
         self.seal_upto = 0  # messages with index < this must be sealed without lingering
         self.sealing_from = -1  # first index of messages being built into a batch, or -1
         self.room = max_buffer_bytes
-        #: when set, add() raises (a copy of) it: closed, fenced, stream closed, forked
+        #: when set, append() raises (a copy of) it: closed, fenced, stream closed, forked
         self.refusal: errors.DurableStreamError | None = None
 
     # -- the hot path ------------------------------------------------------------------------
-    def add(self, raw: bytes, n: int) -> None:
-        """Append one encoded message of ``n`` bytes (blocking while the budget is spent)."""
+    def append(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Encode and append one message (``IdempotentProducer.append`` is bound to this:
+        one Python call per message, not two). Blocks while the byte budget is spent."""
+        t = type(data)
+        if t is str:
+            try:
+                raw = data.encode()  # type: ignore[union-attr]
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
+        elif t is bytes:
+            raw = data  # type: ignore[assignment,unused-ignore]
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+        elif isinstance(data, str):  # a str subclass (StrEnum member, numpy.str_...)
+            try:
+                raw = str.encode(data)
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
+        else:
+            raise TypeError(
+                f"IdempotentProducer.append() takes str or bytes, not {t.__name__}; "
+                "serialise objects first, e.g. producer.append(json.dumps(obj))"
+            )
+        n = len(raw)
+        if not n or n > self.max_batch_bytes:
+            self._reject_size(n)
         lock = self._lock
         contended = not lock.acquire(False)
         if contended:
@@ -73,6 +97,14 @@ class Accumulator:
             # re-taking it at once, which would keep a lock convoy going (each append then
             # costs a futile wake-up of every waiter).
             time.sleep(0)
+
+    def _reject_size(self, n: int) -> None:
+        if not n:
+            raise ValueError("cannot append an empty message (the server rejects empty appends)")
+        raise ValueError(
+            f"message of {n} bytes is larger than max_batch_bytes ({self.max_batch_bytes}); "
+            "raise max_batch_bytes or split the message"
+        )
 
     def _wait_for_space(self, n: int) -> int:
         """Block until ``n`` bytes fit (or nothing is pending); return the room left after."""
@@ -170,3 +202,8 @@ class Accumulator:
 
     def count_below(self, target: int) -> int:
         return max(0, min(target - self.start, len(self.buf)))
+
+    def after_fork_in_child(self, lock: threading.Lock) -> None:
+        """A forked child: the parent's lock may be held by a thread that does not exist."""
+        self._lock = lock
+        self.space = threading.Condition(lock)

@@ -8,7 +8,10 @@ such as the logging handler can ask :func:`is_producer_thread` instead of matchi
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import os
+import sys
 import threading
 import weakref
 from typing import Protocol
@@ -41,6 +44,28 @@ def is_producer_thread(token: object | None = None) -> bool:
     """True on a producer's own thread (with ``token``: that producer's)."""
     owner = getattr(_local, "owner", None)
     return owner is not None if token is None else owner is token
+
+
+def report_exit_failure(text: str) -> None:
+    """Undelivered data at exit must never vanish without a trace: log it, and when nobody
+    configured logging (the library's NullHandler would swallow it) write it to stderr."""
+    log = logging.getLogger("durable_streams")
+    log.error("%s", text)
+    if not _has_real_handler(log):
+        with contextlib.suppress(Exception):
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+
+def _has_real_handler(logger: logging.Logger) -> bool:
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 def _at_exit() -> None:

@@ -102,6 +102,15 @@ class SenderPool:
         self.acc.space.notify_all()
         return list(self.threads)
 
+    def after_fork_in_child(self, lock: threading.Lock) -> None:
+        """A forked child has none of the parent's threads and never starts its own."""
+        self.lock = lock
+        self.ready = threading.Condition(lock)
+        self.done = threading.Condition(lock)
+        self.seal_lock = threading.Lock()
+        self.threads = []
+        self.started = self.stopping = True
+
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
 
@@ -352,6 +361,7 @@ class SenderPool:
             with self.lock:
                 seq.probe_done(gen, offset, early=False)
                 self.notify()
+            return True
 
     def _found(self, start: str | None, batch: Batch) -> bool | None:
         """Is this batch in the stream after ``start`` (its generation's tail probe)?"""

@@ -30,90 +30,21 @@ The phase changes only in :meth:`_to`, which checks :data:`ALLOWED` and logs eac
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol
 
 from .. import _protocol as P
 from .. import errors
 from .._http import RetryPolicy
 from .._redact import redact_url
+from . import rules
+from .actions import ALLOWED, Act, Decision, Phase, Sink, Task, Work
 from .batch import Batch, BatchState, Counters
-from .outcome import Kind, Outcome
+from .outcome import Outcome
 
 log = logging.getLogger("durable_streams.producer")
 
-
-class Phase(enum.Enum):
-    UNCONFIRMED = "unconfirmed"  # auto-claim: one request at a time until one succeeds
-    STEADY = "steady"  # the epoch is confirmed: up to the window in flight
-    DRAINING = "draining"  # epoch changed: old requests finish, new batches wait
-    VERIFYING = "verifying"  # drained, but in-doubt batches must be looked for first
-    FAILED = "failed"  # a fatal error: nothing more is sent
-
-
-ALLOWED: dict[Phase, frozenset[Phase]] = {
-    Phase.UNCONFIRMED: frozenset({Phase.STEADY, Phase.DRAINING, Phase.FAILED}),
-    Phase.STEADY: frozenset({Phase.DRAINING, Phase.FAILED}),
-    Phase.DRAINING: frozenset({Phase.DRAINING, Phase.VERIFYING, Phase.UNCONFIRMED,
-                               Phase.FAILED}),
-    Phase.VERIFYING: frozenset({Phase.DRAINING, Phase.FAILED}),
-    Phase.FAILED: frozenset(),
-}
-
-
-class Work(enum.Enum):
-    STOP = "stop"
-    WAIT = "wait"
-    SEAL = "seal"
-    RESEND = "resend"
-    PROBE = "probe"
-    VERIFY = "verify"
-    FAIL_BUFFER = "fail-buffer"
-
-
-@dataclass(frozen=True)
-class Task:
-    work: Work
-    batch: Batch | None = None
-    gen: int = -1
-    timeout: float | None = None
-
-
-class Act(enum.Enum):
-    DONE = "done"
-    SEND = "send"
-    RETRY = "retry"
-    WAIT_EARLIER = "wait-earlier"
-    CHECK_STORED = "check-stored"
-    SPLIT_JSON = "split-json"
-    RAISE = "raise"  # close_stream only
-
-
-@dataclass(frozen=True)
-class Decision:
-    act: Act
-    delay: float = 0.0
-    earlier: range = range(0)
-    offset: str = ""
-    error: errors.DurableStreamError | None = None
-
-
-DONE = Decision(Act.DONE)
-SEND = Decision(Act.SEND)
-
-
-class Sink(Protocol):
-    """Where the sequencer reports (called with the producer lock held)."""
-
-    def acked(self, batch: Batch, offset: str, duplicate: bool) -> None: ...
-
-    def failed(self, messages: list[bytes], err: errors.DurableStreamError,
-               nbytes: int) -> None: ...
-
-    def stopped(self, err: errors.DurableStreamError) -> None: ...
+__all__ = ["ALLOWED", "Act", "Decision", "Phase", "Sequencer", "Sink", "Task", "Work"]
 
 
 class Sequencer:
@@ -218,8 +149,9 @@ class Sequencer:
 
     # -- probes ------------------------------------------------------------------------
     def needs_probe(self, batch: Batch) -> bool:
-        """Seq 0 of a generation is not sent before the tail was read (one HEAD)."""
-        return batch.seq == 0 and batch.gen not in self.probes
+        """Seq 0 of a generation is not sent before the tail was read (one HEAD). A batch
+        of an older generation needs none: it will be parked, not sent."""
+        return batch.seq == 0 and batch.gen == self.gen and batch.gen not in self.probes
 
     def probe_running(self, gen: int) -> bool:
         return self.probing == gen
@@ -306,196 +238,33 @@ class Sequencer:
     def any_pending(self, gen: int, seqs: range) -> bool:
         return any(self.pending(gen, s) for s in seqs)
 
-    # -- outcomes ------------------------------------------------------------------------
+    # -- outcomes (the rules are in rules.py) --------------------------------------------------
     def on_outcome(self, batch: Batch, o: Outcome, now: float) -> Decision:
         """Decide what a batch's answer (or its failure) means."""
-        kind = o.kind
-        if kind is Kind.OK:
-            self.ack(batch, o.offset, duplicate=False)
-            return DONE
-        if kind is Kind.TRANSPORT:
-            self.written(batch.gen, batch.seq)
-            if o.maybe_stored:
-                batch.ambiguous = batch.maybe_stored = True
-            return self.transient(batch, self._err(o), None, now)
-        if kind is Kind.NOT_DURABLE or kind is Kind.RETRYABLE:
-            if o.maybe_stored:
-                batch.maybe_stored = True  # a proxy's 5xx says nothing about the origin
-            return self.transient(batch, self._err(o), o.retry_after, now)
-        if kind is Kind.DUPLICATE:
-            return self._on_duplicate(batch, o)
-        if kind is Kind.FENCED:
-            return self._on_fenced(batch, o)
-        if kind is Kind.SEQ_GAP:
-            return self._on_gap(batch, o)
-        if kind is Kind.BAD_REQUEST and self.json_mode and len(batch.messages) >= 2:
-            return Decision(Act.SPLIT_JSON, error=self._err(o))
-        if kind is Kind.BAD_REQUEST or kind is Kind.TOO_LARGE:
-            self.fail(batch, self._err(o), hole=True)
-            return DONE
-        # STREAM_CLOSED, CONFLICT, REJECTED: nothing more can be sent
-        err = self._err(o)
-        self.stop(err)
-        self.fail(batch, err)
-        return DONE
-
-    def _err(self, o: Outcome) -> errors.DurableStreamError:
-        if o.error is not None:
-            return o.error
-        return errors.ProducerError(f"unexpected answer {o.kind.name} from {self.where}",
-                                    url=self.url)
+        return rules.on_outcome(self, batch, o, now)
 
     def transient(self, batch: Batch, err: errors.DurableStreamError,
                   retry_after: float | None, now: float) -> Decision:
         """Retry later with the same (epoch, seq, body), or give up at the deadline."""
-        if now >= batch.deadline or (self.stopping and self.fatal is not None):
-            note = (" (it may have been stored: the last attempts got no response)"
-                    if batch.ambiguous else "")
-            timed_out = type(err)(
-                f"delivery to {self.where} timed out after {self.delivery_timeout:.0f}s and "
-                f"{batch.attempts} attempt(s): {err}{note}",
-                status=err.status, url=self.url, code=err.code,
-            )
-            self.fail(batch, timed_out, hole=True)
-            return DONE
-        wait = self.retry.delay(min(batch.retry_n, 30), retry_after)
-        wait = min(wait, max(batch.deadline - now, 0.0))
-        batch.retry_n += 1
-        if batch.gen == self.gen:
-            self.unwritten.add(batch.seq)  # later seqs wait for this retry
-        log.debug("producer %s: seq %d %s; retrying in %.3fs", self.producer_id, batch.seq,
-                  err, wait)
-        return Decision(Act.RETRY, delay=wait)
-
-    def _on_duplicate(self, batch: Batch, o: Outcome) -> Decision:
-        """A 204. Believe it only if this (epoch, seq) can have been stored by us: an earlier
-        send of this tuple may have been stored, the server's last seq is one we sent, and
-        the server already stored something of ours in this epoch (or the epoch is fresh
-        from the clock, or the stream after the probe shows our data). Otherwise the
-        previous run of the same job is indistinguishable from our own first attempt."""
-        high = self.highest_sent.get(batch.gen, -1)
-        plausible = batch.maybe_stored and (o.server_seq is None or o.server_seq <= high)
-        fresh = self.fresh_epoch and batch.gen == 0 and batch.epoch == self.epoch
-        if plausible and (self.stored_gen == batch.gen or fresh):
-            self.ack(batch, o.offset, duplicate=True)
-            return DONE
-        if plausible and batch.gen in self.probes:
-            return Decision(Act.CHECK_STORED, offset=self.probes[batch.gen])
-        return self.checked(batch, o, None)
+        return rules.transient(self, batch, err, retry_after, now)
 
     def checked(self, batch: Batch, o: Outcome, found: bool | None) -> Decision:
         """The result of looking for a 204'd batch after its generation's probe."""
-        if found is False:
-            batch.maybe_stored = False  # looked: it is not in the stream
-        if found is True:
-            self.ack(batch, o.offset, duplicate=True)
-            return DONE
-        # Someone else already wrote this (id, epoch, seq): typically an earlier run of the
-        # same job with the same producer id. Believing the 204 would drop our data.
-        if self.auto_claim:
-            self.begin_claim(batch, batch.epoch, fenced=True)
-            self.park_or_fail(batch)
-            return DONE
-        err = errors.StaleEpochError(
-            f"producer id {self.producer_id!r} at epoch {batch.epoch} was already used by "
-            f"another writer of {self.where}: the server reports seq {batch.seq} as a "
-            "duplicate although this producer has not stored it"
-            + (" (an earlier attempt got no clear answer, so it may or may not be stored)"
-               if batch.maybe_stored else "")
-            + "; use auto_claim=True or a higher epoch so this run's messages are not "
-            "mistaken for an earlier run's",
-            current_epoch=batch.epoch, status=204, url=self.url, headers=o.headers,
-        )
-        self.stop(err)
-        self.fail(batch, err)
-        return DONE
-
-    def stale_epoch(self, epoch: int, current: int | None, o: Outcome
-                    ) -> errors.StaleEpochError:
-        return errors.StaleEpochError(
-            f"producer {self.producer_id!r} at epoch {epoch} was fenced by a newer producer "
-            f"with the same id (server epoch {current}) on {self.where}; stop this writer, or "
-            "restart it with auto_claim=True or epoch > the server's",
-            current_epoch=current, status=403, url=self.url, headers=o.headers,
-        )
-
-    def _on_fenced(self, batch: Batch, o: Outcome) -> Decision:
-        if o.epoch is None:
-            err = self._err(o)
-        elif self.auto_claim:
-            self.begin_claim(batch, o.epoch, fenced=True)
-            self.park_or_fail(batch)
-            return DONE
-        else:
-            err = self.stale_epoch(batch.epoch, o.epoch, o)
-        self.stop(err)
-        self.fail(batch, err)
-        return DONE
-
-    def _on_gap(self, batch: Batch, o: Outcome) -> Decision:
-        """A 409 naming the seq the server expects."""
-        expected = o.expected_seq
-        assert expected is not None
-        gen = batch.gen
-        if (gen, expected) in self.doubtful and gen == self.gen:
-            # The server confirms the in-doubt batch was not stored: now later batches can
-            # safely move to a new epoch (none of them can have been stored).
-            self.doubtful.discard((gen, expected))
-            self.begin_claim(None, self.epoch)
-            self.park_or_fail(batch)
-            return DONE
-        earlier = range(expected, batch.seq)
-        in_flight = self.any_pending(gen, earlier)
-        # The seqs the server is missing must be ours and recent: still in flight, or
-        # acknowledged just after the server answered. The same answer twice with nothing
-        # in flight means the server lost our state.
-        known = gen == self.gen and len(earlier) > 0 and (
-            in_flight or batch.last_expected != expected)
-        if not in_flight:
-            batch.last_expected = expected
-        if not known:
-            received = o.server_seq
-            err = errors.SequenceGapError(
-                f"producer sequence gap on {self.where}: the server expects seq {expected}, "
-                f"received {received if received is not None else batch.seq}; its producer "
-                "state no longer matches this producer (restart it with a new epoch or "
-                "auto_claim=True)",
-                expected_seq=expected, received_seq=received, status=409, url=self.url,
-                headers=o.headers,
-            )
-            if self.check(batch):
-                self.fail(batch, err, hole=True)
-            return DONE
-        # An earlier batch of ours is on its way: wait for it, then resend. If it fails
-        # instead, the epoch changes and this batch is parked for re-sequencing. Meanwhile
-        # later batches wait for this one's resend to be written first.
-        self.window = max(1.0, self.window / 2)
-        self.unwritten.add(batch.seq)
-        return Decision(Act.WAIT_EARLIER, earlier=earlier)
+        return rules.checked(self, batch, o, found)
 
     def split_json(self, batch: Batch, good: list[bytes], bad: list[tuple[bytes, str]],
                    err: errors.DurableStreamError) -> Decision:
-        """After a 400 in JSON mode: report the invalid messages, resend the valid ones
-        with the same seq (a rejected request does not consume it)."""
-        if not bad or not good:
-            self.fail(batch, err, hole=True)
-            return DONE
-        if not self.check(batch):
-            return DONE
-        reason = err.reason if isinstance(err, errors.BadRequestError) else str(err)
-        self.sink.failed(
-            [m for m, _ in bad],
-            errors.BadRequestError(
-                f"{len(bad)} message(s) for {self.where} were rejected as invalid JSON "
-                f"({reason}; first: {bad[0][1]})", status=400, url=self.url,
-                code="INVALID_JSON"),
-            sum(len(m) for m, _ in bad),
-        )
-        batch.messages = good
-        batch.nbytes = sum(len(m) for m in good)
-        batch.body = b"[" + b",".join(good) + b"]"
-        batch.retry_n = 0
-        return SEND
+        """After a 400 in JSON mode: report the invalid messages, resend the valid ones."""
+        return rules.split_json(self, batch, good, bad, err)
+
+    def close_attempt(self) -> tuple[int, int]:
+        """Count one closing POST; the (epoch, seq) to send it with."""
+        return rules.close_attempt(self)
+
+    def on_close_outcome(self, o: Outcome, epoch: int, seq: int, now: float, deadline: float,
+                         retry_n: int) -> Decision:
+        """The decision for an answer to the closing POST (carrying producer headers)."""
+        return rules.on_close_outcome(self, o, epoch, seq, now, deadline, retry_n)
 
     # -- settling ------------------------------------------------------------------------
     def ack(self, batch: Batch, offset: str, *, duplicate: bool) -> None:
@@ -629,30 +398,3 @@ class Sequencer:
                 url=self.url, code="IN_DOUBT"))
         else:
             self.ack(batch, "", duplicate=True)
-
-    # -- close_stream ----------------------------------------------------------------------
-    def close_attempt(self) -> tuple[int, int]:
-        self.counters.requests += 1
-        return self.epoch, self.next_seq
-
-    def on_close_outcome(self, o: Outcome, epoch: int, seq: int, now: float, deadline: float,
-                         retry_n: int) -> Decision:
-        """The decision for an answer to the closing POST (carrying producer headers)."""
-        kind = o.kind
-        if kind in (Kind.OK, Kind.DUPLICATE, Kind.NOT_DURABLE):
-            # A retried close is deduplicated by the server: a 204 is our own close.
-            self.next_seq = seq + 1
-            if o.offset > self.last_offset:
-                self.last_offset = o.offset
-            return Decision(Act.DONE, offset=o.offset)
-        if kind is Kind.FENCED and self.auto_claim:
-            self.epoch = max(self.epoch + 1, (o.epoch or 0) + 1)
-            self.next_seq = 0
-            self.counters.claims += 1
-            return SEND
-        if kind is Kind.FENCED:
-            return Decision(Act.RAISE, error=self.stale_epoch(epoch, o.epoch, o))
-        if (kind is Kind.TRANSPORT or kind is Kind.RETRYABLE) and now < deadline:
-            self.counters.retries += 1
-            return Decision(Act.RETRY, delay=self.retry.delay(min(retry_n, 30), o.retry_after))
-        return Decision(Act.RAISE, error=self._err(o))

@@ -147,6 +147,18 @@ class Transport:
             self.json_mode = P.is_json(self.content_type)
         return self.content_type or P.DEFAULT_CONTENT_TYPE
 
+    def final_body(self, body: bytes, *, validate: bool) -> bytes:
+        """The closing POST's body for a final message (a one-item array in JSON mode)."""
+        self.learn_content_type()
+        if not self.json_mode:
+            return body
+        if validate:
+            try:
+                P.check_json_text(body)
+            except ValueError as exc:
+                raise ValueError(f"final_message is not valid JSON: {exc}") from None
+        return b"[" + body + b"]"
+
     def read_from(self, offset: str) -> bytes:
         """Everything in the stream from ``offset`` to its tail now."""
         from ..reading import stream as read_stream
