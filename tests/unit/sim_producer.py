@@ -60,6 +60,7 @@ class RecordingSequencer(Sequencer):
     def __init__(self, **kw: object) -> None:
         self.transitions: list[tuple[Phase, Phase]] = []
         self.trace: list[str] | None = None
+        self.bugs: Counter[str] = Counter()
         super().__init__(**kw)  # type: ignore[arg-type]
 
     def _to(self, phase: Phase, why: str) -> None:
@@ -68,6 +69,20 @@ class RecordingSequencer(Sequencer):
         if self.trace is not None:
             self.trace.append(f"PHASE {self.phase.name} -> {phase.name} ({why})")
         super()._to(phase, why)
+
+    # Triggers of known bugs (notes/seqtest.md): recorded where the sequencer takes the
+    # faulty decision, so that the machine can tell a known bug from a new one.
+    def maybe_resequence(self) -> None:
+        if (self.phase is Phase.DRAINING and self.in_flight == 0 and not self.claim_fenced
+                and any(b.maybe_stored for b in self.parked)):
+            self.bugs["B4"] += 1  # maybe-stored batches renumbered without a VERIFY
+        super().maybe_resequence()
+
+    def probe_done(self, gen: int, offset: str | None, *, early: bool) -> None:
+        if (offset is not None and not early and gen == self.gen and gen not in self.probes
+                and self.highest_sent.get(gen, -1) >= 0):
+            self.bugs["B6"] += 1  # a tail probe taken after this generation's first send
+        super().probe_done(gen, offset, early=early)
 
 
 class InvariantError(AssertionError):
@@ -117,8 +132,8 @@ class SimProducer:
         self.delivery_timeout = delivery_timeout
         self.probe_wait = probe_wait
         self.stopping = False
-        #: tolerate bug B1 (a failure that hides that the batch may be stored)
-        self.allow_undisclosed = True
+        #: known bugs (notes/seqtest.md) whose effects are counted instead of failing
+        self.tolerate: set[str] = set()
         self.batches: list[Batch] = []  # every batch ever sealed
         self.batch_of: dict[bytes, Batch] = {}
         self.undisclosed: set[bytes] = set()  # failed "definitely" while maybe stored
@@ -149,8 +164,11 @@ class SimProducer:
                 raise InvariantError(f"message {m!r} reported twice (acked after "
                                      f"{'ack' if m in book.acked else 'failure'})")
             if m not in stored:
-                raise InvariantError(f"message {m!r} acknowledged (duplicate={duplicate}) "
-                                     f"but not in the stream: {batch!r}")
+                if duplicate and "B3" in self.tolerate and self.foreign_epoch(batch.epoch):
+                    self.seq.bugs["B3"] += 1
+                else:
+                    raise InvariantError(f"message {m!r} acknowledged (duplicate={duplicate})"
+                                         f" but not in the stream: {batch!r}")
             book.acked.add(m)
 
     def failed(self, messages: list[bytes], err: errors.DurableStreamError,
@@ -191,7 +209,7 @@ class SimProducer:
         else:
             raw = f"<{thread}.{n}>".encode()
         try:
-            self.acc.add(raw, len(raw))
+            self.acc.append(raw)
         except errors.DurableStreamError:
             self.book.refused += 1
             return False
@@ -306,10 +324,28 @@ class SimProducer:
                 f"waiting={self.waiting} alive={self.alive}")
 
     # -- final checks ------------------------------------------------------------------------
+    def foreign_epoch(self, epoch: int) -> bool:
+        """Did another writer (an earlier run, a second writer) store data under our
+        producer id with this epoch? Then the server's seq state is not ours alone."""
+        return any(a.producer == self.producer_id and a.epoch == epoch
+                   and a.messages and a.messages[0] not in self.book.accepted
+                   for a in self.server.log)
+
+    def _known(self, *bugs: str) -> bool:
+        """A violation is excused if a tolerated known bug fired in this run (counted)."""
+        for bug in bugs:
+            if bug not in self.tolerate:
+                continue
+            if bug == "B1" or self.seq.bugs[bug] or (
+                    bug == "B3" and any(self.foreign_epoch(b.epoch) for b in self.batches)):
+                self.seq.bugs[f"{bug} masked a violation"] += 1
+                return True
+        return False
+
     def check_final(self) -> None:
         book = self.book
         stored = self.stored_ours()
-        if len(stored) != len(set(stored)):
+        if len(stored) != len(set(stored)) and not self._known("B3", "B4", "B6"):
             dups = sorted({m for m in stored if stored.count(m) > 1})
             raise InvariantError(f"duplicates in the stream: {dups[:5]}")
         stored_set = set(stored)
@@ -317,14 +353,15 @@ class SimProducer:
             if m not in book.acked and m not in book.failed:
                 raise InvariantError(f"message {m!r} neither acknowledged nor failed "
                                      f"({'stored' if m in stored_set else 'not stored'})")
-            if m in book.acked and m not in stored_set:
+            if m in book.acked and m not in stored_set and not self._known("B3"):
                 raise InvariantError(f"message {m!r} acknowledged but not stored")
             if (m in book.failed and m in stored_set and not in_doubt(book.failed[m])
-                    and (m not in self.undisclosed or not self.allow_undisclosed)):
+                    and not (m in self.undisclosed and self._known("B1"))
+                    and not self._known("B3", "B4", "B6")):
                 raise InvariantError(f"message {m!r} stored but reported failed without "
                                      f"saying it may be stored: {book.failed[m]}")
         last: dict[int, int] = {}
-        for m in stored:
+        for m in dict.fromkeys(stored):  # first copies (a second one is a duplicate)
             thread, n = book.accepted[m]
             if n <= last.get(thread, -1):
                 raise InvariantError(f"thread {thread}: {n} stored after {last[thread]}")
@@ -496,6 +533,7 @@ class SimProducer:
                     return False
                 continue
             seq.probe_done(gen, req.result, early=False)
+            return True
 
     def _found(self, start: str | None, batch: Batch) -> Generator[Req | None, None, bool | None]:
         if start is None:
@@ -541,7 +579,7 @@ class Config:
         return cls(auto_claim=auto_claim, fresh=auto_claim and rnd.random() < 0.5,
                    max_in_flight=rnd.randint(1, 4), json_mode=rnd.random() < 0.4,
                    earlier_run=rnd.choice([0, 0, 1, 3]),
-                   max_batch_bytes=rnd.choice([8, 16, 40, 1000]),
+                   max_batch_bytes=rnd.choice([12, 16, 40, 1000]),
                    linger=rnd.choice([0.0, 0.01, 0.2]), second_writer=rnd.random() < 0.3)
 
 
@@ -610,12 +648,17 @@ class World:
         self.p.check_final()
 
 
-def random_walk(seed: int, steps: int = 60, trace: list[str] | None = None) -> World:
+KNOWN_BUGS = ("B1", "B3", "B4", "B6")
+
+
+def random_walk(seed: int, steps: int = 60, trace: list[str] | None = None,
+                tolerate: tuple[str, ...] = KNOWN_BUGS) -> World:
     rnd = random.Random(seed)
     world = World(Config.draw(rnd))
     if trace is not None:
         trace.append(repr(world.cfg))
         world.p.trace = world.p.seq.trace = trace
+    world.p.tolerate = set(tolerate)
     world.random_steps(rnd, steps)
     world.finish()
     return world
