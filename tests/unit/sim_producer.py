@@ -140,7 +140,8 @@ class SimProducer:
         self.wire: list[Req] = []  # requests not handled by the server yet
         self.zombies: list[Req] = []  # requests given up by the client, still on the wire
         n = senders if senders is not None else max_in_flight
-        self.senders: list[Step] = [self._sender() for _ in range(n)]
+        self.senders: list[Step] = [self._sender(i) for i in range(n)]
+        self.holding: dict[int, Batch] = {}  # sender index -> the batch it delivers
         self.waiting: list[Req | None] = [None] * n  # what each sender waits for
         self.alive = [True] * n
         self.failures: list[errors.DurableStreamError] = []
@@ -374,7 +375,12 @@ class SimProducer:
     def _force(self) -> bool:
         return self.stopping or self.seq.fatal is not None
 
-    def _sender(self) -> Step:
+    def holder(self, seq: int) -> int:
+        """The sender delivering the batch with this seq (of the current generation)."""
+        return next(i for i, b in self.holding.items()
+                    if b.seq == seq and b.gen == self.seq.gen)
+
+    def _sender(self, index: int) -> Step:
         while True:
             task = yield from self._next_task()
             work = task.work
@@ -387,13 +393,17 @@ class SimProducer:
                 self.seq.finish_work()
             elif work is Work.RESEND:
                 assert task.batch is not None
+                self.holding[index] = task.batch
                 yield from self._deliver(task.batch)
+                del self.holding[index]
             else:  # SEAL
                 batch = self._seal()
                 if batch is None:
                     self.seq.finish_work()
                 else:
+                    self.holding[index] = batch
                     yield from self._deliver(batch)
+                    del self.holding[index]
 
     def _next_task(self) -> Generator[Req | None, None, Task]:
         while True:
