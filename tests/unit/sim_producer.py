@@ -259,7 +259,9 @@ class SimProducer:
                                   f"{req.outcome.status} srv={self.server.producers}")
             if fault is Fault.ZOMBIE:
                 self.zombies.append(Req("post", req.epoch, req.seq, req.body))
-        elif fault in (Fault.NONE, Fault.PROXY_502, Fault.LOSE):
+        else:
+            self.stats[req.kind.upper()] += 1
+        if req.kind != "post" and fault in (Fault.NONE, Fault.PROXY_502, Fault.LOSE):
             req.result = self.server.tail() if req.kind == "head" else \
                 self.server.read_from(req.offset)
         req.done = True

@@ -62,7 +62,7 @@ class SimServer:
     #: every stored message, in stream order (JSON: one per array element)
     messages: list[bytes] = field(default_factory=list)
     nbytes: int = 0
-    requests: int = 0
+    posts: int = 0  # POST requests handled
 
     # -- reads ---------------------------------------------------------------------------
     def tail(self) -> str:
@@ -83,7 +83,7 @@ class SimServer:
     def post(self, producer: str | None, epoch: int, seq: int, body: bytes
              ) -> requests.Response:
         """One producer POST, validated and (maybe) committed as PROTOCOL §5.2.1 says."""
-        self.requests += 1
+        self.posts += 1
         h: dict[str, str] = {}
         if producer is not None:
             state = self.producers.get(producer)
@@ -214,7 +214,7 @@ class OtherWriter:
         self.seq += 1
         self.n += 1
         body = (f'"X.{self.n}"' if self.server.json_mode else f"<X.{self.n}>").encode()
-        status = self.server.post(self.producer_id, self.epoch, self.seq, body).status_code
+        status = int(self.server.post(self.producer_id, self.epoch, self.seq, body).status_code)
         if status == 403:
             self.fenced = True
         return status
