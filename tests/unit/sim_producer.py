@@ -339,7 +339,7 @@ class SimProducer:
         for bug in bugs:
             if bug not in self.tolerate:
                 continue
-            if bug == "B1" or self.seq.bugs[bug] or (
+            if bug in ("B1", "B2") or self.seq.bugs[bug] or (
                     bug == "B3" and any(self.foreign_epoch(b.epoch) for b in self.batches)):
                 self.seq.bugs[f"{bug} masked a violation"] += 1
                 return True
@@ -363,6 +363,13 @@ class SimProducer:
                     and not self._known("B3", "B4", "B6")):
                 raise InvariantError(f"message {m!r} stored but reported failed without "
                                      f"saying it may be stored: {book.failed[m]}")
+        for m, err in book.failed.items():
+            valid = not m.startswith(b"{bad")
+            if self.seq.auto_claim and isinstance(err, errors.StaleEpochError):
+                raise InvariantError(f"auto_claim, yet {m!r} failed as fenced: {err}")
+            if valid and isinstance(err, errors.BadRequestError) and not (
+                    "must start with sequence 0" in str(err) and self._known("B2")):
+                raise InvariantError(f"the valid message {m!r} failed with a 400: {err}")
         last: dict[int, int] = {}
         for m in dict.fromkeys(stored):  # first copies (a second one is a duplicate)
             thread, n = book.accepted[m]
@@ -590,9 +597,9 @@ class Config:
         auto_claim = rnd.random() < 0.5
         return cls(auto_claim=auto_claim, fresh=auto_claim and rnd.random() < 0.5,
                    max_in_flight=rnd.randint(1, 4), json_mode=rnd.random() < 0.4,
-                   earlier_run=rnd.choice([0, 0, 1, 3]),
+                   earlier_run=rnd.choice([0, 0, 0, 0, 1, 3]),
                    max_batch_bytes=rnd.choice([12, 16, 40, 1000]),
-                   linger=rnd.choice([0.0, 0.01, 0.2]), second_writer=rnd.random() < 0.3)
+                   linger=rnd.choice([0.0, 0.01, 0.2]), second_writer=rnd.random() < 0.25)
 
 
 FAULTS = [Fault.NONE] * 6 + [Fault.DROP, Fault.LOSE, Fault.UNAVAILABLE, Fault.RATE_LIMITED,
@@ -660,7 +667,7 @@ class World:
         self.p.check_final()
 
 
-KNOWN_BUGS = ("B1", "B3", "B4", "B6")
+KNOWN_BUGS = ("B1", "B2", "B3", "B4", "B6")
 
 
 def random_walk(seed: int, steps: int = 60, trace: list[str] | None = None,

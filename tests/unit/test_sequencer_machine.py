@@ -54,7 +54,7 @@ class ProducerMachine(RuleBasedStateMachine):
         fresh=st.booleans(),
         max_in_flight=st.integers(1, 4),
         json_mode=st.booleans(),
-        earlier_run=st.sampled_from([0, 0, 1, 3]),
+        earlier_run=st.sampled_from([0, 0, 0, 0, 1, 3]),
         max_batch_bytes=st.sampled_from([12, 16, 40, 1000]),
         linger=st.sampled_from([0.0, 0.01, 0.2]),
         second_writer=st.booleans(),

@@ -295,6 +295,26 @@ def test_b1_timeout_after_proxy_502_says_it_may_be_stored() -> None:
     assert in_doubt(err), str(err)
 
 
+@pytest.mark.xfail(strict=True, reason="B1: a batch whose answer was lost is failed by a "
+                   "fatal 403 (no auto_claim) without saying it may be stored")
+def test_b1_fenced_after_a_lost_answer_says_it_may_be_stored() -> None:
+    p = make()
+    p.append(0, 0)
+    settle(p)
+    answer(p, 0)
+    p.append(0, 1)
+    settle(p)
+    answer(p, 1, Fault.LOSE)  # stored, answer lost
+    OtherWriter(p.server, PID).claim()
+    p.advance(1.0)
+    settle(p)
+    assert answer(p, 1) is Kind.FENCED
+    err = p.book.failed[b"<0.1>"]
+    assert isinstance(err, errors.StaleEpochError)
+    assert stored(p) == [b"<0.0>", b"<0.1>"]
+    assert in_doubt(err), str(err)
+
+
 @pytest.mark.xfail(strict=True, reason="B2: after seq 0 of an epoch new to the server fails "
                    "in doubt, the next batch gets 400 (new epoch must start at 0) and is "
                    "failed instead of re-sequenced")
