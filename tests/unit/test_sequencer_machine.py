@@ -31,8 +31,9 @@ from hypothesis.stateful import (
 
 from durable_streams._producer.sequencer import ALLOWED
 
-from .sim_producer import FAULTS, KNOWN_BUGS, TICKS, Config, SimProducer, World, random_walk
+from .sim_producer import SimProducer
 from .sim_server import Fault
+from .sim_world import FAULTS, KNOWN_BUGS, TICKS, Config, World, random_walk
 
 STEPS = {"n": 0, "runs": 0}
 STATS: Counter[str] = Counter()
