@@ -317,6 +317,42 @@ class SimProducer:
                 self.advance(0.5)
         raise InvariantError(f"the producer did not drain: {self.describe()}")
 
+    def close_stream(self, faults: list[Fault]) -> str:
+        """As ``IdempotentProducer.close_stream()`` after its flush (no final message): the
+        closing POST, with ``faults[i]`` applied to attempt i (none after the list)."""
+        deadline = self.now + self.delivery_timeout
+        retry_n = 0
+        for attempt in range(50):
+            with self.lock:
+                epoch, seq = self.seq.close_attempt()
+            fault = faults[attempt] if attempt < len(faults) else Fault.NONE
+            outcome = post_with(self.server, fault, self.producer_id, epoch, seq, b"",
+                                close=True)
+            if self.trace is not None:
+                self.trace.append(f"t={self.now:.3f} CLOSE e={epoch} s={seq} {fault.name} -> "
+                                  f"{outcome.kind.name} {outcome.status}")
+            with self.lock:
+                decision = self.seq.on_close_outcome(outcome, epoch, seq, self.now, deadline,
+                                                     retry_n)
+            if decision.act is Act.DONE:
+                return decision.offset
+            if decision.act is Act.RAISE:
+                assert decision.error is not None
+                raise decision.error
+            if decision.act is Act.RETRY:
+                retry_n += 1
+                self.advance(decision.delay)
+        raise InvariantError("close_stream did not end after 50 attempts")
+
+    def check_closed(self, offset: str) -> None:
+        """close_stream returned: the stream is closed, by us, at the offset returned."""
+        closer = self.server.closed_by
+        if closer is None or closer[0] != self.producer_id:
+            raise InvariantError(f"close_stream returned {offset!r} but the stream is open")
+        if offset != self.server.tail():
+            raise InvariantError(f"close_stream returned {offset!r}, the stream ends at "
+                                 f"{self.server.tail()}")
+
     def describe(self) -> str:
         sq = self.seq
         return (f"phase={sq.phase.name} gen={sq.gen} epoch={sq.epoch} next_seq={sq.next_seq} "

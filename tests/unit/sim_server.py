@@ -63,6 +63,8 @@ class SimServer:
     messages: list[bytes] = field(default_factory=list)
     nbytes: int = 0
     posts: int = 0  # POST requests handled
+    #: the (producer, epoch, seq) of the request that closed the stream, once closed
+    closed_by: tuple[str | None, int, int] | None = None
 
     # -- reads ---------------------------------------------------------------------------
     def tail(self) -> str:
@@ -85,6 +87,11 @@ class SimServer:
         """One producer POST, validated and (maybe) committed as PROTOCOL §5.2.1 says."""
         self.posts += 1
         h: dict[str, str] = {}
+        if self.closed_by is not None:  # checked first (write-path.md §0)
+            closed = {P.STREAM_CLOSED: "true", P.STREAM_NEXT_OFFSET: self.tail()}
+            if producer is not None and self.closed_by == (producer, epoch, seq):
+                return response(204, closed, b"")  # a retry of the closing request
+            return response(409, closed, b"Stream is closed")
         if producer is not None:
             state = self.producers.get(producer)
             if state is not None and epoch < state.epoch:
@@ -117,6 +124,42 @@ class SimServer:
         h[P.STREAM_NEXT_OFFSET] = self.tail()
         self.log.append(Append(producer, epoch, seq, parsed, h[P.STREAM_NEXT_OFFSET]))
         return response(200, h, b"")
+
+    def close(self, producer: str, epoch: int, seq: int, body: bytes | None = None
+              ) -> requests.Response:
+        """A producer POST with ``Stream-Closed: true`` (and maybe a final message)."""
+        if body is not None:
+            r = self.post(producer, epoch, seq, body)
+            if r.status_code == 200:
+                self.closed_by = (producer, epoch, seq)
+                r.headers[P.STREAM_CLOSED] = "true"
+            return r
+        self.posts += 1
+        if self.closed_by is not None:
+            closed = {P.STREAM_CLOSED: "true", P.STREAM_NEXT_OFFSET: self.tail()}
+            if self.closed_by == (producer, epoch, seq):
+                return response(204, closed, b"")
+            return response(409, closed, b"Stream is closed")
+        state = self.producers.get(producer)
+        if state is not None and epoch < state.epoch:
+            return response(403, {P.PRODUCER_EPOCH: str(state.epoch)}, b"Stale producer epoch")
+        if state is not None and epoch > state.epoch and seq != 0:
+            return response(400, {}, b"New epoch must start with sequence 0")
+        if state is None and seq != 0:
+            return response(409, {P.PRODUCER_EXPECTED_SEQ: "0",
+                                  P.PRODUCER_RECEIVED_SEQ: str(seq)}, b"Sequence gap")
+        if state is not None and epoch == state.epoch:
+            if seq <= state.last_seq:  # a duplicate: deduplicated, the stream stays open
+                return response(204, {P.PRODUCER_EPOCH: str(epoch),
+                                      P.PRODUCER_SEQ: str(state.last_seq)}, b"")
+            if seq > state.last_seq + 1:
+                return response(409, {P.PRODUCER_EXPECTED_SEQ: str(state.last_seq + 1),
+                                      P.PRODUCER_RECEIVED_SEQ: str(seq)}, b"Sequence gap")
+        self.producers[producer] = ProducerState(epoch, seq)
+        self.closed_by = (producer, epoch, seq)
+        # close-only is answered 204 (not 200) by the reference server
+        return response(204, {P.STREAM_NEXT_OFFSET: self.tail(), P.STREAM_CLOSED: "true",
+                              P.PRODUCER_EPOCH: str(epoch), P.PRODUCER_SEQ: str(seq)}, b"")
 
     def _parse(self, body: bytes) -> list[bytes] | None:
         if not body:
@@ -171,20 +214,26 @@ class Fault(enum.Enum):
 
 
 def post_with(server: SimServer, fault: Fault, producer: str, epoch: int, seq: int,
-              body: bytes) -> Outcome:
-    """One POST through a faulty network: the outcome the producer sees."""
+              body: bytes, *, close: bool = False) -> Outcome:
+    """One POST (``close``: a close-only POST) through a faulty network: the outcome the
+    producer sees."""
+    def send() -> requests.Response:
+        if close:
+            return server.close(producer, epoch, seq)
+        return server.post(producer, epoch, seq, body)
+
     if fault is Fault.NONE:
-        return outcome_of(server.post(producer, epoch, seq, body), seq)
+        return outcome_of(send(), seq)
     if fault is Fault.DROP or fault is Fault.ZOMBIE:
         return no_answer()
     if fault is Fault.LOSE:
-        server.post(producer, epoch, seq, body)
+        send()
         return no_answer()
     if fault is Fault.UNAVAILABLE:
         return outcome_of(response(503, {}, b"Service Unavailable"), seq)
     if fault is Fault.RATE_LIMITED:
         return outcome_of(response(429, {P.RETRY_AFTER: "1"}, b"Too Many Requests"), seq)
-    server.post(producer, epoch, seq, body)  # PROXY_502
+    send()  # PROXY_502
     return outcome_of(response(502, {}, b"Bad Gateway"), seq)
 
 

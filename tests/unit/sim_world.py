@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from durable_streams import errors
+
 from .sim_producer import PID, SimProducer
 from .sim_server import Fault, OtherWriter, SimServer, previous_run
 
@@ -23,6 +25,7 @@ class Config:
     linger: float = 0.01
     second_writer: bool = False
     delivery_timeout: float = 8.0
+    close: bool = False  # close the stream at the end (close_stream)
 
     @classmethod
     def draw(cls, rnd: random.Random) -> Config:
@@ -31,7 +34,8 @@ class Config:
                    max_in_flight=rnd.randint(1, 4), json_mode=rnd.random() < 0.4,
                    earlier_run=rnd.choice([0, 0, 0, 0, 1, 3]),
                    max_batch_bytes=rnd.choice([12, 16, 40, 1000]),
-                   linger=rnd.choice([0.0, 0.01, 0.2]), second_writer=rnd.random() < 0.25)
+                   linger=rnd.choice([0.0, 0.01, 0.2]), second_writer=rnd.random() < 0.25,
+                   close=rnd.random() < 0.5)
 
 
 FAULTS = [Fault.NONE] * 6 + [Fault.DROP, Fault.LOSE, Fault.UNAVAILABLE, Fault.RATE_LIMITED,
@@ -92,12 +96,24 @@ class World:
                 else:
                     self.other.write()
 
-    def finish(self) -> None:
-        self.p.drain()
-        self.p.check_final()
+    def finish(self, close_faults: list[Fault] | None = None) -> None:
+        p = self.p
+        p.drain()
+        p.check_final()
+        if self.cfg.close:
+            try:
+                offset = p.close_stream(close_faults or [])
+            except errors.DurableStreamError as exc:
+                p.stats[f"close raised {type(exc).__name__}"] += 1
+            else:
+                p.stats["close done"] += 1
+                if not ("B7" in p.tolerate and p.foreign_epoch(p.seq.epoch)):
+                    p.check_closed(offset)
+                elif p.server.closed_by is None:
+                    p.seq.bugs["B7 masked a violation"] += 1
 
 
-KNOWN_BUGS = ("B1", "B2", "B3", "B4", "B6")
+KNOWN_BUGS = ("B1", "B2", "B3", "B4", "B6", "B7")
 
 
 def random_walk(seed: int, steps: int = 60, trace: list[str] | None = None,
@@ -109,5 +125,5 @@ def random_walk(seed: int, steps: int = 60, trace: list[str] | None = None,
         world.p.trace = world.p.seq.trace = trace
     world.p.tolerate = set(tolerate)
     world.random_steps(rnd, steps)
-    world.finish()
+    world.finish([rnd.choice(FAULTS) for _ in range(3)])
     return world

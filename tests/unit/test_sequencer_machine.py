@@ -59,16 +59,19 @@ class ProducerMachine(RuleBasedStateMachine):
         max_batch_bytes=st.sampled_from([12, 16, 40, 1000]),
         linger=st.sampled_from([0.0, 0.01, 0.2]),
         second_writer=st.booleans(),
+        close=st.booleans(),
+        close_faults=st.lists(st.sampled_from(FAULTS), max_size=3),
     )
     def setup(self, auto_claim: bool, fresh: bool, max_in_flight: int, json_mode: bool,
               earlier_run: int, max_batch_bytes: int, linger: float,
-              second_writer: bool) -> None:
+              second_writer: bool, close: bool, close_faults: list[Fault]) -> None:
         # an epoch from the clock (fresh) exists only with auto_claim
         cfg = Config(auto_claim=auto_claim, fresh=fresh and auto_claim,
                      max_in_flight=max_in_flight, json_mode=json_mode,
                      earlier_run=earlier_run, max_batch_bytes=max_batch_bytes, linger=linger,
-                     second_writer=second_writer)
+                     second_writer=second_writer, close=close)
         self.w = World(cfg)
+        self.close_faults = close_faults
         self.w.p.tolerate = set(KNOWN_BUGS)
 
     @property
@@ -154,7 +157,7 @@ class ProducerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if not hasattr(self, "w"):
             return
-        self.w.finish()
+        self.w.finish(self.close_faults)
         _collect(self.w)
 
 

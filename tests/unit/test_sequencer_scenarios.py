@@ -278,6 +278,38 @@ def test_probe_answered_after_an_epoch_change_does_not_spin() -> None:
     assert heads >= 1
 
 
+def test_close_stream_retried_after_a_lost_answer_is_deduplicated() -> None:
+    p = make()
+    p.append(0, 0)
+    settle(p)
+    answer(p, 0)
+    offset = p.close_stream([Fault.LOSE, Fault.UNAVAILABLE])
+    p.check_closed(offset)
+    assert p.server.closed_by == (PID, 0, 1)
+
+
+def test_close_stream_fenced_with_auto_claim_claims_and_closes() -> None:
+    p = make(auto_claim=True)
+    p.append(0, 0)
+    settle(p)
+    answer(p, 0)
+    OtherWriter(p.server, PID).claim()
+    offset = p.close_stream([])
+    p.check_closed(offset)
+    assert p.server.closed_by == (PID, 2, 0)
+
+
+def test_close_stream_fenced_without_auto_claim_raises() -> None:
+    p = make()
+    p.append(0, 0)
+    settle(p)
+    answer(p, 0)
+    OtherWriter(p.server, PID).claim()
+    with pytest.raises(errors.StaleEpochError):
+        p.close_stream([])
+    assert p.server.closed_by is None
+
+
 # -- known bugs (notes/seqtest.md) -----------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="B1: a 5xx after the commit, then the delivery "
@@ -394,3 +426,13 @@ def test_b6_probe_after_a_send_of_the_generation_is_not_used() -> None:
     sq.start_attempt(b1)  # seq 1 went out first (after the 2 s turn wait)
     sq.probe_done(0, "0000000000000000_0000000000000009", early=False)
     assert 0 not in sq.probes
+
+
+@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B7: close_stream takes any "
+                   "204 as its own close; a 204 without Stream-Closed is a duplicate of "
+                   "someone's data and the stream stays open")
+def test_b7_close_answered_by_a_plain_duplicate_is_not_success() -> None:
+    p = make(earlier_run=2)  # an earlier run left (id, epoch 0, seq 0..1)
+    offset = p.close_stream([])  # (0, 0): 204 duplicate, no Stream-Closed
+    assert offset == ""
+    p.check_closed(offset)

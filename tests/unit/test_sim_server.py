@@ -120,3 +120,25 @@ def test_second_writer_claims_above_the_server_epoch_and_gets_fenced() -> None:
     assert s.post("p", 4, 1, b"<0.1>").status_code == 403
     s.post("p", 6, 0, b"<0.1>")
     assert other.write() == 403 and other.fenced
+
+
+def test_close_only_is_204_and_a_retry_of_it_too() -> None:
+    s = SimServer()
+    s.post("p", 0, 0, b"abc")
+    r = s.close("p", 0, 1)
+    assert r.status_code == 204 and r.headers[P.STREAM_CLOSED] == "true"
+    assert r.headers[P.STREAM_NEXT_OFFSET] == offset_str(3)
+    assert s.closed_by == ("p", 0, 1)
+    again = s.close("p", 0, 1)  # the same tuple: deduplicated success
+    assert again.status_code == 204 and again.headers[P.STREAM_CLOSED] == "true"
+    other = s.post("p", 0, 2, b"x")  # anything else: 409 Stream-Closed
+    assert other.status_code == 409 and other.headers[P.STREAM_CLOSED] == "true"
+    assert outcome_of(other, 2).kind is Kind.STREAM_CLOSED
+
+
+def test_close_with_a_duplicate_tuple_does_not_close() -> None:
+    s = SimServer()
+    s.post("p", 0, 0, b"abc")
+    r = s.close("p", 0, 0)
+    assert r.status_code == 204 and P.STREAM_CLOSED not in r.headers
+    assert s.closed_by is None
