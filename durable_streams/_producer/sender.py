@@ -181,7 +181,7 @@ class SenderPool:
         with self.lock:
             # Read before any send of this generation: it doubles as the tail probe.
             self.seq.probe_done(gen, offset, early=True)
-            self.notify()
+            self.done.notify_all()
         return True
 
     def _seal(self) -> Batch | None:
@@ -251,7 +251,9 @@ class SenderPool:
                                                 self._on_written(gen, n))
             with self.lock:
                 decision = seq.on_outcome(batch, outcome, time.monotonic())
-                self.notify()
+                # Waiters on progress only: idle senders get new work when the slot is
+                # given back (_finish) or when the producer stops (the sink wakes them).
+                self.done.notify_all()
             act = decision.act
             if act is Act.RETRY:
                 if not self._sleep(batch, decision.delay):
@@ -327,10 +329,12 @@ class SenderPool:
         finally:
             with self.lock:
                 self.seq.probe_done(gen, offset, early=early)
-                self.notify()
+                self.done.notify_all()
 
     def _ensure_probe(self, batch: Batch) -> bool:
         """Before seq 0 of a generation, read the stream's tail (settles ambiguous 204s)."""
+        if batch.seq != 0:
+            return True  # the common case: no lock needed
         seq = self.seq
         while True:
             with self.lock:
@@ -360,7 +364,7 @@ class SenderPool:
                 continue
             with self.lock:
                 seq.probe_done(gen, offset, early=False)
-                self.notify()
+                self.done.notify_all()
             return True
 
     def _found(self, start: str | None, batch: Batch) -> bool | None:
@@ -379,7 +383,7 @@ class SenderPool:
         found = self._found(start, batch)
         with self.lock:
             self.seq.checked(batch, outcome, found)
-            self.notify()
+            self.done.notify_all()
 
     def _verify(self) -> None:
         with self.lock:
@@ -388,7 +392,7 @@ class SenderPool:
             found = self._found(start, batch)
             with self.lock:
                 self.seq.verified(batch, found)
-                self.notify()
+                self.done.notify_all()
 
 
 def build(messages: list[bytes], json_mode: bool, validate: bool
