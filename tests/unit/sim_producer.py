@@ -50,7 +50,17 @@ class Req:
     result: str | bytes | None = None  # head: the tail; read: the data; None: failed
 
 
-Step = Generator["Req | None", None, object]
+@dataclass(frozen=True)
+class Wait:
+    """A sender waiting on one of the pool's Conditions (``ready``: idle senders; ``done``:
+    progress), until notified or until ``deadline`` (None: no timeout)."""
+
+    cond: str
+    deadline: float | None
+
+
+Step = Generator["Req | Wait | None", None, object]
+W = Generator["Req | Wait | None", None, bool]
 
 
 class RecordingSequencer(Sequencer):
@@ -119,7 +129,7 @@ class SimProducer:
         self.lock = threading.Lock()  # the accumulator takes it in add(); never contended
         self.acc = Accumulator(self.lock, url=URL, where=URL, max_batch_bytes=max_batch_bytes,
                                max_batch_items=max_batch_items, max_buffer_bytes=1 << 30,
-                               linger=linger, max_block=1.0, wake=lambda: None,
+                               linger=linger, max_block=1.0, wake=lambda: self.notify("ready"),
                                clock=lambda: self.now)
         self.counters = Counters()
         self.seq = RecordingSequencer(
@@ -141,7 +151,8 @@ class SimProducer:
         n = senders if senders is not None else max_in_flight
         self.senders: list[Step] = [self._sender(i) for i in range(n)]
         self.holding: dict[int, Batch] = {}  # sender index -> the batch it delivers
-        self.waiting: list[Req | None] = [None] * n  # what each sender waits for
+        self.waiting: list[Req | Wait | None] = [None] * n  # what each sender waits for
+        self.notified = [False] * n
         self.alive = [True] * n
         self.failures: list[errors.DurableStreamError] = []
         self.stats: Counter[str] = Counter()  # what the run exercised (for the notes)
@@ -190,11 +201,13 @@ class SimProducer:
                 raise InvariantError(f"message {m!r} reported failed after being "
                                      f"{'acked' if m in book.acked else 'failed'}: {err}")
             book.failed[m] = err
+        self.notify("done")
 
     def stopped(self, err: errors.DurableStreamError) -> None:
         self.stopped_with = err
         self.acc.refusal = err
         self.fail_buffer(err)
+        self.notify("ready")
 
     def fail_buffer(self, err: errors.DurableStreamError) -> None:
         messages, nbytes = self.acc.take_all()
@@ -228,11 +241,22 @@ class SimProducer:
 
     # -- driving -----------------------------------------------------------------------------
     def runnable(self) -> list[int]:
-        """Senders that can be resumed (not finished, not blocked in an HTTP call)."""
-        return [i for i, w in enumerate(self.waiting)
-                if self.alive[i] and (w is None or w.done)]
+        """Senders that can be resumed: not finished, not in an HTTP call, and (when waiting
+        on a Condition) notified since or past their timeout (Python's Conditions have no
+        spurious wake-ups, so a lost notification shows as a producer that never drains)."""
+        out = []
+        for i, w in enumerate(self.waiting):
+            if not self.alive[i]:
+                continue
+            if isinstance(w, Wait):
+                if self.notified[i] or (w.deadline is not None and self.now >= w.deadline):
+                    out.append(i)
+            elif w is None or w.done:
+                out.append(i)
+        return out
 
     def resume(self, i: int) -> None:
+        self.notified[i] = False
         try:
             with self.lock:  # as a real sender, which runs the sequencer with the lock held
                 self.waiting[i] = next(self.senders[i])
@@ -240,8 +264,19 @@ class SimProducer:
             self.alive[i] = False
             self.waiting[i] = None
         w = self.waiting[i]
-        if w is not None and not w.done:
+        if isinstance(w, Req) and not w.done:
             self.wire.append(w)
+
+    def notify(self, *conds: str) -> None:
+        """``Condition.notify_all`` on the pool's ``ready`` and/or ``done``."""
+        for i, w in enumerate(self.waiting):
+            if isinstance(w, Wait) and w.cond in conds:
+                self.notified[i] = True
+
+    def _finish(self) -> None:
+        """``SenderPool._finish``: the slot is given back, everyone is woken."""
+        self.seq.finish_work()
+        self.notify("ready", "done")
 
     def handle(self, k: int, fault: Fault = Fault.NONE) -> Req:
         """The server handles the k-th request on the wire (any order) with ``fault``."""
@@ -278,7 +313,8 @@ class SimProducer:
     def _written(self, req: Req) -> None:
         req.written = True
         with self.lock:
-            self.seq.written(req.gen, req.seq)
+            if self.seq.written(req.gen, req.seq):
+                self.notify("done")
 
     def zombie_arrives(self, k: int) -> None:
         req = self.zombies.pop(k % len(self.zombies))
@@ -299,6 +335,7 @@ class SimProducer:
         """As ``close()``: the senders seal everything and end once nothing is left."""
         self.stopping = True
         self.seq.stopping = True
+        self.notify("ready", "done")
 
     def drain(self, max_rounds: int = 3000) -> None:
         """Stop, then run every sender and answer every request without faults until all
@@ -434,7 +471,7 @@ class SimProducer:
                 yield from self._probe(task.gen, early=True)
             elif work is Work.VERIFY:
                 yield from self._verify()
-                self.seq.finish_work()
+                self._finish()
             elif work is Work.RESEND:
                 assert task.batch is not None
                 self.holding[index] = task.batch
@@ -443,19 +480,19 @@ class SimProducer:
             else:  # SEAL
                 batch = self._seal()
                 if batch is None:
-                    self.seq.finish_work()
+                    self._finish()
                 else:
                     self.holding[index] = batch
                     yield from self._deliver(batch)
                     del self.holding[index]
 
-    def _next_task(self) -> Generator[Req | None, None, Task]:
+    def _next_task(self) -> Generator[Req | Wait | None, None, Task]:
         while True:
             acc = self.acc
             due = acc.due_in(self.now, self._force()) if acc.buf else 0.0
             task = self.seq.next_work(bool(acc.buf), due)
             if task.work is Work.WAIT:
-                yield None
+                yield Wait("ready", None if task.timeout is None else self.now + task.timeout)
             elif task.work is Work.FAIL_BUFFER:
                 assert self.seq.fatal is not None
                 self.fail_buffer(self.seq.fatal)
@@ -480,7 +517,7 @@ class SimProducer:
 
     def _deliver(self, batch: Batch) -> Step:
         yield from self._deliver_loop(batch)
-        self.seq.finish_work()
+        self._finish()
         return None
 
     def _deliver_loop(self, batch: Batch) -> Step:
@@ -501,6 +538,7 @@ class SimProducer:
             assert req.outcome is not None
             outcome = req.outcome
             decision = seq.on_outcome(batch, outcome, self.now)
+            self.notify("done")
             act = decision.act
             self.stats[f"{outcome.kind.name}->{act.name}"] += 1
             if act is Act.RETRY:
@@ -515,40 +553,42 @@ class SimProducer:
                 found = yield from self._found(decision.offset, batch)
                 self.stats[f"checked:{found}"] += 1
                 seq.checked(batch, outcome, found)
+                self.notify("done")
                 return None
             elif act is Act.SPLIT_JSON:
                 good, bad = split_json(batch.messages)
                 assert decision.error is not None
                 again = seq.split_json(batch, good, bad, decision.error)
+                self.notify("ready", "done")
                 if again.act is not Act.SEND:
                     return None
             elif act is not Act.SEND:
                 return None
 
-    def _sleep(self, batch: Batch, delay: float) -> Generator[Req | None, None, bool]:
+    def _sleep(self, batch: Batch, delay: float) -> W:
         end = self.now + delay
         while True:
             if not self.seq.check(batch):
                 return False
             if end - self.now <= 0:
                 return True
-            yield None
+            yield Wait("done", end)
 
-    def _wait_turn(self, batch: Batch) -> Generator[Req | None, None, bool]:
+    def _wait_turn(self, batch: Batch) -> W:
         end = self.now + 2.0
         while not self.seq.turn_ok(batch):
             if end - self.now <= 0:
                 return True
-            yield None
+            yield Wait("done", end)
             if not self.seq.check(batch):
                 return False
         return True
 
-    def _wait_earlier(self, batch: Batch, earlier: range) -> Generator[Req | None, None, bool]:
+    def _wait_earlier(self, batch: Batch, earlier: range) -> W:
         while self.seq.any_pending(batch.gen, earlier):
             if not self.seq.check(batch):
                 return False
-            yield None
+            yield Wait("done", self.now + 1.0)
         if not self.seq.check(batch):
             return False
         batch.retry_n = 0
@@ -559,9 +599,10 @@ class SimProducer:
         yield req
         offset = req.result if isinstance(req.result, str) else None
         self.seq.probe_done(gen, offset, early=early)
+        self.notify("done")
         return None
 
-    def _ensure_probe(self, batch: Batch) -> Generator[Req | None, None, bool]:
+    def _ensure_probe(self, batch: Batch) -> W:
         seq = self.seq
         while True:
             if not seq.needs_probe(batch):
@@ -570,7 +611,7 @@ class SimProducer:
             while seq.probe_running(batch.gen):
                 if end - self.now <= 0:
                     break
-                yield None
+                yield Wait("done", end)
             if not seq.needs_probe(batch):
                 return True
             gen = batch.gen
@@ -587,9 +628,11 @@ class SimProducer:
                     return False
                 continue
             seq.probe_done(gen, req.result, early=False)
+            self.notify("done")
             return True
 
-    def _found(self, start: str | None, batch: Batch) -> Generator[Req | None, None, bool | None]:
+    def _found(self, start: str | None, batch: Batch
+               ) -> Generator[Req | Wait | None, None, bool | None]:
         if start is None:
             return None
         req = Req("read", offset=start)
@@ -604,6 +647,7 @@ class SimProducer:
             found = yield from self._found(start, batch)
             self.stats[f"verified:{found}"] += 1
             self.seq.verified(batch, found)
+            self.notify("done")
         return None
 
 
