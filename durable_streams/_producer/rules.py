@@ -240,9 +240,12 @@ def on_close_outcome(sq: Sequencer, o: Outcome, epoch: int, seq: int, now: float
             sq.last_offset = o.offset
         return Decision(Act.DONE, offset=o.offset)
     if kind is Kind.FENCED and sq.auto_claim:
-        sq.epoch = max(sq.epoch + 1, (o.epoch or 0) + 1)
-        sq.next_seq = 0
-        sq.counters.claims += 1
+        # The same claim as for a batch (nothing is left to renumber after the flush).
+        before = sq.epoch
+        sq.begin_claim(None, o.epoch or 0, fenced=True)
+        sq.maybe_resequence()
+        if sq.epoch == before:  # the claim could not start (stopped, epoch overflow)
+            return Decision(Act.RAISE, error=sq.fatal or stale_epoch(sq, epoch, o.epoch, o))
         return SEND
     if kind is Kind.FENCED:
         return Decision(Act.RAISE, error=stale_epoch(sq, epoch, o.epoch, o))

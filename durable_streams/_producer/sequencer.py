@@ -26,6 +26,8 @@ API (every method is called with the producer lock held):
   ``next_seq``, ``last_offset`` and ``fatal`` can be read at any time.
 
 The phase changes only in :meth:`_to`, which checks :data:`ALLOWED` and logs each change.
+Retry delays come from the given ``RetryPolicy`` (``jitter=False`` makes them
+deterministic); ``now`` is always passed in, so a simulation can drive time.
 """
 
 from __future__ import annotations

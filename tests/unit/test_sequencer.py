@@ -527,7 +527,8 @@ def test_close_outcomes() -> None:
     assert seq.on_close_outcome(answer(503), e, n, 11.0, 10.0, 0).act is Act.RAISE
     assert seq.on_close_outcome(answer(403, {P.PRODUCER_EPOCH: "6"}), e, n, 0.0, 10.0,
                                 0).act is Act.SEND
-    assert seq.epoch == 7 and seq.next_seq == 0
+    assert seq.epoch == 7 and seq.next_seq == 0 and seq.counters.claims == 1
+    assert seq.phase is Phase.UNCONFIRMED  # claimed through the transition table
     e, n = seq.close_attempt()
     d = seq.on_close_outcome(dup(), e, n, 0.0, 10.0, 0)
     assert d.act is Act.DONE and d.offset == "0_7" and seq.next_seq == 1
@@ -566,3 +567,11 @@ def test_holes_resequence_only_after_every_old_request_returned() -> None:
     seq.finish_work()
     assert seq.phase is Phase.UNCONFIRMED and list(seq.resend) == [c]
     assert (c.epoch, c.seq) == (1, 0) and a.state is BatchState.ACKED
+
+
+def test_close_claim_that_cannot_start_raises_instead_of_looping() -> None:
+    seq, _ = make(auto_claim=True)
+    seq.stop(errors.ProducerError("stopped"))
+    d = seq.on_close_outcome(answer(403, {P.PRODUCER_EPOCH: "6"}), seq.epoch, 0, 0.0, 10.0, 0)
+    assert d.act is Act.RAISE and str(d.error) == "stopped"
+
