@@ -149,8 +149,12 @@ class SimServer:
             return response(409, {P.PRODUCER_EXPECTED_SEQ: "0",
                                   P.PRODUCER_RECEIVED_SEQ: str(seq)}, b"Sequence gap")
         if state is not None and epoch == state.epoch:
-            if seq <= state.last_seq:  # a duplicate: deduplicated, the stream stays open
-                return response(204, {P.PRODUCER_EPOCH: str(epoch),
+            if seq <= state.last_seq:
+                # A duplicate tuple: the stream stays OPEN, yet the reference server (0.3.7,
+                # handleAppend) answers exactly as for a retry of its closing request:
+                # 204 with Stream-Closed: true and the offset.
+                return response(204, {P.STREAM_NEXT_OFFSET: self.tail(),
+                                      P.STREAM_CLOSED: "true", P.PRODUCER_EPOCH: str(epoch),
                                       P.PRODUCER_SEQ: str(state.last_seq)}, b"")
             if seq > state.last_seq + 1:
                 return response(409, {P.PRODUCER_EXPECTED_SEQ: str(state.last_seq + 1),

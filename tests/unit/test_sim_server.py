@@ -136,9 +136,14 @@ def test_close_only_is_204_and_a_retry_of_it_too() -> None:
     assert outcome_of(other, 2).kind is Kind.STREAM_CLOSED
 
 
-def test_close_with_a_duplicate_tuple_does_not_close() -> None:
+def test_close_with_a_duplicate_tuple_does_not_close_but_says_closed() -> None:
+    """As the reference server 0.3.7: a close-only POST whose tuple is a duplicate is
+    answered 204 + Stream-Closed: true + the offset, and the stream stays open."""
     s = SimServer()
     s.post("p", 0, 0, b"abc")
+    s.post("p", 0, 1, b"de")
     r = s.close("p", 0, 0)
-    assert r.status_code == 204 and P.STREAM_CLOSED not in r.headers
+    assert r.status_code == 204 and r.headers[P.STREAM_CLOSED] == "true"
+    assert r.headers[P.PRODUCER_SEQ] == "1"  # the server's last seq, not ours
     assert s.closed_by is None
+    assert s.post("p", 0, 2, b"f").status_code == 200  # still open
