@@ -122,7 +122,8 @@ class SimProducer:
                  fresh_epoch: bool = False, max_in_flight: int = 3, senders: int | None = None,
                  delivery_timeout: float = 20.0, linger: float = 0.01,
                  max_batch_bytes: int = 64, max_batch_items: int = 0,
-                 probe_wait: float = 1.0, producer_id: str = PID) -> None:
+                 probe_wait: float = 1.0, producer_id: str = PID,
+                 validate_json: bool = False) -> None:
         self.server = server
         self.now = 100.0
         self.book = Book()
@@ -140,6 +141,9 @@ class SimProducer:
         self.producer_id = producer_id
         self.delivery_timeout = delivery_timeout
         self.probe_wait = probe_wait
+        #: False: invalid JSON reaches the server (400, SPLIT_JSON); True: the producer's
+        #: default, invalid messages are failed when the batch is sealed
+        self.validate_json = validate_json
         self.stopping = False
         #: known bugs (notes/seqtest.md) whose effects are counted instead of failing
         self.tolerate: set[str] = set()
@@ -504,12 +508,18 @@ class SimProducer:
         if taken is None:
             return None
         messages, total, first = taken
-        good, bad, body = build(messages, self.server.json_mode, False)
+        good, bad, body = build(messages, self.server.json_mode, self.validate_json)
         self.acc.sealed()
         if self.trace is not None:
             self.trace.append(f"t={self.now:.3f} SEAL {messages}")
-        assert not bad
-        batch = Batch(good, total, first, body, self.now + self.delivery_timeout)
+        if bad:
+            self.failed([m for m, _ in bad], errors.BadRequestError(
+                f"{len(bad)} message(s) are not valid JSON (first: {bad[0][1]})", url=URL,
+                code="INVALID_JSON"), sum(len(m) for m, _ in bad))
+        if not good:
+            return None
+        nbytes = total if not bad else sum(len(m) for m in good)
+        batch = Batch(good, nbytes, first, body, self.now + self.delivery_timeout)
         self.batches.append(batch)
         for m in good:
             self.batch_of[m] = batch

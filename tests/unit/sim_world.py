@@ -26,6 +26,7 @@ class Config:
     second_writer: bool = False
     delivery_timeout: float = 8.0
     close: bool = False  # close the stream at the end (close_stream)
+    validate_json: bool = False  # JSON checked at seal time (the producer's default)
 
     @classmethod
     def draw(cls, rnd: random.Random) -> Config:
@@ -35,7 +36,7 @@ class Config:
                    earlier_run=rnd.choice([0, 0, 0, 0, 1, 3]),
                    max_batch_bytes=rnd.choice([12, 16, 40, 1000]),
                    linger=rnd.choice([0.0, 0.01, 0.2]), second_writer=rnd.random() < 0.25,
-                   close=rnd.random() < 0.5)
+                   close=rnd.random() < 0.5, validate_json=rnd.random() < 0.3)
 
 
 FAULTS = [Fault.NONE] * 6 + [Fault.DROP, Fault.LOSE, Fault.UNAVAILABLE, Fault.RATE_LIMITED,
@@ -54,7 +55,8 @@ class World:
         self.p = SimProducer(server, epoch=1000 if cfg.fresh else 0, auto_claim=cfg.auto_claim,
                              fresh_epoch=cfg.fresh, max_in_flight=cfg.max_in_flight,
                              delivery_timeout=cfg.delivery_timeout, linger=cfg.linger,
-                             max_batch_bytes=cfg.max_batch_bytes)
+                             max_batch_bytes=cfg.max_batch_bytes,
+                             validate_json=cfg.validate_json)
         self.other = OtherWriter(server, PID) if cfg.second_writer else None
         self.counters = [0, 0, 0]
         self.steps = 0

@@ -65,16 +65,19 @@ class ProducerMachine(RuleBasedStateMachine):
         linger=st.sampled_from([0.0, 0.01, 0.2]),
         second_writer=st.booleans(),
         close=st.booleans(),
+        validate_json=st.booleans(),
         close_faults=st.lists(st.sampled_from(FAULTS), max_size=3),
     )
     def setup(self, auto_claim: bool, fresh: bool, max_in_flight: int, json_mode: bool,
               earlier_run: int, max_batch_bytes: int, linger: float,
-              second_writer: bool, close: bool, close_faults: list[Fault]) -> None:
+              second_writer: bool, close: bool, validate_json: bool,
+              close_faults: list[Fault]) -> None:
         # an epoch from the clock (fresh) exists only with auto_claim
         cfg = Config(auto_claim=auto_claim, fresh=fresh and auto_claim,
                      max_in_flight=max_in_flight, json_mode=json_mode,
                      earlier_run=earlier_run, max_batch_bytes=max_batch_bytes, linger=linger,
-                     second_writer=second_writer, close=close)
+                     second_writer=second_writer, close=close,
+                     validate_json=validate_json)
         self.w = World(cfg)
         self.close_faults = close_faults
         self.w.p.tolerate = set(TOLERATE)
