@@ -20,6 +20,10 @@ API (every method is called with the producer lock held):
   ``WAIT_EARLIER`` (send again once the seqs in ``earlier`` are resolved: see
   :meth:`any_pending`), ``CHECK_STORED`` (read the stream after the probe offset and call
   :meth:`checked`) or ``SPLIT_JSON`` (drop invalid JSON messages: :meth:`split_json`).
+  After ``RETRY``/``WAIT_EARLIER``/``SEND`` the sender loops: ``check``, ``turn_ok``,
+  ``start_attempt`` again (same epoch, seq and body). Seq 0 of a generation is sent only
+  once the tail is known: :meth:`needs_probe`, :meth:`probe_running`, :meth:`probe_done`.
+  A transport failure marks the body written itself; set ``stopping`` when closing.
 - Closing the stream: :meth:`close_attempt` then :meth:`on_close_outcome` (same rules).
 - Reports go to the :class:`Sink`: ``acked``, ``failed`` (with the messages) and
   ``stopped`` (a fatal error: refuse appends, fail the buffer). ``phase``, ``epoch``,
