@@ -404,6 +404,27 @@ def test_b4_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
     finish(p)  # duplicates in the stream: "0.1" stored at epoch 0 and at epoch 1
 
 
+@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B4: a delivery timeout at "
+                   "seq N re-sequences an earlier batch whose answer was lost while it waits "
+                   "to retry: it is stored twice (byte mode, one writer)")
+def test_b4_deadline_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
+    p = make(max_in_flight=3, delivery_timeout=5.0)
+    p.append(0, 0)
+    settle(p)
+    answer(p, 0)
+    p.append(0, 1)
+    p.append(0, 2)
+    settle(p)
+    answer(p, 1, Fault.LOSE, then_settle=False)  # stored; answer lost; body written
+    p.resume(p.holder(2))  # seq 2 goes out right behind it
+    answer(p, 2, Fault.RATE_LIMITED, then_settle=False)
+    p.resume(p.holder(1))  # seq 1: no answer -> retry after a short sleep
+    p.advance(6.0)  # past both deadlines
+    p.resume(p.holder(2))  # seq 2's 429 is handled first: timed out, a hole -> epoch 1
+    assert p.seq.gen == 1
+    finish(p)  # seq 1's sender wakes, its batch is parked and renumbered: stored twice
+
+
 @pytest.mark.xfail(strict=True, reason="B6: a tail probe (HEAD) answered after a later seq "
                    "of the same generation was sent is still taken as the generation's "
                    "starting point")
