@@ -7,7 +7,11 @@ id (fencing, with and without auto_claim).
 Invariants (see ``SimProducer``): every accepted message is acknowledged or reported failed,
 exactly once; acknowledged messages are in the stream; no message is stored twice; a failure
 that does not say "may have been stored" is not in the stream; per-thread order holds among
-stored messages; every phase change is in ALLOWED; every batch settles exactly once.
+stored messages; every phase change is in ALLOWED; every batch settles exactly once; the
+producer drains (no livelock, no lost notification); a close_stream() that returns closed it.
+Known sequencer bugs (notes/seqtest.md, B1-B7; each pinned by a strict xfail in
+test_sequencer_scenarios.py) are tolerated where their trigger fired, and counted, unless
+DS_SEQ_STRICT=1.
 """
 
 from __future__ import annotations
