@@ -79,7 +79,7 @@ class Sequencer:
         self.fatal: errors.DurableStreamError | None = None
         self.stopping = False
         self.highest_sent: dict[int, int] = {}  # gen -> highest seq sent
-        self.stored_gen = -1  # the latest generation in which a batch got a 200
+        self.stored_gen = -1  # the latest generation whose server state a 200 proved ours
         self.doubtful: set[tuple[int, int]] = set()  # (gen, seq) failed, outcome unknown
         self.claim_fenced = False
         # gen -> the stream's tail read before the generation's first send: where to look
@@ -288,11 +288,21 @@ class Sequencer:
             c.duplicates += 1
         if offset > self.last_offset:
             self.last_offset = offset
-        if not duplicate and batch.gen > self.stored_gen:
+        if not duplicate and batch.gen > self.stored_gen and self._state_is_ours(batch):
             self.stored_gen = batch.gen
         if not duplicate and self.window < self.max_in_flight:
             self.window = min(float(self.max_in_flight), self.window + 1 / self.window)
         self.sink.acked(batch, offset, duplicate)
+
+    def _state_is_ours(self, batch: Batch) -> bool:
+        """Does a 200 for ``batch`` prove the server's state for its epoch is ours? Only
+        when every lower seq of the generation was acknowledged by us first: a 200 for
+        seq N > 0 may continue another writer's seq N-1 (an earlier run of the job at the
+        same epoch) while our own lower seqs were never stored. (Checked until the first
+        such 200 of a generation, not on every 200.)"""
+        gen, seq = batch.gen, batch.seq
+        return not (any(g == gen for g, _ in self.doubtful) or any(
+            b.gen == gen and 0 <= b.seq < seq for b in self.batches.values()))
 
     def fail(self, batch: Batch, err: errors.DurableStreamError, *, hole: bool = False) -> None:
         if not batch.settle(BatchState.FAILED):

@@ -74,7 +74,6 @@ class RecordingSequencer(Sequencer):
         self.bugs: Counter[str] = Counter()
         #: did another writer store data with our id at this epoch? (set by SimProducer)
         self.foreign: Callable[[int], bool] = lambda epoch: False
-        self.seq0_acked: set[int] = set()  # generations whose seq 0 we saw acknowledged
         super().__init__(**kw)  # type: ignore[arg-type]
 
     def _to(self, phase: Phase, why: str) -> None:
@@ -86,14 +85,6 @@ class RecordingSequencer(Sequencer):
 
     # Triggers of known bugs (notes/seqtest.md): recorded where the sequencer takes the
     # faulty decision, so that the machine can tell a known bug from a new one.
-    def ack(self, batch: Batch, offset: str, *, duplicate: bool) -> None:
-        if batch.seq == 0:
-            self.seq0_acked.add(batch.gen)
-        elif (not duplicate and not batch.final and batch.gen not in self.seq0_acked
-              and self.foreign(batch.epoch)):
-            self.bugs["B3"] += 1  # a 200 that continued another writer's state, taken as ours
-        super().ack(batch, offset, duplicate=duplicate)
-
     def maybe_resequence(self) -> None:
         if (self.phase is Phase.DRAINING and self.in_flight == 0 and not self.claim_fenced
                 and any(b.maybe_stored for b in self.parked)):
@@ -193,11 +184,8 @@ class SimProducer:
                 raise InvariantError(f"message {m!r} reported twice (acked after "
                                      f"{'ack' if m in book.acked else 'failure'})")
             if m not in stored:
-                if duplicate and "B3" in self.tolerate and self.foreign_epoch(batch.epoch):
-                    self.seq.bugs["B3"] += 1
-                else:
-                    raise InvariantError(f"message {m!r} acknowledged (duplicate={duplicate})"
-                                         f" but not in the stream: {batch!r}")
+                raise InvariantError(f"message {m!r} acknowledged (duplicate={duplicate})"
+                                     f" but not in the stream: {batch!r}")
             book.acked.add(m)
 
     def failed(self, messages: list[bytes], err: errors.DurableStreamError,
@@ -439,7 +427,7 @@ class SimProducer:
 
     def adopted_foreign(self) -> bool:
         """Did the server store one of our batches with seq > 0 as the continuation of
-        another writer's seq 0 at the same epoch (B3's root cause)?"""
+        another writer's seq 0 at the same epoch (Z2)?"""
         first: dict[int, bool] = {}  # epoch -> its seq 0 was ours
         for a in self.server.log:
             if a.producer != self.producer_id or not a.messages:
@@ -457,7 +445,7 @@ class SimProducer:
             if bug not in self.tolerate:
                 continue
             if bug in ("B1", "B2") or self.seq.bugs[bug] or (
-                    bug == "B3" and self.adopted_foreign()):
+                    bug == "Z2" and self.adopted_foreign()):
                 self.seq.bugs[f"{bug} masked a violation"] += 1
                 return True
         return False
@@ -465,7 +453,7 @@ class SimProducer:
     def check_final(self) -> None:
         book = self.book
         stored = self.stored_ours()
-        if len(stored) != len(set(stored)) and not self._known("B3", "B4", "B6", "Z1"):
+        if len(stored) != len(set(stored)) and not self._known("B4", "B6", "Z1"):
             dups = sorted({m for m in stored if stored.count(m) > 1})
             raise InvariantError(f"duplicates in the stream: {dups[:5]}")
         stored_set = set(stored)
@@ -473,11 +461,11 @@ class SimProducer:
             if m not in book.acked and m not in book.failed:
                 raise InvariantError(f"message {m!r} neither acknowledged nor failed "
                                      f"({'stored' if m in stored_set else 'not stored'})")
-            if m in book.acked and m not in stored_set and not self._known("B3"):
+            if m in book.acked and m not in stored_set :
                 raise InvariantError(f"message {m!r} acknowledged but not stored")
             if (m in book.failed and m in stored_set and not in_doubt(book.failed[m])
                     and not (m in self.undisclosed and self._known("B1"))
-                    and not self._known("B3", "B4", "B6", "Z1")):
+                    and not self._known("B4", "B6", "Z1")):
                 raise InvariantError(f"message {m!r} stored but reported failed without "
                                      f"saying it may be stored: {book.failed[m]}")
         for m, err in book.failed.items():
@@ -490,7 +478,7 @@ class SimProducer:
         last: dict[int, int] = {}
         for m in dict.fromkeys(stored):  # first copies (a second one is a duplicate)
             thread, n = book.accepted[m]
-            if n <= last.get(thread, -1) and not self._known("B3", "B4", "B6", "Z1"):
+            if n <= last.get(thread, -1) and not self._known("B4", "B6", "Z1", "Z2"):
                 raise InvariantError(f"thread {thread}: {n} stored after {last[thread]}")
             last[thread] = n
         for b in self.batches:

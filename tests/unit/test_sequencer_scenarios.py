@@ -368,9 +368,6 @@ def test_b2_batch_after_doubtful_seq0_of_a_new_epoch_is_not_failed() -> None:
     assert stored(p) == [b"<0.1>"]
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B3: a 204 is believed "
-                   "because a later seq got 200, although that 200 continued an earlier "
-                   "run's state: the message is acknowledged but never stored")
 def test_b3_204_after_a_200_that_continued_an_earlier_run() -> None:
     p = make(earlier_run=1, max_in_flight=2)  # the earlier run stored (id, 0, 0)
     p.append(0, 0)
