@@ -361,8 +361,9 @@ class Sequencer:
             return
         self.epoch = max(self.epoch + 1, server_epoch + 1)
         self.gen += 1
-        # After a hole no later batch can have been stored. After being fenced (403, or
-        # another writer's 204), a batch whose answer was lost may be in the stream.
+        # A batch whose answer was lost may be in the stream under the old epoch, whether
+        # we were fenced (403, another writer's 204) or left the epoch after a hole (a
+        # lower seq than the hole can be stored): such batches are looked for (VERIFY).
         self.claim_fenced = fenced
         self.unwritten = set()
         while self.resend:
@@ -379,10 +380,11 @@ class Sequencer:
         """When no old-epoch request is in flight, renumber the parked batches in order."""
         if self.phase is not Phase.DRAINING or self.in_flight > 0:
             return
-        if self.claim_fenced and any(b.maybe_stored for b in self.parked):
-            # Fenced while some answers were lost: those batches may already be in the
-            # stream under the old epoch. A sender looks for them first (VERIFY).
-            self._to(Phase.VERIFYING, "in-doubt batches to look for")
+        if any(b.maybe_stored for b in self.parked):
+            # Some answers were lost: those batches may already be in the stream under
+            # the old epoch. A sender looks for them first (VERIFY).
+            why = "fenced" if self.claim_fenced else "after a hole"
+            self._to(Phase.VERIFYING, f"in-doubt batches to look for ({why})")
             return
         parked = sorted(self.parked, key=lambda b: b.first_index)
         self.parked = []
@@ -393,7 +395,7 @@ class Sequencer:
         self._to(Phase.UNCONFIRMED, f"{len(parked)} batch(es) renumbered")
 
     def verify_candidates(self) -> list[Batch]:
-        """Parked batches whose answer was lost before we were fenced."""
+        """Parked batches whose answer was lost before the epoch changed."""
         return [b for b in self.parked if b.maybe_stored]
 
     def verified(self, batch: Batch, found: bool | None) -> None:
@@ -408,7 +410,7 @@ class Sequencer:
         batch.move(BatchState.ACTIVE)
         if found is None:
             self.fail(batch, errors.ProducerError(
-                f"producer {self.producer_id!r} lost its epoch on {self.where} while the "
+                f"producer {self.producer_id!r} left its epoch on {self.where} while the "
                 "outcome of this batch was unknown (its answer was lost) and the stream "
                 "could not be checked: it may or may not be stored, so it is not re-sent",
                 url=self.url, code="IN_DOUBT"))

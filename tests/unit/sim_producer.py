@@ -85,12 +85,6 @@ class RecordingSequencer(Sequencer):
 
     # Triggers of known bugs (notes/seqtest.md): recorded where the sequencer takes the
     # faulty decision, so that the machine can tell a known bug from a new one.
-    def maybe_resequence(self) -> None:
-        if (self.phase is Phase.DRAINING and self.in_flight == 0 and not self.claim_fenced
-                and any(b.maybe_stored for b in self.parked)):
-            self.bugs["B4"] += 1  # maybe-stored batches renumbered without a VERIFY
-        super().maybe_resequence()
-
     def probe_done(self, gen: int, offset: str | None, *, early: bool) -> None:
         if (offset is not None and not early and gen == self.gen and gen not in self.probes
                 and self.highest_sent.get(gen, -1) >= 0 and self.foreign(self.epoch)):
@@ -453,7 +447,7 @@ class SimProducer:
     def check_final(self) -> None:
         book = self.book
         stored = self.stored_ours()
-        if len(stored) != len(set(stored)) and not self._known("B4", "B6", "Z1"):
+        if len(stored) != len(set(stored)) and not self._known("B6", "Z1"):
             dups = sorted({m for m in stored if stored.count(m) > 1})
             raise InvariantError(f"duplicates in the stream: {dups[:5]}")
         stored_set = set(stored)
@@ -465,7 +459,7 @@ class SimProducer:
                 raise InvariantError(f"message {m!r} acknowledged but not stored")
             if (m in book.failed and m in stored_set and not in_doubt(book.failed[m])
                     and not (m in self.undisclosed and self._known("B1"))
-                    and not self._known("B4", "B6", "Z1")):
+                    and not self._known("B6", "Z1")):
                 raise InvariantError(f"message {m!r} stored but reported failed without "
                                      f"saying it may be stored: {book.failed[m]}")
         for m, err in book.failed.items():
@@ -478,7 +472,7 @@ class SimProducer:
         last: dict[int, int] = {}
         for m in dict.fromkeys(stored):  # first copies (a second one is a duplicate)
             thread, n = book.accepted[m]
-            if n <= last.get(thread, -1) and not self._known("B4", "B6", "Z1", "Z2"):
+            if n <= last.get(thread, -1) and not self._known("B6", "Z1", "Z2"):
                 raise InvariantError(f"thread {thread}: {n} stored after {last[thread]}")
             last[thread] = n
         for b in self.batches:

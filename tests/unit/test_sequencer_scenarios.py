@@ -384,9 +384,6 @@ def test_b3_204_after_a_200_that_continued_an_earlier_run() -> None:
     finish(p)
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B4: a hole (400) at seq N "
-                   "re-sequences an earlier unresolved batch whose answer was lost without "
-                   "looking for it first: it is stored twice")
 def test_b4_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
     p = make(json_mode=True, max_in_flight=3)
     p.append(0, 0)
@@ -401,9 +398,6 @@ def test_b4_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
     finish(p)  # duplicates in the stream: "0.1" stored at epoch 0 and at epoch 1
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B4: a delivery timeout at "
-                   "seq N re-sequences an earlier batch whose answer was lost while it waits "
-                   "to retry: it is stored twice (byte mode, one writer)")
 def test_b4_deadline_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
     p = make(max_in_flight=3, delivery_timeout=5.0)
     p.append(0, 0)
