@@ -233,23 +233,67 @@ def on_close_outcome(sq: Sequencer, o: Outcome, epoch: int, seq: int, now: float
                      retry_n: int) -> Decision:
     """The decision for an answer to the closing POST (carrying producer headers)."""
     kind = o.kind
-    if kind in (Kind.OK, Kind.DUPLICATE, Kind.NOT_DURABLE):
-        # A retried close is deduplicated by the server: a 204 is our own close.
-        sq.next_seq = seq + 1
-        if o.offset > sq.last_offset:
-            sq.last_offset = o.offset
-        return Decision(Act.DONE, offset=o.offset)
+    if kind is Kind.DUPLICATE:
+        # A close-only POST is answered 204 (Stream-Closed: true, Producer-Seq: seq) when
+        # it closes the stream and when it retries our closing request; but a plain
+        # duplicate tuple (another writer's or an earlier run's data at this epoch) gets
+        # the same 204, with Producer-Seq = the server's last seq, and the stream stays
+        # open. A last seq other than ours is not our close; an equal one is told apart
+        # by a HEAD (once per close_stream).
+        if o.server_seq is None or o.server_seq == seq:
+            return Decision(Act.CHECK_STORED)
+        return _close_not_ours(sq, o, epoch, seq)
+    if kind is Kind.OK or kind is Kind.NOT_DURABLE:
+        return _close_done(sq, seq, o.offset)
     if kind is Kind.FENCED and sq.auto_claim:
-        # The same claim as for a batch (nothing is left to renumber after the flush).
-        before = sq.epoch
-        sq.begin_claim(None, o.epoch or 0, fenced=True)
-        sq.maybe_resequence()
-        if sq.epoch == before:  # the claim could not start (stopped, epoch overflow)
-            return Decision(Act.RAISE, error=sq.fatal or stale_epoch(sq, epoch, o.epoch, o))
-        return SEND
+        return _close_claim(sq, o, epoch, o.epoch or 0)
     if kind is Kind.FENCED:
         return Decision(Act.RAISE, error=stale_epoch(sq, epoch, o.epoch, o))
     if (kind is Kind.TRANSPORT or kind is Kind.RETRYABLE) and now < deadline:
         sq.counters.retries += 1
         return Decision(Act.RETRY, delay=sq.retry.delay(min(retry_n, 30), o.retry_after))
     return Decision(Act.RAISE, error=_err(sq, o))
+
+
+def close_checked(sq: Sequencer, o: Outcome, epoch: int, seq: int, closed: bool | None,
+                  now: float, deadline: float, retry_n: int) -> Decision:
+    """After a 204 to the close: ``closed`` is what a HEAD said (None: it failed)."""
+    if closed:
+        return _close_done(sq, seq, o.offset)
+    if closed is False:
+        return _close_not_ours(sq, o, epoch, seq)
+    if now < deadline:
+        sq.counters.retries += 1
+        return Decision(Act.RETRY, delay=sq.retry.delay(min(retry_n, 30), None))
+    return Decision(Act.RAISE, error=errors.ProducerError(
+        f"closing {sq.where}: the server answered 204 to the close and the stream could not "
+        "be read (HEAD) to tell whether it is closed: it may or may not be",
+        url=sq.url, code="IN_DOUBT"))
+
+
+def _close_done(sq: Sequencer, seq: int, offset: str) -> Decision:
+    sq.next_seq = seq + 1
+    if offset > sq.last_offset:
+        sq.last_offset = offset
+    return Decision(Act.DONE, offset=offset)
+
+
+def _close_claim(sq: Sequencer, o: Outcome, epoch: int, server_epoch: int) -> Decision:
+    """The same claim as for a batch (nothing is left to renumber after the flush)."""
+    before = sq.epoch
+    sq.begin_claim(None, server_epoch, fenced=True)
+    sq.maybe_resequence()
+    if sq.epoch == before:  # the claim could not start (stopped, epoch overflow)
+        return Decision(Act.RAISE, error=sq.fatal or stale_epoch(sq, epoch, o.epoch, o))
+    return SEND
+
+
+def _close_not_ours(sq: Sequencer, o: Outcome, epoch: int, seq: int) -> Decision:
+    """A 204 to a close that is not ours: someone else wrote this (id, epoch, seq)."""
+    if sq.auto_claim:
+        return _close_claim(sq, o, epoch, epoch)
+    return Decision(Act.RAISE, error=errors.StaleEpochError(
+        f"producer id {sq.producer_id!r} at epoch {epoch} was already used by another "
+        f"writer of {sq.where}: the server reports the closing seq {seq} as a duplicate, so "
+        "the stream was not closed; use auto_claim=True or a higher epoch",
+        current_epoch=epoch, status=204, url=sq.url, headers=o.headers))

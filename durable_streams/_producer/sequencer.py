@@ -24,7 +24,9 @@ API (every method is called with the producer lock held):
   ``start_attempt`` again (same epoch, seq and body). Seq 0 of a generation is sent only
   once the tail is known: :meth:`needs_probe`, :meth:`probe_running`, :meth:`probe_done`.
   A transport failure marks the body written itself; set ``stopping`` when closing.
-- Closing the stream: :meth:`close_attempt` then :meth:`on_close_outcome` (same rules).
+- Closing the stream: :meth:`close_attempt` then :meth:`on_close_outcome` (same rules);
+  on ``CHECK_STORED`` (a 204: closed, or a plain duplicate?) a HEAD, then
+  :meth:`close_checked`.
 - Reports go to the :class:`Sink`: ``acked``, ``failed`` (with the messages) and
   ``stopped`` (a fatal error: refuse appends, fail the buffer). ``phase``, ``epoch``,
   ``next_seq``, ``last_offset`` and ``fatal`` can be read at any time.
@@ -271,6 +273,11 @@ class Sequencer:
                          retry_n: int) -> Decision:
         """The decision for an answer to the closing POST (carrying producer headers)."""
         return rules.on_close_outcome(self, o, epoch, seq, now, deadline, retry_n)
+
+    def close_checked(self, o: Outcome, epoch: int, seq: int, closed: bool | None,
+                      now: float, deadline: float, retry_n: int) -> Decision:
+        """After ``CHECK_STORED`` for the close: ``closed`` from a HEAD (None: failed)."""
+        return rules.close_checked(self, o, epoch, seq, closed, now, deadline, retry_n)
 
     # -- settling ------------------------------------------------------------------------
     def ack(self, batch: Batch, offset: str, *, duplicate: bool) -> None:

@@ -379,6 +379,14 @@ class SimProducer:
             with self.lock:
                 decision = self.seq.on_close_outcome(outcome, epoch, seq, self.now, deadline,
                                                      retry_n)
+            if decision.act is Act.CHECK_STORED:  # HEAD: is the stream closed?
+                closed = self.server.closed_by is not None
+                self.stats["HEAD"] += 1
+                if self.trace is not None:
+                    self.trace.append(f"t={self.now:.3f} HEAD after close -> closed={closed}")
+                with self.lock:
+                    decision = self.seq.close_checked(outcome, epoch, seq, closed, self.now,
+                                                      deadline, retry_n)
             if decision.act is Act.DONE:
                 return decision.offset
             if decision.act is Act.RAISE:

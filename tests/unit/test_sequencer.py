@@ -530,9 +530,33 @@ def test_close_outcomes() -> None:
     assert seq.epoch == 7 and seq.next_seq == 0 and seq.counters.claims == 1
     assert seq.phase is Phase.UNCONFIRMED  # claimed through the transition table
     e, n = seq.close_attempt()
-    d = seq.on_close_outcome(dup(), e, n, 0.0, 10.0, 0)
+    # a 204 (Producer-Seq = ours) is our close only if the stream is closed: look (HEAD)
+    assert seq.on_close_outcome(dup(n), e, n, 0.0, 10.0, 0).act is Act.CHECK_STORED
+    d = seq.close_checked(dup(n), e, n, True, 0.0, 10.0, 0)
     assert d.act is Act.DONE and d.offset == "0_7" and seq.next_seq == 1
     assert seq.last_offset == "0_7"
+
+
+def test_close_answered_by_a_plain_duplicate_is_not_ours() -> None:
+    # B7: a 204 naming a later last seq than the closing one: another writer's tuple
+    seq, _ = make(epoch=2)
+    d = seq.on_close_outcome(dup(5), 2, 0, 0.0, 10.0, 0)
+    assert d.act is Act.RAISE and isinstance(d.error, errors.StaleEpochError)
+    assert "not closed" in str(d.error)
+    seq, _ = make(auto_claim=True, epoch=2)
+    assert seq.on_close_outcome(dup(5), 2, 0, 0.0, 10.0, 0).act is Act.SEND
+    assert seq.epoch == 3 and seq.next_seq == 0
+
+
+def test_close_204_with_the_stream_open_is_not_ours() -> None:
+    seq, _ = make(epoch=2)
+    assert seq.on_close_outcome(dup(0), 2, 0, 0.0, 10.0, 0).act is Act.CHECK_STORED
+    d = seq.close_checked(dup(0), 2, 0, False, 0.0, 10.0, 0)  # HEAD: the stream is open
+    assert d.act is Act.RAISE and isinstance(d.error, errors.StaleEpochError)
+    # the HEAD failed: retry until the deadline, then say it is in doubt
+    assert seq.close_checked(dup(0), 2, 0, None, 0.0, 10.0, 0).act is Act.RETRY
+    d = seq.close_checked(dup(0), 2, 0, None, 11.0, 10.0, 0)
+    assert d.act is Act.RAISE and d.error is not None and d.error.code == "IN_DOUBT"
 
 
 def test_close_without_auto_claim_raises_the_stale_epoch() -> None:

@@ -15,7 +15,7 @@ from durable_streams import errors
 from durable_streams._producer.outcome import Kind
 from durable_streams._producer.sequencer import Phase, Sequencer
 
-from .sim_producer import PID, InvariantError, SimProducer, in_doubt
+from .sim_producer import PID, SimProducer, in_doubt
 from .sim_server import RETRY, URL, Fault, OtherWriter, SimServer, previous_run
 
 
@@ -440,13 +440,34 @@ def test_b6_probe_after_a_send_of_the_generation_is_not_used() -> None:
     assert 0 not in sq.probes
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B7: close_stream takes any "
-                   "204 as its own close; a close whose tuple is a duplicate of someone's "
-                   "data gets 204 (+Stream-Closed: true) and the stream stays open")
-def test_b7_close_answered_by_a_plain_duplicate_is_not_success() -> None:
-    p = make(earlier_run=2)  # an earlier run left (id, epoch 0, seq 0..1)
-    # (0, 0) is a duplicate: 204 + Stream-Closed: true (the reference server says so although
-    # it did not close), and close_stream returns the tail as the "final offset"
+@pytest.mark.parametrize("earlier", [1, 2])
+def test_b7_close_answered_by_a_plain_duplicate_is_not_success(earlier: int) -> None:
+    """B7: a close-only POST whose (epoch, seq) is a plain duplicate of an earlier run's
+    data gets 204 (+ Stream-Closed: true from the reference server) but closes nothing:
+    without auto_claim that is another writer's epoch, not a success. (With one earlier
+    message the 204's Producer-Seq is the closing seq itself: only a HEAD tells.)"""
+    p = make(earlier_run=earlier)  # an earlier run left (id, epoch 0, seq 0..earlier-1)
+    with pytest.raises(errors.StaleEpochError, match="closing seq 0 as a duplicate"):
+        p.close_stream([])
+    assert p.server.closed_by is None
+
+
+def test_b7_close_answered_by_a_plain_duplicate_claims_with_auto_claim() -> None:
+    p = make(earlier_run=2, auto_claim=True)
     offset = p.close_stream([])
-    assert offset == p.server.tail()
     p.check_closed(offset)
+    assert p.server.closed_by == (PID, 1, 0)
+
+
+def test_b7_retried_close_is_checked_with_a_head() -> None:
+    """A 204 to a retry of a close whose answer was lost is ours only if the stream is
+    closed (a HEAD), even when the server's last seq equals the closing seq."""
+    p = make()
+    p.append(0, 0)
+    settle(p)
+    answer(p, 0)
+    heads = p.stats["HEAD"]
+    offset = p.close_stream([Fault.LOSE])
+    p.check_closed(offset)
+    assert p.server.closed_by == (PID, 0, 1)
+    assert p.stats["HEAD"] == heads + 1
