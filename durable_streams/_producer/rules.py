@@ -44,6 +44,10 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
         return _on_fenced(sq, batch, o)
     if kind is Kind.SEQ_GAP:
         return _on_gap(sq, batch, o)
+    if kind is Kind.BAD_REQUEST and batch.seq > 0 and batch.gen == sq.gen:
+        decision = _new_epoch_400(sq, batch)
+        if decision is not None:
+            return decision
     if kind is Kind.BAD_REQUEST and sq.json_mode and len(batch.messages) >= 2:
         return Decision(Act.SPLIT_JSON, error=_err(sq, o))
     if kind is Kind.BAD_REQUEST or kind is Kind.TOO_LARGE:
@@ -54,6 +58,25 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
     sq.stop(err)
     sq.fail(batch, err)
     return DONE
+
+
+def _new_epoch_400(sq: Sequencer, batch: Batch) -> Decision | None:
+    """A 400 for seq > 0 while seq 0 of the generation is not known stored: for an epoch
+    above the server's, §5.2.1 answers "new epoch must start with sequence 0" (a 400, not
+    the 409 naming seq 0). The batch is valid; None: a plain bad request."""
+    gen = batch.gen
+    if (gen, 0) in sq.doubtful:
+        # Seq 0 failed in doubt: the server confirms it was not stored, as a 409 would.
+        sq.doubtful.discard((gen, 0))
+        sq.begin_claim(None, sq.epoch)
+        sq.park_or_fail(batch)
+        return DONE
+    if sq.pending(gen, 0):
+        # Seq 0 has not reached the server yet (the turn wait is bounded): resend after
+        # it. If the body is bad after all, the next answer is the same 400 and is final.
+        sq.unwritten.add(batch.seq)
+        return Decision(Act.WAIT_EARLIER, earlier=range(0, batch.seq))
+    return None
 
 
 def _err(sq: Sequencer, o: Outcome) -> errors.DurableStreamError:

@@ -347,9 +347,6 @@ def test_b1_fenced_after_a_lost_answer_says_it_may_be_stored() -> None:
     assert in_doubt(err), str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="B2: after seq 0 of an epoch new to the server fails "
-                   "in doubt, the next batch gets 400 (new epoch must start at 0) and is "
-                   "failed instead of re-sequenced")
 def test_b2_batch_after_doubtful_seq0_of_a_new_epoch_is_not_failed() -> None:
     p = make(auto_claim=True, fresh_epoch=True, epoch=1_700_000_000_000, delivery_timeout=5.0,
              earlier_run=1)  # the server knows the id at a lower epoch
