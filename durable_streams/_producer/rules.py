@@ -48,6 +48,9 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
         decision = _new_epoch_400(sq, batch)
         if decision is not None:
             return decision
+    if kind is Kind.BAD_REQUEST or kind is Kind.TOO_LARGE:
+        # The body itself is refused: no attempt of this same body can have been stored.
+        batch.maybe_stored = batch.ambiguous = False
     if kind is Kind.BAD_REQUEST and sq.json_mode and len(batch.messages) >= 2:
         return Decision(Act.SPLIT_JSON, error=_err(sq, o))
     if kind is Kind.BAD_REQUEST or kind is Kind.TOO_LARGE:
@@ -90,13 +93,11 @@ def transient(sq: Sequencer, batch: Batch, err: errors.DurableStreamError,
               retry_after: float | None, now: float) -> Decision:
     """Retry later with the same (epoch, seq, body), or give up at the deadline."""
     if now >= batch.deadline or (sq.stopping and sq.fatal is not None):
-        note = (" (it may have been stored: the last attempts got no response)"
-                if batch.ambiguous else "")
         timed_out = type(err)(
             f"delivery to {sq.where} timed out after {sq.delivery_timeout:.0f}s and "
-            f"{batch.attempts} attempt(s): {err}{note}",
+            f"{batch.attempts} attempt(s): {err}",
             status=err.status, url=sq.url, code=err.code,
-        )
+        )  # fail() adds that it may have been stored (a lost answer, a proxy's 5xx)
         sq.fail(batch, timed_out, hole=True)
         return DONE
     wait = sq.retry.delay(min(batch.retry_n, 30), retry_after)

@@ -49,6 +49,7 @@ from . import rules
 from .actions import ALLOWED, Act, Decision, Phase, Sink, Task, Work
 from .batch import Batch, BatchState, Counters
 from .outcome import Outcome
+from .reporter import copy_error
 
 log = logging.getLogger("durable_streams.producer")
 
@@ -317,6 +318,8 @@ class Sequencer:
         self.batches.pop(batch.id, None)
         if batch.gen == self.gen:
             self.unwritten.discard(batch.seq)
+        if (batch.maybe_stored or batch.ambiguous) and not err.maybe_stored:
+            err = _in_doubt(err)
         self.sink.failed(batch.messages, err, batch.nbytes)
         if hole and self.fatal is None and batch.gen == self.gen:
             if batch.maybe_stored:
@@ -423,3 +426,17 @@ class Sequencer:
                 url=self.url, code="IN_DOUBT"))
         else:
             self.ack(batch, "", duplicate=True)
+
+
+def _in_doubt(err: errors.DurableStreamError) -> errors.DurableStreamError:
+    """``err`` for a batch that may be stored after all: a copy that says so (message and
+    ``maybe_stored``), so that a caller does not re-append it blindly."""
+    doubt = copy_error(err)
+    doubt.maybe_stored = True
+    text = str(err)
+    if not ("may have been stored" in text or "may or may not" in text):
+        doubt.message = text + (
+            " (it may have been stored: an earlier attempt got no clear answer, so "
+            "re-appending it may duplicate it)")
+        doubt.args = (doubt.message,)
+    return doubt

@@ -148,7 +148,6 @@ class SimProducer:
         self.tolerate: set[str] = set()
         self.batches: list[Batch] = []  # every batch ever sealed
         self.batch_of: dict[bytes, Batch] = {}
-        self.undisclosed: set[bytes] = set()  # failed "definitely" while maybe stored
         self.wire: list[Req] = []  # requests not handled by the server yet
         self.zombies: list[Req] = []  # requests given up by the client, still on the wire
         n = senders if senders is not None else max_in_flight
@@ -190,12 +189,11 @@ class SimProducer:
             self.trace.append(f"t={self.now:.3f} FAIL {messages} {err}")
         self.stats[f"failed:{type(err).__name__}:{err.code}:{str(err)[-60:]}"] += 1
         book = self.book
-        if not in_doubt(err) and any(
+        if not (in_doubt(err) and err.maybe_stored) and any(
                 b.maybe_stored for b in {id(b): b for b in (self.batch_of.get(m) for m in messages)
                                          if b is not None}.values()):
-            # Known gap (notes/seqtest.md, B1): the batch may be stored (a 5xx after the
-            # commit) but the error does not say so.
-            self.undisclosed.update(messages)
+            raise InvariantError(f"{messages} may be stored but failed without saying so "
+                                 f"(message and maybe_stored): {err}")
         for m in messages:
             if m in book.acked or m in book.failed:
                 raise InvariantError(f"message {m!r} reported failed after being "
@@ -446,7 +444,7 @@ class SimProducer:
         for bug in bugs:
             if bug not in self.tolerate:
                 continue
-            if bug == "B1" or self.seq.bugs[bug] or (
+            if self.seq.bugs[bug] or (
                     bug == "Z2" and self.adopted_foreign()):
                 self.seq.bugs[f"{bug} masked a violation"] += 1
                 return True
@@ -463,10 +461,9 @@ class SimProducer:
             if m not in book.acked and m not in book.failed:
                 raise InvariantError(f"message {m!r} neither acknowledged nor failed "
                                      f"({'stored' if m in stored_set else 'not stored'})")
-            if m in book.acked and m not in stored_set :
+            if m in book.acked and m not in stored_set:
                 raise InvariantError(f"message {m!r} acknowledged but not stored")
             if (m in book.failed and m in stored_set and not in_doubt(book.failed[m])
-                    and not (m in self.undisclosed and self._known("B1"))
                     and not self._known("B6", "Z1")):
                 raise InvariantError(f"message {m!r} stored but reported failed without "
                                      f"saying it may be stored: {book.failed[m]}")
