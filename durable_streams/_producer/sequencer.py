@@ -172,9 +172,11 @@ class Sequencer:
         if offset is None:
             return
         # First result wins: a probe answered later may postdate our first send. An early
-        # probe counts only if nothing of this generation was sent meanwhile.
-        sent = self.highest_sent.get(gen, -1) >= 0
-        if gen == self.gen and gen not in self.probes and not (early and sent):
+        # probe counts only if nothing of this generation was sent meanwhile; seq 0's own
+        # probe only if no later seq went out first (after the bounded turn wait): the
+        # tail may lie after our own data then, and "not found" would be a lie.
+        sent = self.highest_sent.get(gen, -1)
+        if gen == self.gen and gen not in self.probes and sent < (0 if early else 1):
             self.probes[gen] = offset
             for old in [g for g in self.probes if g < gen - 8]:
                 del self.probes[old]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from durable_streams import errors
@@ -72,8 +72,6 @@ class RecordingSequencer(Sequencer):
         self.transitions: list[tuple[Phase, Phase]] = []
         self.trace: list[str] | None = None
         self.bugs: Counter[str] = Counter()
-        #: did another writer store data with our id at this epoch? (set by SimProducer)
-        self.foreign: Callable[[int], bool] = lambda epoch: False
         super().__init__(**kw)  # type: ignore[arg-type]
 
     def _to(self, phase: Phase, why: str) -> None:
@@ -82,14 +80,6 @@ class RecordingSequencer(Sequencer):
         if self.trace is not None:
             self.trace.append(f"PHASE {self.phase.name} -> {phase.name} ({why})")
         super()._to(phase, why)
-
-    # Triggers of known bugs (notes/seqtest.md): recorded where the sequencer takes the
-    # faulty decision, so that the machine can tell a known bug from a new one.
-    def probe_done(self, gen: int, offset: str | None, *, early: bool) -> None:
-        if (offset is not None and not early and gen == self.gen and gen not in self.probes
-                and self.highest_sent.get(gen, -1) >= 0 and self.foreign(self.epoch)):
-            self.bugs["B6"] += 1  # a tail probe taken after this generation's first send
-        super().probe_done(gen, offset, early=early)
 
 
 class InvariantError(AssertionError):
@@ -136,7 +126,6 @@ class SimProducer:
             fresh_epoch=fresh_epoch, max_in_flight=max_in_flight, retry=RETRY,
             delivery_timeout=delivery_timeout, sink=self, counters=self.counters,
             json_mode=server.json_mode)
-        self.seq.foreign = self.foreign_epoch
         self.producer_id = producer_id
         self.delivery_timeout = delivery_timeout
         self.probe_wait = probe_wait
@@ -453,7 +442,7 @@ class SimProducer:
     def check_final(self) -> None:
         book = self.book
         stored = self.stored_ours()
-        if len(stored) != len(set(stored)) and not self._known("B6", "Z1"):
+        if len(stored) != len(set(stored)) and not self._known("Z1"):
             dups = sorted({m for m in stored if stored.count(m) > 1})
             raise InvariantError(f"duplicates in the stream: {dups[:5]}")
         stored_set = set(stored)
@@ -464,7 +453,7 @@ class SimProducer:
             if m in book.acked and m not in stored_set:
                 raise InvariantError(f"message {m!r} acknowledged but not stored")
             if (m in book.failed and m in stored_set and not in_doubt(book.failed[m])
-                    and not self._known("B6", "Z1")):
+                    and not self._known("Z1")):
                 raise InvariantError(f"message {m!r} stored but reported failed without "
                                      f"saying it may be stored: {book.failed[m]}")
         for m, err in book.failed.items():
@@ -476,7 +465,7 @@ class SimProducer:
         last: dict[int, int] = {}
         for m in dict.fromkeys(stored):  # first copies (a second one is a duplicate)
             thread, n = book.accepted[m]
-            if n <= last.get(thread, -1) and not self._known("B6", "Z1", "Z2"):
+            if n <= last.get(thread, -1) and not self._known("Z1", "Z2"):
                 raise InvariantError(f"thread {thread}: {n} stored after {last[thread]}")
             last[thread] = n
         for b in self.batches:

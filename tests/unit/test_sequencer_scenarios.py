@@ -3,8 +3,8 @@ server: the real Sequencer and Accumulator, simulated senders, one fault at a ti
 
 Each test ends with ``drain()`` (stop; deliver everything without faults) and
 ``check_final()`` (exactly once, per-thread order, every batch settled), with no known bug
-tolerated. Tests marked xfail(strict=True) pin down bugs found by the state machine
-(notes/seqtest.md, B1-B6): they must start passing when the bug is fixed.
+tolerated. The test_b* scenarios pin down the bugs found by the state machine
+(notes/seqtest.md, B1-B7), fixed as described in notes/fix.md.
 """
 
 from __future__ import annotations
@@ -409,9 +409,6 @@ def test_b4_deadline_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> 
     finish(p)  # seq 1's sender wakes, its batch is parked and renumbered: stored twice
 
 
-@pytest.mark.xfail(strict=True, reason="B6: a tail probe (HEAD) answered after a later seq "
-                   "of the same generation was sent is still taken as the generation's "
-                   "starting point")
 def test_b6_probe_after_a_send_of_the_generation_is_not_used() -> None:
     from durable_streams._producer.batch import Batch
 
