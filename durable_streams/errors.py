@@ -58,6 +58,9 @@ class DurableStreamError(Exception):
         headers: the response headers, when there was a response.
         body: the response body text (truncated), when there was one.
         undelivered: for producer failures, the messages this failure left undelivered.
+        maybe_stored: for producer failures, True when the messages may have been stored
+            after all (an attempt got no clear answer): re-appending them may duplicate
+            them (the message says so too).
     """
 
     default_code = "UNEXPECTED_STATUS"
@@ -84,6 +87,7 @@ class DurableStreamError(Exception):
         self.headers: dict[str, str] = dict(headers) if headers else {}
         self.body = body
         self.undelivered: tuple[bytes, ...] = ()
+        self.maybe_stored = False
 
     def __str__(self) -> str:
         return self.message

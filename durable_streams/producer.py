@@ -364,6 +364,12 @@ class IdempotentProducer:
             with self._lock:
                 decision = self._seq.on_close_outcome(outcome, epoch, seq, time.monotonic(),
                                                       deadline, retry_n)
+            if decision.act is Act.CHECK_STORED:  # a 204: is the stream closed (by us)?
+                closed = self._transport.stream_closed()
+                with self._lock:
+                    decision = self._seq.close_checked(outcome, epoch, seq, closed,
+                                                       time.monotonic(), deadline, retry_n)
+            with self._lock:
                 if decision.act is Act.DONE:
                     self._close_result = decision.offset
                     return decision.offset

@@ -44,6 +44,13 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
         return _on_fenced(sq, batch, o)
     if kind is Kind.SEQ_GAP:
         return _on_gap(sq, batch, o)
+    if kind is Kind.BAD_REQUEST and batch.seq > 0 and batch.gen == sq.gen:
+        decision = _new_epoch_400(sq, batch)
+        if decision is not None:
+            return decision
+    if kind is Kind.BAD_REQUEST or kind is Kind.TOO_LARGE:
+        # The body itself is refused: no attempt of this same body can have been stored.
+        batch.maybe_stored = batch.ambiguous = False
     if kind is Kind.BAD_REQUEST and sq.json_mode and len(batch.messages) >= 2:
         return Decision(Act.SPLIT_JSON, error=_err(sq, o))
     if kind is Kind.BAD_REQUEST or kind is Kind.TOO_LARGE:
@@ -54,6 +61,25 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
     sq.stop(err)
     sq.fail(batch, err)
     return DONE
+
+
+def _new_epoch_400(sq: Sequencer, batch: Batch) -> Decision | None:
+    """A 400 for seq > 0 while seq 0 of the generation is not known stored: for an epoch
+    above the server's, §5.2.1 answers "new epoch must start with sequence 0" (a 400, not
+    the 409 naming seq 0). The batch is valid; None: a plain bad request."""
+    gen = batch.gen
+    if (gen, 0) in sq.doubtful:
+        # Seq 0 failed in doubt: the server confirms it was not stored, as a 409 would.
+        sq.doubtful.discard((gen, 0))
+        sq.begin_claim(None, sq.epoch)
+        sq.park_or_fail(batch)
+        return DONE
+    if sq.pending(gen, 0):
+        # Seq 0 has not reached the server yet (the turn wait is bounded): resend after
+        # it. If the body is bad after all, the next answer is the same 400 and is final.
+        sq.unwritten.add(batch.seq)
+        return Decision(Act.WAIT_EARLIER, earlier=range(0, batch.seq))
+    return None
 
 
 def _err(sq: Sequencer, o: Outcome) -> errors.DurableStreamError:
@@ -67,13 +93,11 @@ def transient(sq: Sequencer, batch: Batch, err: errors.DurableStreamError,
               retry_after: float | None, now: float) -> Decision:
     """Retry later with the same (epoch, seq, body), or give up at the deadline."""
     if now >= batch.deadline or (sq.stopping and sq.fatal is not None):
-        note = (" (it may have been stored: the last attempts got no response)"
-                if batch.ambiguous else "")
         timed_out = type(err)(
             f"delivery to {sq.where} timed out after {sq.delivery_timeout:.0f}s and "
-            f"{batch.attempts} attempt(s): {err}{note}",
+            f"{batch.attempts} attempt(s): {err}",
             status=err.status, url=sq.url, code=err.code,
-        )
+        )  # fail() adds that it may have been stored (a lost answer, a proxy's 5xx)
         sq.fail(batch, timed_out, hole=True)
         return DONE
     wait = sq.retry.delay(min(batch.retry_n, 30), retry_after)
@@ -233,23 +257,67 @@ def on_close_outcome(sq: Sequencer, o: Outcome, epoch: int, seq: int, now: float
                      retry_n: int) -> Decision:
     """The decision for an answer to the closing POST (carrying producer headers)."""
     kind = o.kind
-    if kind in (Kind.OK, Kind.DUPLICATE, Kind.NOT_DURABLE):
-        # A retried close is deduplicated by the server: a 204 is our own close.
-        sq.next_seq = seq + 1
-        if o.offset > sq.last_offset:
-            sq.last_offset = o.offset
-        return Decision(Act.DONE, offset=o.offset)
+    if kind is Kind.DUPLICATE:
+        # A close-only POST is answered 204 (Stream-Closed: true, Producer-Seq: seq) when
+        # it closes the stream and when it retries our closing request; but a plain
+        # duplicate tuple (another writer's or an earlier run's data at this epoch) gets
+        # the same 204, with Producer-Seq = the server's last seq, and the stream stays
+        # open. A last seq other than ours is not our close; an equal one is told apart
+        # by a HEAD (once per close_stream).
+        if o.server_seq is None or o.server_seq == seq:
+            return Decision(Act.CHECK_STORED)
+        return _close_not_ours(sq, o, epoch, seq)
+    if kind is Kind.OK or kind is Kind.NOT_DURABLE:
+        return _close_done(sq, seq, o.offset)
     if kind is Kind.FENCED and sq.auto_claim:
-        # The same claim as for a batch (nothing is left to renumber after the flush).
-        before = sq.epoch
-        sq.begin_claim(None, o.epoch or 0, fenced=True)
-        sq.maybe_resequence()
-        if sq.epoch == before:  # the claim could not start (stopped, epoch overflow)
-            return Decision(Act.RAISE, error=sq.fatal or stale_epoch(sq, epoch, o.epoch, o))
-        return SEND
+        return _close_claim(sq, o, epoch, o.epoch or 0)
     if kind is Kind.FENCED:
         return Decision(Act.RAISE, error=stale_epoch(sq, epoch, o.epoch, o))
     if (kind is Kind.TRANSPORT or kind is Kind.RETRYABLE) and now < deadline:
         sq.counters.retries += 1
         return Decision(Act.RETRY, delay=sq.retry.delay(min(retry_n, 30), o.retry_after))
     return Decision(Act.RAISE, error=_err(sq, o))
+
+
+def close_checked(sq: Sequencer, o: Outcome, epoch: int, seq: int, closed: bool | None,
+                  now: float, deadline: float, retry_n: int) -> Decision:
+    """After a 204 to the close: ``closed`` is what a HEAD said (None: it failed)."""
+    if closed:
+        return _close_done(sq, seq, o.offset)
+    if closed is False:
+        return _close_not_ours(sq, o, epoch, seq)
+    if now < deadline:
+        sq.counters.retries += 1
+        return Decision(Act.RETRY, delay=sq.retry.delay(min(retry_n, 30), None))
+    return Decision(Act.RAISE, error=errors.ProducerError(
+        f"closing {sq.where}: the server answered 204 to the close and the stream could not "
+        "be read (HEAD) to tell whether it is closed: it may or may not be",
+        url=sq.url, code="IN_DOUBT"))
+
+
+def _close_done(sq: Sequencer, seq: int, offset: str) -> Decision:
+    sq.next_seq = seq + 1
+    if offset > sq.last_offset:
+        sq.last_offset = offset
+    return Decision(Act.DONE, offset=offset)
+
+
+def _close_claim(sq: Sequencer, o: Outcome, epoch: int, server_epoch: int) -> Decision:
+    """The same claim as for a batch (nothing is left to renumber after the flush)."""
+    before = sq.epoch
+    sq.begin_claim(None, server_epoch, fenced=True)
+    sq.maybe_resequence()
+    if sq.epoch == before:  # the claim could not start (stopped, epoch overflow)
+        return Decision(Act.RAISE, error=sq.fatal or stale_epoch(sq, epoch, o.epoch, o))
+    return SEND
+
+
+def _close_not_ours(sq: Sequencer, o: Outcome, epoch: int, seq: int) -> Decision:
+    """A 204 to a close that is not ours: someone else wrote this (id, epoch, seq)."""
+    if sq.auto_claim:
+        return _close_claim(sq, o, epoch, epoch)
+    return Decision(Act.RAISE, error=errors.StaleEpochError(
+        f"producer id {sq.producer_id!r} at epoch {epoch} was already used by another "
+        f"writer of {sq.where}: the server reports the closing seq {seq} as a duplicate, so "
+        "the stream was not closed; use auto_claim=True or a higher epoch",
+        current_epoch=epoch, status=204, url=sq.url, headers=o.headers))

@@ -24,7 +24,9 @@ API (every method is called with the producer lock held):
   ``start_attempt`` again (same epoch, seq and body). Seq 0 of a generation is sent only
   once the tail is known: :meth:`needs_probe`, :meth:`probe_running`, :meth:`probe_done`.
   A transport failure marks the body written itself; set ``stopping`` when closing.
-- Closing the stream: :meth:`close_attempt` then :meth:`on_close_outcome` (same rules).
+- Closing the stream: :meth:`close_attempt` then :meth:`on_close_outcome` (same rules);
+  on ``CHECK_STORED`` (a 204: closed, or a plain duplicate?) a HEAD, then
+  :meth:`close_checked`.
 - Reports go to the :class:`Sink`: ``acked``, ``failed`` (with the messages) and
   ``stopped`` (a fatal error: refuse appends, fail the buffer). ``phase``, ``epoch``,
   ``next_seq``, ``last_offset`` and ``fatal`` can be read at any time.
@@ -47,6 +49,7 @@ from . import rules
 from .actions import ALLOWED, Act, Decision, Phase, Sink, Task, Work
 from .batch import Batch, BatchState, Counters
 from .outcome import Outcome
+from .reporter import copy_error
 
 log = logging.getLogger("durable_streams.producer")
 
@@ -79,7 +82,7 @@ class Sequencer:
         self.fatal: errors.DurableStreamError | None = None
         self.stopping = False
         self.highest_sent: dict[int, int] = {}  # gen -> highest seq sent
-        self.stored_gen = -1  # the latest generation in which a batch got a 200
+        self.stored_gen = -1  # the latest generation whose server state a 200 proved ours
         self.doubtful: set[tuple[int, int]] = set()  # (gen, seq) failed, outcome unknown
         self.claim_fenced = False
         # gen -> the stream's tail read before the generation's first send: where to look
@@ -169,9 +172,11 @@ class Sequencer:
         if offset is None:
             return
         # First result wins: a probe answered later may postdate our first send. An early
-        # probe counts only if nothing of this generation was sent meanwhile.
-        sent = self.highest_sent.get(gen, -1) >= 0
-        if gen == self.gen and gen not in self.probes and not (early and sent):
+        # probe counts only if nothing of this generation was sent meanwhile; seq 0's own
+        # probe only if no later seq went out first (after the bounded turn wait): the
+        # tail may lie after our own data then, and "not found" would be a lie.
+        sent = self.highest_sent.get(gen, -1)
+        if gen == self.gen and gen not in self.probes and sent < (0 if early else 1):
             self.probes[gen] = offset
             for old in [g for g in self.probes if g < gen - 8]:
                 del self.probes[old]
@@ -272,6 +277,11 @@ class Sequencer:
         """The decision for an answer to the closing POST (carrying producer headers)."""
         return rules.on_close_outcome(self, o, epoch, seq, now, deadline, retry_n)
 
+    def close_checked(self, o: Outcome, epoch: int, seq: int, closed: bool | None,
+                      now: float, deadline: float, retry_n: int) -> Decision:
+        """After ``CHECK_STORED`` for the close: ``closed`` from a HEAD (None: failed)."""
+        return rules.close_checked(self, o, epoch, seq, closed, now, deadline, retry_n)
+
     # -- settling ------------------------------------------------------------------------
     def ack(self, batch: Batch, offset: str, *, duplicate: bool) -> None:
         if not batch.settle(BatchState.ACKED):
@@ -288,11 +298,21 @@ class Sequencer:
             c.duplicates += 1
         if offset > self.last_offset:
             self.last_offset = offset
-        if not duplicate and batch.gen > self.stored_gen:
+        if not duplicate and batch.gen > self.stored_gen and self._state_is_ours(batch):
             self.stored_gen = batch.gen
         if not duplicate and self.window < self.max_in_flight:
             self.window = min(float(self.max_in_flight), self.window + 1 / self.window)
         self.sink.acked(batch, offset, duplicate)
+
+    def _state_is_ours(self, batch: Batch) -> bool:
+        """Does a 200 for ``batch`` prove the server's state for its epoch is ours? Only
+        when every lower seq of the generation was acknowledged by us first: a 200 for
+        seq N > 0 may continue another writer's seq N-1 (an earlier run of the job at the
+        same epoch) while our own lower seqs were never stored. (Checked until the first
+        such 200 of a generation, not on every 200.)"""
+        gen, seq = batch.gen, batch.seq
+        return not (any(g == gen for g, _ in self.doubtful) or any(
+            b.gen == gen and 0 <= b.seq < seq for b in self.batches.values()))
 
     def fail(self, batch: Batch, err: errors.DurableStreamError, *, hole: bool = False) -> None:
         if not batch.settle(BatchState.FAILED):
@@ -300,6 +320,8 @@ class Sequencer:
         self.batches.pop(batch.id, None)
         if batch.gen == self.gen:
             self.unwritten.discard(batch.seq)
+        if (batch.maybe_stored or batch.ambiguous) and not err.maybe_stored:
+            err = _in_doubt(err)
         self.sink.failed(batch.messages, err, batch.nbytes)
         if hole and self.fatal is None and batch.gen == self.gen:
             if batch.maybe_stored:
@@ -351,8 +373,9 @@ class Sequencer:
             return
         self.epoch = max(self.epoch + 1, server_epoch + 1)
         self.gen += 1
-        # After a hole no later batch can have been stored. After being fenced (403, or
-        # another writer's 204), a batch whose answer was lost may be in the stream.
+        # A batch whose answer was lost may be in the stream under the old epoch, whether
+        # we were fenced (403, another writer's 204) or left the epoch after a hole (a
+        # lower seq than the hole can be stored): such batches are looked for (VERIFY).
         self.claim_fenced = fenced
         self.unwritten = set()
         while self.resend:
@@ -369,10 +392,11 @@ class Sequencer:
         """When no old-epoch request is in flight, renumber the parked batches in order."""
         if self.phase is not Phase.DRAINING or self.in_flight > 0:
             return
-        if self.claim_fenced and any(b.maybe_stored for b in self.parked):
-            # Fenced while some answers were lost: those batches may already be in the
-            # stream under the old epoch. A sender looks for them first (VERIFY).
-            self._to(Phase.VERIFYING, "in-doubt batches to look for")
+        if any(b.maybe_stored for b in self.parked):
+            # Some answers were lost: those batches may already be in the stream under
+            # the old epoch. A sender looks for them first (VERIFY).
+            why = "fenced" if self.claim_fenced else "after a hole"
+            self._to(Phase.VERIFYING, f"in-doubt batches to look for ({why})")
             return
         parked = sorted(self.parked, key=lambda b: b.first_index)
         self.parked = []
@@ -383,7 +407,7 @@ class Sequencer:
         self._to(Phase.UNCONFIRMED, f"{len(parked)} batch(es) renumbered")
 
     def verify_candidates(self) -> list[Batch]:
-        """Parked batches whose answer was lost before we were fenced."""
+        """Parked batches whose answer was lost before the epoch changed."""
         return [b for b in self.parked if b.maybe_stored]
 
     def verified(self, batch: Batch, found: bool | None) -> None:
@@ -398,9 +422,23 @@ class Sequencer:
         batch.move(BatchState.ACTIVE)
         if found is None:
             self.fail(batch, errors.ProducerError(
-                f"producer {self.producer_id!r} lost its epoch on {self.where} while the "
+                f"producer {self.producer_id!r} left its epoch on {self.where} while the "
                 "outcome of this batch was unknown (its answer was lost) and the stream "
                 "could not be checked: it may or may not be stored, so it is not re-sent",
                 url=self.url, code="IN_DOUBT"))
         else:
             self.ack(batch, "", duplicate=True)
+
+
+def _in_doubt(err: errors.DurableStreamError) -> errors.DurableStreamError:
+    """``err`` for a batch that may be stored after all: a copy that says so (message and
+    ``maybe_stored``), so that a caller does not re-append it blindly."""
+    doubt = copy_error(err)
+    doubt.maybe_stored = True
+    text = str(err)
+    if not ("may have been stored" in text or "may or may not" in text):
+        doubt.message = text + (
+            " (it may have been stored: an earlier attempt got no clear answer, so "
+            "re-appending it may duplicate it)")
+        doubt.args = (doubt.message,)
+    return doubt

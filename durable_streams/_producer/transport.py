@@ -8,6 +8,7 @@ held. Answers leave this module as :class:`~.outcome.Outcome` values.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import requests
@@ -28,6 +29,8 @@ from .._http import (
 from .._redact import redact_url
 from ..stream import DurableStream
 from .outcome import Outcome, classify, transport_failure
+
+log = logging.getLogger("durable_streams.producer")
 
 
 class MarkedBody:
@@ -138,6 +141,19 @@ class Transport:
         if self.json_mode is None:
             self.json_mode = P.is_json(self.content_type)
         return offset
+
+    def stream_closed(self) -> bool | None:
+        """Is the stream closed? (One HEAD with the retry policy; None if it failed.)"""
+        handle = DurableStream(self.url, headers=self.stream_headers, params=self.params,
+                               session=self.client.session, retry=self.retry,
+                               timeout=self.timeout)
+        try:
+            return handle.head().closed
+        except errors.DurableStreamError as exc:
+            log.debug("producer: HEAD of %s after a close failed: %s", self.where, exc)
+            return None
+        finally:
+            handle.close()
 
     def learn_content_type(self) -> str:
         """The stream's content type, with a HEAD the first time if it was not given."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from durable_streams import errors
@@ -72,9 +72,6 @@ class RecordingSequencer(Sequencer):
         self.transitions: list[tuple[Phase, Phase]] = []
         self.trace: list[str] | None = None
         self.bugs: Counter[str] = Counter()
-        #: did another writer store data with our id at this epoch? (set by SimProducer)
-        self.foreign: Callable[[int], bool] = lambda epoch: False
-        self.seq0_acked: set[int] = set()  # generations whose seq 0 we saw acknowledged
         super().__init__(**kw)  # type: ignore[arg-type]
 
     def _to(self, phase: Phase, why: str) -> None:
@@ -83,28 +80,6 @@ class RecordingSequencer(Sequencer):
         if self.trace is not None:
             self.trace.append(f"PHASE {self.phase.name} -> {phase.name} ({why})")
         super()._to(phase, why)
-
-    # Triggers of known bugs (notes/seqtest.md): recorded where the sequencer takes the
-    # faulty decision, so that the machine can tell a known bug from a new one.
-    def ack(self, batch: Batch, offset: str, *, duplicate: bool) -> None:
-        if batch.seq == 0:
-            self.seq0_acked.add(batch.gen)
-        elif (not duplicate and not batch.final and batch.gen not in self.seq0_acked
-              and self.foreign(batch.epoch)):
-            self.bugs["B3"] += 1  # a 200 that continued another writer's state, taken as ours
-        super().ack(batch, offset, duplicate=duplicate)
-
-    def maybe_resequence(self) -> None:
-        if (self.phase is Phase.DRAINING and self.in_flight == 0 and not self.claim_fenced
-                and any(b.maybe_stored for b in self.parked)):
-            self.bugs["B4"] += 1  # maybe-stored batches renumbered without a VERIFY
-        super().maybe_resequence()
-
-    def probe_done(self, gen: int, offset: str | None, *, early: bool) -> None:
-        if (offset is not None and not early and gen == self.gen and gen not in self.probes
-                and self.highest_sent.get(gen, -1) >= 0 and self.foreign(self.epoch)):
-            self.bugs["B6"] += 1  # a tail probe taken after this generation's first send
-        super().probe_done(gen, offset, early=early)
 
 
 class InvariantError(AssertionError):
@@ -151,7 +126,6 @@ class SimProducer:
             fresh_epoch=fresh_epoch, max_in_flight=max_in_flight, retry=RETRY,
             delivery_timeout=delivery_timeout, sink=self, counters=self.counters,
             json_mode=server.json_mode)
-        self.seq.foreign = self.foreign_epoch
         self.producer_id = producer_id
         self.delivery_timeout = delivery_timeout
         self.probe_wait = probe_wait
@@ -163,7 +137,6 @@ class SimProducer:
         self.tolerate: set[str] = set()
         self.batches: list[Batch] = []  # every batch ever sealed
         self.batch_of: dict[bytes, Batch] = {}
-        self.undisclosed: set[bytes] = set()  # failed "definitely" while maybe stored
         self.wire: list[Req] = []  # requests not handled by the server yet
         self.zombies: list[Req] = []  # requests given up by the client, still on the wire
         n = senders if senders is not None else max_in_flight
@@ -193,11 +166,8 @@ class SimProducer:
                 raise InvariantError(f"message {m!r} reported twice (acked after "
                                      f"{'ack' if m in book.acked else 'failure'})")
             if m not in stored:
-                if duplicate and "B3" in self.tolerate and self.foreign_epoch(batch.epoch):
-                    self.seq.bugs["B3"] += 1
-                else:
-                    raise InvariantError(f"message {m!r} acknowledged (duplicate={duplicate})"
-                                         f" but not in the stream: {batch!r}")
+                raise InvariantError(f"message {m!r} acknowledged (duplicate={duplicate})"
+                                     f" but not in the stream: {batch!r}")
             book.acked.add(m)
 
     def failed(self, messages: list[bytes], err: errors.DurableStreamError,
@@ -208,12 +178,11 @@ class SimProducer:
             self.trace.append(f"t={self.now:.3f} FAIL {messages} {err}")
         self.stats[f"failed:{type(err).__name__}:{err.code}:{str(err)[-60:]}"] += 1
         book = self.book
-        if not in_doubt(err) and any(
+        if not (in_doubt(err) and err.maybe_stored) and any(
                 b.maybe_stored for b in {id(b): b for b in (self.batch_of.get(m) for m in messages)
                                          if b is not None}.values()):
-            # Known gap (notes/seqtest.md, B1): the batch may be stored (a 5xx after the
-            # commit) but the error does not say so.
-            self.undisclosed.update(messages)
+            raise InvariantError(f"{messages} may be stored but failed without saying so "
+                                 f"(message and maybe_stored): {err}")
         for m in messages:
             if m in book.acked or m in book.failed:
                 raise InvariantError(f"message {m!r} reported failed after being "
@@ -397,6 +366,14 @@ class SimProducer:
             with self.lock:
                 decision = self.seq.on_close_outcome(outcome, epoch, seq, self.now, deadline,
                                                      retry_n)
+            if decision.act is Act.CHECK_STORED:  # HEAD: is the stream closed?
+                closed = self.server.closed_by is not None
+                self.stats["HEAD"] += 1
+                if self.trace is not None:
+                    self.trace.append(f"t={self.now:.3f} HEAD after close -> closed={closed}")
+                with self.lock:
+                    decision = self.seq.close_checked(outcome, epoch, seq, closed, self.now,
+                                                      deadline, retry_n)
             if decision.act is Act.DONE:
                 return decision.offset
             if decision.act is Act.RAISE:
@@ -439,7 +416,7 @@ class SimProducer:
 
     def adopted_foreign(self) -> bool:
         """Did the server store one of our batches with seq > 0 as the continuation of
-        another writer's seq 0 at the same epoch (B3's root cause)?"""
+        another writer's seq 0 at the same epoch (Z2)?"""
         first: dict[int, bool] = {}  # epoch -> its seq 0 was ours
         for a in self.server.log:
             if a.producer != self.producer_id or not a.messages:
@@ -456,8 +433,8 @@ class SimProducer:
         for bug in bugs:
             if bug not in self.tolerate:
                 continue
-            if bug in ("B1", "B2") or self.seq.bugs[bug] or (
-                    bug == "B3" and self.adopted_foreign()):
+            if self.seq.bugs[bug] or (
+                    bug == "Z2" and self.adopted_foreign()):
                 self.seq.bugs[f"{bug} masked a violation"] += 1
                 return True
         return False
@@ -465,7 +442,7 @@ class SimProducer:
     def check_final(self) -> None:
         book = self.book
         stored = self.stored_ours()
-        if len(stored) != len(set(stored)) and not self._known("B3", "B4", "B6", "Z1"):
+        if len(stored) != len(set(stored)) and not self._known("Z1"):
             dups = sorted({m for m in stored if stored.count(m) > 1})
             raise InvariantError(f"duplicates in the stream: {dups[:5]}")
         stored_set = set(stored)
@@ -473,24 +450,22 @@ class SimProducer:
             if m not in book.acked and m not in book.failed:
                 raise InvariantError(f"message {m!r} neither acknowledged nor failed "
                                      f"({'stored' if m in stored_set else 'not stored'})")
-            if m in book.acked and m not in stored_set and not self._known("B3"):
+            if m in book.acked and m not in stored_set:
                 raise InvariantError(f"message {m!r} acknowledged but not stored")
             if (m in book.failed and m in stored_set and not in_doubt(book.failed[m])
-                    and not (m in self.undisclosed and self._known("B1"))
-                    and not self._known("B3", "B4", "B6", "Z1")):
+                    and not self._known("Z1")):
                 raise InvariantError(f"message {m!r} stored but reported failed without "
                                      f"saying it may be stored: {book.failed[m]}")
         for m, err in book.failed.items():
             valid = not m.startswith(b"{bad")
             if self.seq.auto_claim and isinstance(err, errors.StaleEpochError):
                 raise InvariantError(f"auto_claim, yet {m!r} failed as fenced: {err}")
-            if valid and isinstance(err, errors.BadRequestError) and not (
-                    "must start with sequence 0" in str(err) and self._known("B2")):
+            if valid and isinstance(err, errors.BadRequestError):
                 raise InvariantError(f"the valid message {m!r} failed with a 400: {err}")
         last: dict[int, int] = {}
         for m in dict.fromkeys(stored):  # first copies (a second one is a duplicate)
             thread, n = book.accepted[m]
-            if n <= last.get(thread, -1) and not self._known("B3", "B4", "B6", "Z1"):
+            if n <= last.get(thread, -1) and not self._known("Z1", "Z2"):
                 raise InvariantError(f"thread {thread}: {n} stored after {last[thread]}")
             last[thread] = n
         for b in self.batches:

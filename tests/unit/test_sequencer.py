@@ -483,6 +483,30 @@ def test_400_in_json_mode_splits_out_the_invalid_messages_keeping_the_seq() -> N
     assert sink.fails[0][0] == [b"{bad"] and sink.fails[0][1].code == "INVALID_JSON"
 
 
+def test_400_for_a_later_seq_while_seq_0_is_pending_waits_for_it() -> None:
+    # B2: in an epoch above the server's, seq > 0 before seq 0 is a 400 (§5.2.1), not 409
+    seq, _ = make()
+    a, b = sent(seq), sent(seq)
+    d = seq.on_outcome(b, answer(400), 0.0)
+    assert d.act is Act.WAIT_EARLIER and d.earlier == range(0, 1)
+    assert b.state is BatchState.ACTIVE and seq.phase is Phase.STEADY
+    seq.on_outcome(a, ok("0_1"), 0.0)
+    # a bad body after all: the same 400 once seq 0 is resolved is final (a hole)
+    seq.on_outcome(b, answer(400), 0.0)
+    assert b.state is BatchState.FAILED and seq.phase is Phase.DRAINING
+
+
+def test_400_for_a_later_seq_after_seq_0_failed_in_doubt_claims() -> None:
+    # B2: the 400 confirms the in-doubt seq 0 of a new epoch was not stored
+    seq, sink = make()
+    a, b = sent(seq), sent(seq)
+    seq.on_outcome(a, transport_failure(errors.TransportError("reset")), 100.0)  # deadline
+    assert a.state is BatchState.FAILED and seq.phase is Phase.STEADY  # kept: in doubt
+    seq.on_outcome(b, answer(400), 0.0)
+    assert b.state is BatchState.PARKED and seq.phase is Phase.DRAINING
+    assert len(sink.fails) == 1  # only the in-doubt seq 0
+
+
 @pytest.mark.parametrize("status", [400, 413])
 def test_rejected_batch_is_a_hole(status: int) -> None:
     seq, sink = make()
@@ -530,9 +554,33 @@ def test_close_outcomes() -> None:
     assert seq.epoch == 7 and seq.next_seq == 0 and seq.counters.claims == 1
     assert seq.phase is Phase.UNCONFIRMED  # claimed through the transition table
     e, n = seq.close_attempt()
-    d = seq.on_close_outcome(dup(), e, n, 0.0, 10.0, 0)
+    # a 204 (Producer-Seq = ours) is our close only if the stream is closed: look (HEAD)
+    assert seq.on_close_outcome(dup(n), e, n, 0.0, 10.0, 0).act is Act.CHECK_STORED
+    d = seq.close_checked(dup(n), e, n, True, 0.0, 10.0, 0)
     assert d.act is Act.DONE and d.offset == "0_7" and seq.next_seq == 1
     assert seq.last_offset == "0_7"
+
+
+def test_close_answered_by_a_plain_duplicate_is_not_ours() -> None:
+    # B7: a 204 naming a later last seq than the closing one: another writer's tuple
+    seq, _ = make(epoch=2)
+    d = seq.on_close_outcome(dup(5), 2, 0, 0.0, 10.0, 0)
+    assert d.act is Act.RAISE and isinstance(d.error, errors.StaleEpochError)
+    assert "not closed" in str(d.error)
+    seq, _ = make(auto_claim=True, epoch=2)
+    assert seq.on_close_outcome(dup(5), 2, 0, 0.0, 10.0, 0).act is Act.SEND
+    assert seq.epoch == 3 and seq.next_seq == 0
+
+
+def test_close_204_with_the_stream_open_is_not_ours() -> None:
+    seq, _ = make(epoch=2)
+    assert seq.on_close_outcome(dup(0), 2, 0, 0.0, 10.0, 0).act is Act.CHECK_STORED
+    d = seq.close_checked(dup(0), 2, 0, False, 0.0, 10.0, 0)  # HEAD: the stream is open
+    assert d.act is Act.RAISE and isinstance(d.error, errors.StaleEpochError)
+    # the HEAD failed: retry until the deadline, then say it is in doubt
+    assert seq.close_checked(dup(0), 2, 0, None, 0.0, 10.0, 0).act is Act.RETRY
+    d = seq.close_checked(dup(0), 2, 0, None, 11.0, 10.0, 0)
+    assert d.act is Act.RAISE and d.error is not None and d.error.code == "IN_DOUBT"
 
 
 def test_close_without_auto_claim_raises_the_stale_epoch() -> None:
@@ -557,7 +605,7 @@ def test_no_probe_for_a_batch_of_an_older_generation() -> None:
 def test_holes_resequence_only_after_every_old_request_returned() -> None:
     seq, _ = make(max_in_flight=3)
     a, b, c = sent(seq), sent(seq), sent(seq)
-    seq.on_outcome(b, answer(400), 0.0)  # b is rejected: a hole at seq 1
+    seq.on_outcome(b, answer(413), 0.0)  # b is rejected: a hole at seq 1
     seq.finish_work()
     assert seq.phase is Phase.DRAINING and not seq.resend
     seq.on_outcome(a, ok("0_1"), 0.0)  # a was stored under the old epoch: fine

@@ -3,8 +3,8 @@ server: the real Sequencer and Accumulator, simulated senders, one fault at a ti
 
 Each test ends with ``drain()`` (stop; deliver everything without faults) and
 ``check_final()`` (exactly once, per-thread order, every batch settled), with no known bug
-tolerated. Tests marked xfail(strict=True) pin down bugs found by the state machine
-(notes/seqtest.md, B1-B6): they must start passing when the bug is fixed.
+tolerated. The test_b* scenarios pin down the bugs found by the state machine
+(notes/seqtest.md, B1-B7), fixed as described in notes/fix.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from durable_streams import errors
 from durable_streams._producer.outcome import Kind
 from durable_streams._producer.sequencer import Phase, Sequencer
 
-from .sim_producer import PID, InvariantError, SimProducer, in_doubt
+from .sim_producer import PID, SimProducer, in_doubt
 from .sim_server import RETRY, URL, Fault, OtherWriter, SimServer, previous_run
 
 
@@ -312,8 +312,6 @@ def test_close_stream_fenced_without_auto_claim_raises() -> None:
 
 # -- known bugs (notes/seqtest.md) -----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="B1: a 5xx after the commit, then the delivery "
-                   "deadline: the failure does not say the batch may be stored")
 def test_b1_timeout_after_proxy_502_says_it_may_be_stored() -> None:
     p = make(delivery_timeout=5.0)
     p.append(0, 0)
@@ -324,11 +322,9 @@ def test_b1_timeout_after_proxy_502_says_it_may_be_stored() -> None:
     answer(p, 0, Fault.RATE_LIMITED)
     err = p.book.failed[b"<0.0>"]
     assert stored(p) == [b"<0.0>"]
-    assert in_doubt(err), str(err)
+    assert in_doubt(err) and err.maybe_stored, str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="B1: a batch whose answer was lost is failed by a "
-                   "fatal 403 (no auto_claim) without saying it may be stored")
 def test_b1_fenced_after_a_lost_answer_says_it_may_be_stored() -> None:
     p = make()
     p.append(0, 0)
@@ -344,12 +340,9 @@ def test_b1_fenced_after_a_lost_answer_says_it_may_be_stored() -> None:
     err = p.book.failed[b"<0.1>"]
     assert isinstance(err, errors.StaleEpochError)
     assert stored(p) == [b"<0.0>", b"<0.1>"]
-    assert in_doubt(err), str(err)
+    assert in_doubt(err) and err.maybe_stored, str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="B2: after seq 0 of an epoch new to the server fails "
-                   "in doubt, the next batch gets 400 (new epoch must start at 0) and is "
-                   "failed instead of re-sequenced")
 def test_b2_batch_after_doubtful_seq0_of_a_new_epoch_is_not_failed() -> None:
     p = make(auto_claim=True, fresh_epoch=True, epoch=1_700_000_000_000, delivery_timeout=5.0,
              earlier_run=1)  # the server knows the id at a lower epoch
@@ -368,9 +361,6 @@ def test_b2_batch_after_doubtful_seq0_of_a_new_epoch_is_not_failed() -> None:
     assert stored(p) == [b"<0.1>"]
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B3: a 204 is believed "
-                   "because a later seq got 200, although that 200 continued an earlier "
-                   "run's state: the message is acknowledged but never stored")
 def test_b3_204_after_a_200_that_continued_an_earlier_run() -> None:
     p = make(earlier_run=1, max_in_flight=2)  # the earlier run stored (id, 0, 0)
     p.append(0, 0)
@@ -387,9 +377,6 @@ def test_b3_204_after_a_200_that_continued_an_earlier_run() -> None:
     finish(p)
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B4: a hole (400) at seq N "
-                   "re-sequences an earlier unresolved batch whose answer was lost without "
-                   "looking for it first: it is stored twice")
 def test_b4_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
     p = make(json_mode=True, max_in_flight=3)
     p.append(0, 0)
@@ -404,9 +391,6 @@ def test_b4_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
     finish(p)  # duplicates in the stream: "0.1" stored at epoch 0 and at epoch 1
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B4: a delivery timeout at "
-                   "seq N re-sequences an earlier batch whose answer was lost while it waits "
-                   "to retry: it is stored twice (byte mode, one writer)")
 def test_b4_deadline_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> None:
     p = make(max_in_flight=3, delivery_timeout=5.0)
     p.append(0, 0)
@@ -425,9 +409,6 @@ def test_b4_deadline_hole_after_a_lost_answer_duplicates_the_earlier_batch() -> 
     finish(p)  # seq 1's sender wakes, its batch is parked and renumbered: stored twice
 
 
-@pytest.mark.xfail(strict=True, reason="B6: a tail probe (HEAD) answered after a later seq "
-                   "of the same generation was sent is still taken as the generation's "
-                   "starting point")
 def test_b6_probe_after_a_send_of_the_generation_is_not_used() -> None:
     from durable_streams._producer.batch import Batch
 
@@ -449,13 +430,34 @@ def test_b6_probe_after_a_send_of_the_generation_is_not_used() -> None:
     assert 0 not in sq.probes
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason="B7: close_stream takes any "
-                   "204 as its own close; a close whose tuple is a duplicate of someone's "
-                   "data gets 204 (+Stream-Closed: true) and the stream stays open")
-def test_b7_close_answered_by_a_plain_duplicate_is_not_success() -> None:
-    p = make(earlier_run=2)  # an earlier run left (id, epoch 0, seq 0..1)
-    # (0, 0) is a duplicate: 204 + Stream-Closed: true (the reference server says so although
-    # it did not close), and close_stream returns the tail as the "final offset"
+@pytest.mark.parametrize("earlier", [1, 2])
+def test_b7_close_answered_by_a_plain_duplicate_is_not_success(earlier: int) -> None:
+    """B7: a close-only POST whose (epoch, seq) is a plain duplicate of an earlier run's
+    data gets 204 (+ Stream-Closed: true from the reference server) but closes nothing:
+    without auto_claim that is another writer's epoch, not a success. (With one earlier
+    message the 204's Producer-Seq is the closing seq itself: only a HEAD tells.)"""
+    p = make(earlier_run=earlier)  # an earlier run left (id, epoch 0, seq 0..earlier-1)
+    with pytest.raises(errors.StaleEpochError, match="closing seq 0 as a duplicate"):
+        p.close_stream([])
+    assert p.server.closed_by is None
+
+
+def test_b7_close_answered_by_a_plain_duplicate_claims_with_auto_claim() -> None:
+    p = make(earlier_run=2, auto_claim=True)
     offset = p.close_stream([])
-    assert offset == p.server.tail()
     p.check_closed(offset)
+    assert p.server.closed_by == (PID, 1, 0)
+
+
+def test_b7_retried_close_is_checked_with_a_head() -> None:
+    """A 204 to a retry of a close whose answer was lost is ours only if the stream is
+    closed (a HEAD), even when the server's last seq equals the closing seq."""
+    p = make()
+    p.append(0, 0)
+    settle(p)
+    answer(p, 0)
+    heads = p.stats["HEAD"]
+    offset = p.close_stream([Fault.LOSE])
+    p.check_closed(offset)
+    assert p.server.closed_by == (PID, 0, 1)
+    assert p.stats["HEAD"] == heads + 1
