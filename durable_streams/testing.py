@@ -329,10 +329,8 @@ except ImportError:  # pragma: no cover - the helpers above work without pytest
 
 if pytest is not None:
 
-    @pytest.fixture(scope="session")
-    def durable_streams_server() -> Iterator[ReferenceServer]:
-        """A reference server running for the whole test session."""
-        server = ReferenceServer()
+    def _running(server: ReferenceServer) -> Iterator[ReferenceServer]:
+        """Start ``server`` (a clear test failure if Node is missing), yield it, stop it."""
         try:
             server.start()
         except ServerUnavailableError as exc:  # pragma: no cover - environment problem
@@ -341,6 +339,11 @@ if pytest is not None:
             yield server
         finally:
             server.stop()
+
+    @pytest.fixture(scope="session")
+    def durable_streams_server() -> Iterator[ReferenceServer]:
+        """A reference server running for the whole test session."""
+        yield from _running(ReferenceServer())
 
     @pytest.fixture(scope="session")
     def durable_streams_webhook_server() -> Iterator[ReferenceServer]:
@@ -350,15 +353,7 @@ if pytest is not None:
         ``{server.stream_root}/__ds/subscriptions/{id}``; the signing keys are published at
         ``{server.stream_root}/__ds/jwks.json``.
         """
-        server = ReferenceServer(webhooks=True)
-        try:
-            server.start()
-        except ServerUnavailableError as exc:  # pragma: no cover - environment problem
-            pytest.fail(str(exc), pytrace=False)
-        try:
-            yield server
-        finally:
-            server.stop()
+        yield from _running(ReferenceServer(webhooks=True))
 
     @pytest.fixture
     def durable_stream_url(durable_streams_server: ReferenceServer) -> str:
