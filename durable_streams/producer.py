@@ -239,7 +239,7 @@ class IdempotentProducer:
         with self._lock:
             target = acc.appended
             acc.seal_all(target)
-            pool.ready.notify_all()
+            pool.ready.notify()  # one sender; it passes the baton on
             while self._unresolved_below(target):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -88,17 +88,20 @@ class SenderPool:
                                           daemon=True)
                 self.threads.append(thread)
                 thread.start()
-        self.ready.notify_all()
+        self.ready.notify()
 
     def notify(self) -> None:
-        self.ready.notify_all()
+        """(lock held) Something changed: wake one idle sender (it passes the baton on if
+        there is more to do, see :meth:`_next_task`) and every waiter on ``done``."""
+        self.ready.notify()
         self.done.notify_all()
 
     def stop(self) -> list[threading.Thread]:
         """(lock held) Let the senders end once nothing is left to send."""
         self.stopping = True
         self.seq.stopping = True
-        self.notify()
+        self.ready.notify_all()  # every sender must see STOP
+        self.done.notify_all()
         self.acc.space.notify_all()
         return list(self.threads)
 
@@ -129,6 +132,12 @@ class SenderPool:
                     assert self.seq.fatal is not None
                     self.fail_buffer(self.seq.fatal)
                 else:
+                    # Idle senders are woken one at a time: whoever takes a task passes
+                    # the baton to the next, which takes more work or waits again. (Waking
+                    # them all for every message cost a low-rate producer a dozen futile
+                    # thread switches per message.)
+                    if task.work is not Work.STOP:
+                        self.ready.notify()
                     return task
 
     def step(self) -> bool:
