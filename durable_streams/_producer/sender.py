@@ -132,12 +132,11 @@ class SenderPool:
                     assert self.seq.fatal is not None
                     self.fail_buffer(self.seq.fatal)
                 else:
-                    # Idle senders are woken one at a time: whoever takes a task passes
-                    # the baton to the next, which takes more work or waits again. (Waking
-                    # them all for every message cost a low-rate producer a dozen futile
-                    # thread switches per message.)
-                    if task.work is not Work.STOP:
-                        self.ready.notify()
+                    # Idle senders are woken one at a time: whoever takes a task (STOP
+                    # included, so every sender ends) passes the baton to the next, which
+                    # takes more work or waits again. (Waking them all for every message
+                    # cost a low-rate producer a dozen futile thread switches per message.)
+                    self.ready.notify()
                     return task
 
     def step(self) -> bool:

@@ -4,7 +4,7 @@ simulated sender "threads" against :class:`~sim_server.SimServer`, in one thread
 Each sender is a generator that mirrors ``SenderPool`` step by step (the same calls into the
 sequencer, in the same order, under the same conditions). It yields where a real sender
 would block: a :class:`Wait` means "waiting on the pool's ``ready`` or ``done`` Condition"
-(resumable once notified, at the same points where the real pool calls ``notify_all``, or
+(resumable once notified, at the same points where the real pool notifies — one sender for ``notify()``, all for ``notify_all()`` — or
 once its timeout has passed on the fake clock; no spurious wake-ups, so a lost notification
 shows as a producer that never drains) and a :class:`Req` means "in an HTTP call"
 (resumable once the request has an answer). The test decides which sender runs next,
@@ -118,7 +118,7 @@ class SimProducer:
         self.lock = threading.Lock()  # the accumulator takes it in add(); never contended
         self.acc = Accumulator(self.lock, url=URL, where=URL, max_batch_bytes=max_batch_bytes,
                                max_batch_items=max_batch_items, max_buffer_bytes=1 << 30,
-                               linger=linger, max_block=1.0, wake=lambda: self.notify("ready"),
+                               linger=linger, max_block=1.0, wake=lambda: self.notify_one("ready"),
                                clock=lambda: self.now)
         self.counters = Counters()
         self.seq = RecordingSequencer(
@@ -244,6 +244,7 @@ class SimProducer:
 
     def resume(self, i: int) -> None:
         self.notified[i] = False
+        self.waiting[i] = None  # running, so not a waiter a notify could pick
         try:
             with self.lock:  # as a real sender, which runs the sequencer with the lock held
                 self.waiting[i] = next(self.senders[i])
@@ -260,10 +261,23 @@ class SimProducer:
             if isinstance(w, Wait) and w.cond in conds:
                 self.notified[i] = True
 
+    def notify_one(self, cond: str) -> None:
+        """``Condition.notify()``: one waiter not notified yet (the longest waiting one in
+        CPython; here the first by index, which the tests' scheduling makes arbitrary)."""
+        for i, w in enumerate(self.waiting):
+            if isinstance(w, Wait) and w.cond == cond and not self.notified[i]:
+                self.notified[i] = True
+                return
+
+    def pool_notify(self) -> None:
+        """``SenderPool.notify``: one idle sender (the baton) and every ``done`` waiter."""
+        self.notify_one("ready")
+        self.notify("done")
+
     def _finish(self) -> None:
-        """``SenderPool._finish``: the slot is given back, everyone is woken."""
+        """``SenderPool._finish``: the slot is given back."""
         self.seq.finish_work()
-        self.notify("ready", "done")
+        self.pool_notify()
 
     def handle(self, k: int, fault: Fault = Fault.NONE) -> Req:
         """The server handles the k-th request on the wire (any order) with ``fault``."""
@@ -517,6 +531,7 @@ class SimProducer:
                 assert self.seq.fatal is not None
                 self.fail_buffer(self.seq.fatal)
             else:
+                self.notify_one("ready")  # the baton: the next idle sender looks
                 return task
 
     def _seal(self) -> Batch | None:
@@ -585,7 +600,7 @@ class SimProducer:
                 good, bad = split_json(batch.messages)
                 assert decision.error is not None
                 again = seq.split_json(batch, good, bad, decision.error)
-                self.notify("ready", "done")
+                self.pool_notify()
                 if again.act is not Act.SEND:
                     return None
             elif act is not Act.SEND:
