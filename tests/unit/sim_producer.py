@@ -6,10 +6,11 @@ sequencer, in the same order, under the same conditions). It yields where a real
 would block: a :class:`Wait` means "waiting on the pool's ``ready`` or ``done`` Condition"
 (resumable once notified, at the same points where the real pool notifies: one sender for
 ``notify()``, every one for ``notify_all()``; or once its timeout has passed on the fake
-clock; no spurious wake-ups, so a lost notification shows as a producer that never drains) and a :class:`Req` means "in an HTTP call"
-(resumable once the request has an answer). The test decides which sender runs next,
-which request the server handles next (in any order) and with which fault, and when the
-fake clock moves: every interleaving the real threads could produce is reachable.
+clock; no spurious wake-ups, so a lost notification shows as a producer that never drains)
+and a :class:`Req` means "in an HTTP call" (resumable once the request has an answer). The
+test decides which sender runs next, which request the server handles next (in any order)
+and with which fault, and when the fake clock moves: every interleaving the real threads
+could produce is reachable.
 
 Exactly-once bookkeeping: every message accepted by ``append`` must end up either acked or
 reported failed (never both, never twice); acked messages must be in the server's stream
