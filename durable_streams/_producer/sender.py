@@ -132,11 +132,13 @@ class SenderPool:
                     assert self.seq.fatal is not None
                     self.fail_buffer(self.seq.fatal)
                 else:
-                    # Idle senders are woken one at a time: whoever takes a task (STOP
-                    # included, so every sender ends) passes the baton to the next, which
-                    # takes more work or waits again. (Waking them all for every message
-                    # cost a low-rate producer a dozen futile thread switches per message.)
-                    self.ready.notify()
+                    # Idle senders are woken one at a time, and only when there is more
+                    # to do than the task just taken: another STOP, another resend, or
+                    # (see _seal) messages left after a batch. Waking them all for every
+                    # message cost a low-rate producer a dozen futile thread switches per
+                    # message, and busy appenders contended with them for the lock.
+                    if task.work is Work.STOP or (task.work is Work.RESEND and self.seq.resend):
+                        self.ready.notify()
                     return task
 
     def step(self) -> bool:
@@ -199,6 +201,8 @@ class SenderPool:
         with self.seal_lock:
             with self.lock:
                 taken = self.acc.take(time.monotonic(), self._force())
+                if self.acc.buf:
+                    self.ready.notify()  # more than one batch was waiting: the next sender
             if taken is None:
                 return None
             messages, total, first = taken

@@ -532,11 +532,14 @@ class SimProducer:
                 assert self.seq.fatal is not None
                 self.fail_buffer(self.seq.fatal)
             else:
-                self.notify_one("ready")  # the baton: the next idle sender looks
+                if task.work is Work.STOP or (task.work is Work.RESEND and self.seq.resend):
+                    self.notify_one("ready")  # the baton: the next idle sender looks
                 return task
 
     def _seal(self) -> Batch | None:
         taken = self.acc.take(self.now, self._force())
+        if self.acc.buf:
+            self.notify_one("ready")  # more than one batch was waiting: the next sender
         if taken is None:
             return None
         messages, total, first = taken
