@@ -195,13 +195,15 @@ def test_fork_while_the_producer_lock_is_held(json_stream: DurableStream) -> Non
     """The worst case, made deterministic: the producer's internal locks are held at the
     moment of the fork (as a sender or appender thread would hold them). The child must
     still get ProducerForkedError at once rather than block on a lock nobody will release.
-    This reaches into private attributes on purpose; it skips if they are renamed."""
+    This reaches into private attributes on purpose; it fails if they are renamed."""
     parent = IdempotentProducer(json_stream, "parent", retry=FAST)
     parent.append('"p"')
     parent.flush()
-    locks = [getattr(parent, name, None) for name in ("_lock", "_seal_lock")]
-    if not all(hasattr(lock, "acquire") for lock in locks):
-        pytest.skip("the producer's internal lock attributes changed")
+    # The producer lock and the sender pool's seal lock (producer.py documents both).
+    locks = [getattr(parent, "_lock", None),
+             getattr(getattr(parent, "_pool", None), "seal_lock", None)]
+    assert all(hasattr(lock, "acquire") for lock in locks), (
+        "the producer's internal locks moved: update this test, do not skip it")
 
     def child() -> dict[str, Any]:
         fresh = IdempotentProducer(json_stream.url, "child", content_type=JSON, retry=FAST)
