@@ -5,10 +5,13 @@ ending at an offset it can resume from. :class:`BlockAssembler` decides, chunk b
 when the events received so far can be applied as one atomic group:
 
 - never inside a snapshot block: from a ``snapshot-start`` the chunks are held until the
-  chunk that carries its ``snapshot-end``;
+  chunk that carries its ``snapshot-end`` (a ``reset`` inside the block, as
+  :meth:`StateProducer.snapshot(reset=True) <durable_streams.state.StateProducer.snapshot>`
+  writes it, is part of the block: the state is replaced at once);
 - never right after a ``reset`` that ends a chunk while more data is known to follow (the
   chunk is not up to date): what follows, usually the snapshot that refills the state, is
-  applied together with it, so no reader sees the emptied state in between;
+  applied together with it, so no reader sees the emptied state in between (a reset that
+  reaches an up-to-date reader alone is applied at once: nothing else is known to follow);
 - otherwise at the end of every chunk.
 
 Groups always end at a chunk boundary, so the offset stored with a group is exact: a reader
@@ -49,7 +52,7 @@ class BlockAssembler:
             control = event["headers"].get("control")
             if control == "snapshot-start":
                 self._in_snapshot = True
-            elif control == "snapshot-end" or control == "reset":
+            elif control == "snapshot-end":
                 self._in_snapshot = False
         if events:
             self._ends_with_reset = events[-1]["headers"].get("control") == "reset"

@@ -72,7 +72,6 @@ class MaterializedState:
             control = headers["control"]
             if control == "reset":
                 self._data.clear()
-                self._in_snapshot = False
             else:
                 self._in_snapshot = control == "snapshot-start"
             return
@@ -143,7 +142,7 @@ class MaterializedState:
 
     @property
     def in_snapshot(self) -> bool:
-        """True after a ``snapshot-start`` until its ``snapshot-end`` (or a reset)."""
+        """True after a ``snapshot-start`` until its ``snapshot-end``."""
         with self._lock:
             return self._in_snapshot
 

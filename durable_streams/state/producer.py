@@ -130,11 +130,16 @@ class StateProducer:
         self._producer.append(encode_event(control_event("reset")))
 
     @contextmanager
-    def snapshot(self) -> Iterator[StateProducer]:
+    def snapshot(self, *, reset: bool = False) -> Iterator[StateProducer]:
         """``with state.snapshot(): ...`` writes ``snapshot-start``, the block's events, then
         ``snapshot-end``; :func:`~durable_streams.state.follow_state` applies the block at
-        once. If the block raises, ``snapshot-end`` is still written (the events already
-        queued cannot be withdrawn, and readers must not wait for the end forever) and the
+        once. With ``reset=True`` a ``reset`` follows ``snapshot-start``: the block replaces
+        the whole state, and readers go from the old state to the new one in one step (a
+        bare :meth:`reset` followed by a snapshot may reach an up-to-date reader alone, which
+        then shows the emptied state until the snapshot arrives).
+
+        If the block raises, ``snapshot-end`` is still written (the events already queued
+        cannot be withdrawn, and readers must not wait for the end forever) and the
         exception propagates. Snapshots do not nest."""
         with self._snapshot_lock:
             if self._in_snapshot:
@@ -143,6 +148,8 @@ class StateProducer:
             self._in_snapshot = True
         try:
             self._producer.append(encode_event(control_event("snapshot-start")))
+            if reset:
+                self._producer.append(encode_event(control_event("reset")))
             try:
                 yield self
             finally:

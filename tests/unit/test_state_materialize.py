@@ -192,6 +192,14 @@ def test_snapshot_spanning_chunks_is_held_until_its_end() -> None:
     assert not blocks.holding
 
 
+def test_a_reset_inside_a_snapshot_is_part_of_the_block() -> None:
+    # What StateProducer.snapshot(reset=True) writes: the state is replaced in one step.
+    blocks = BlockAssembler()
+    assert blocks.add([START, RESET], up_to_date=True) is None
+    assert blocks.add([ins("a", "1", 1)], up_to_date=True) is None
+    assert blocks.add([END], up_to_date=True) == [START, RESET, ins("a", "1", 1), END]
+
+
 def test_reset_ending_a_chunk_waits_for_what_follows() -> None:
     blocks = BlockAssembler()
     assert blocks.add([ins("a", "1", 1), RESET], up_to_date=False) is None
