@@ -58,9 +58,17 @@ class MaterializedState:
         """
         checked = [check_event(e, offset=offset) for e in events]
         with self._lock:
-            apply = self._apply
+            data, apply = self._data, self._apply
             for event in checked:
-                apply(event)
+                # Inline fast path for changes; controls (and new types) go to _apply.
+                operation = event["headers"].get("operation")
+                collection = data.get(event["type"]) if operation is not None else None
+                if collection is None:
+                    apply(event)
+                elif operation == "delete":
+                    collection.pop(event["key"], None)
+                else:
+                    collection[event["key"]] = event["value"]
             self._applied += len(checked)
             if offset is not None:
                 self._offset = offset

@@ -9,6 +9,10 @@
 //                                    every event to MaterializedState as StreamDB does (a
 //                                    reset clears; other controls are hints), report the state
 //                                    and the time from the first request to the last event.
+//   {"mode": "apply", "file": F, "repeat": R}
+//                                    apply the JSON array of events in file F (parsed
+//                                    first, untimed) to a new MaterializedState, R times;
+//                                    report the best time (the pure materialisation).
 //   {"mode": "write", "url": U, "ops": [...]}
 //                                    build events with createStateSchema's helpers (one
 //                                    collection per type, primaryKey "id", a pass-through
@@ -17,6 +21,7 @@
 //
 // The state is reported as {"types": [...], "entries": {type: [[key, value], ...]}}, in Map
 // order, so that key order can be compared too.
+import { readFileSync } from "node:fs";
 import { DurableStream, stream } from "@durable-streams/client";
 import { MaterializedState, createStateSchema, isControlEvent } from "@durable-streams/state";
 
@@ -63,6 +68,20 @@ async function read(task) {
   report({ ...out, count, seconds, node: process.version });
 }
 
+async function apply(task) {
+  const events = JSON.parse(readFileSync(task.file, "utf8"));
+  let best = Infinity;
+  let state;
+  for (let r = 0; r < (task.repeat ?? 1); r++) {
+    state = new MaterializedState();
+    const t0 = performance.now();
+    for (const event of events) applyLikeStreamDB(state, event);
+    best = Math.min(best, (performance.now() - t0) / 1000);
+  }
+  const size = [...state.types].reduce((n, t) => n + state.getType(t).size, 0);
+  report({ size, count: events.length, seconds: best, node: process.version });
+}
+
 async function write(task) {
   const collections = {};
   for (const op of task.ops) {
@@ -91,7 +110,7 @@ async function write(task) {
 }
 
 const task = JSON.parse(process.argv[2]);
-const run = { read, write }[task.mode];
+const run = { read, write, apply }[task.mode];
 if (!run) throw new Error(`unknown mode ${task.mode}`);
 run(task).catch((error) => {
   report({ error: String(error && error.stack ? error.stack : error) });

@@ -69,6 +69,10 @@ class NodeState:
         """Node's materialisation of the stream at ``url`` (see harness.mjs)."""
         return self.run({"mode": "read", "url": url, "summary": summary})
 
+    def apply_file(self, path: str, repeat: int = 1) -> dict[str, Any]:
+        """Node's best time applying the JSON array of events in ``path`` (no network)."""
+        return self.run({"mode": "apply", "file": path, "repeat": repeat})
+
     def write(self, url: str, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Append events built by the TypeScript schema helpers; returns them."""
         events: list[dict[str, Any]] = self.run({"mode": "write", "url": url, "ops": ops})["events"]
