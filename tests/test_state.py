@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from unit.state_model import flat, model, op_strategy
 from unit.state_schema import schema_errors
 
 from durable_streams import DeliveryError, DurableStream, StreamNotFoundError, stream
@@ -137,6 +140,38 @@ def test_snapshots_do_not_nest_and_end_even_on_error(state_url: str) -> None:
     controls = [i["headers"].get("control") for i in served(state_url)]
     assert controls == ["snapshot-start", "snapshot-end", "snapshot-start", None,
                         "snapshot-end"]
+
+
+@settings(max_examples=15)
+@given(ops=st.lists(op_strategy, max_size=40), flush_every=st.integers(1, 10))
+def test_random_sequences_written_and_followed_match_the_model(
+        durable_streams_server: ReferenceServer, ops: list[tuple[str, Any, Any, Any]],
+        flush_every: int) -> None:
+    url = durable_streams_server.stream_url()
+    DurableStream.create(url, content_type=JSON).close()
+    with StateProducer(url, "w") as sp, follow_state(url, live="long-poll") as view:
+        for n, (name, t, k, v) in enumerate(ops):
+            if name == "reset":
+                sp.reset()
+            elif name in ("snapshot-start", "snapshot-end"):
+                sp.producer.append(json.dumps({"headers": {"control": name}}))
+            elif name == "delete":
+                sp.delete(t, k)
+            else:
+                getattr(sp, name)(t, k, v)
+            if n % flush_every == 0:
+                sp.flush()
+        sp.insert("end", "end", 0, txid="end")
+        sp.flush()
+        if not any(name == "snapshot-start" for name, *_ in ops) or \
+                [name for name, *_ in ops if name.startswith("snapshot")][-1] != "snapshot-start":
+            assert view.wait_for_txid("end", 30)
+            types, values = model([*ops, ("insert", "end", "end", 0)])
+            assert flat(view.state) == (types, values)
+        else:  # an unfinished snapshot block: held back, not applied in part
+            assert view.wait_for_txid("end", 1) is False
+    for item in served(url):
+        assert schema_errors(item, served=True) == []
 
 
 # -- following -----------------------------------------------------------------------------
@@ -346,6 +381,17 @@ def test_sqlite_view_survives_sigkill(state_url: str, tmp_path: Path) -> None:
     with SqliteState(path) as db:
         assert db.to_dict() == materialise(state_url).to_dict()
         assert db.types == materialise(state_url).types
+
+
+# -- the README ----------------------------------------------------------------------------
+def test_readme_state_section_runs(state_url: str) -> None:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## State Protocol"):]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {"STATE_URL": state_url}
+    exec(compile(code, "README.md#state-protocol", "exec"), namespace)
+    assert dict(namespace["users"]) == {"2": {"name": "Bo"}}
+    assert namespace["offset"] == namespace["view"].offset
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from .. import _protocol as P
 from ..reading import LiveMode, StreamResponse, stream
@@ -228,12 +228,26 @@ class StateFollower(Generic[S]):
             self._cond.notify_all()
 
 
+@overload
+def follow_state(url: str, *, offset: str | None = ..., live: LiveMode = ...,
+                 store: None = ..., on_change: ChangeCallback | None = ...,
+                 on_invalid: InvalidCallback | None = ..., max_txids: int = ...,
+                 **read_options: Any) -> StateFollower[MaterializedState]: ...
+
+
+@overload
+def follow_state(url: str, *, offset: str | None = ..., live: LiveMode = ..., store: S,
+                 on_change: ChangeCallback | None = ...,
+                 on_invalid: InvalidCallback | None = ..., max_txids: int = ...,
+                 **read_options: Any) -> StateFollower[S]: ...
+
+
 def follow_state(
     url: str,
     *,
     offset: str | None = None,
     live: LiveMode = True,
-    store: S | None = None,
+    store: StateStore | None = None,
     on_change: ChangeCallback | None = None,
     on_invalid: InvalidCallback | None = None,
     max_txids: int = 100_000,

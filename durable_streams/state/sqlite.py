@@ -36,10 +36,13 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._redact import redact_url
 from .events import StateEvent, check_event
+
+if TYPE_CHECKING:
+    from .follow import StateFollower
 
 __all__ = ["SqliteState"]
 
@@ -243,7 +246,7 @@ class SqliteState:
                 yield type_, key, value
 
     # -- following and lifecycle -------------------------------------------------------
-    def follow(self, url: str, **options: Any) -> Any:
+    def follow(self, url: str, **options: Any) -> StateFollower[SqliteState]:
         """``follow_state(url, store=self, **options)``, bound to this stream: resumes
         from :attr:`offset`. Returns the :class:`~durable_streams.state.StateFollower`."""
         from .follow import follow_state
