@@ -92,7 +92,14 @@ class StateFollower(Generic[S]):
 
     @property
     def offset(self) -> str:
-        """The stream offset after the last group applied: where a new reader resumes."""
+        """The stream offset after the last group applied: where a new reader resumes.
+
+        It is the store's offset, recorded with the group under the store's lock (or in
+        the same SQLite transaction), so it always matches what :attr:`state` holds.
+        """
+        stored = self._store.offset
+        if stored is not None:
+            return stored
         with self._cond:
             return self._offset
 
