@@ -436,3 +436,16 @@ def test_cli_state_reports_a_malformed_stream(state_url: str) -> None:
                           timeout=60)
     assert proc.returncode == 1
     assert "headers.control" in proc.stderr and "explode" not in proc.stderr
+
+
+# -- the benchmark still runs --------------------------------------------------------------
+def test_state_benchmark_runs_and_checks_the_readers_agree() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "benchmarks/state.py", "--events", "3000",
+                           "--repeat", "1", "--json"], cwd=root, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["events"] == 3000 and result["entries"] > 0
+    assert set(result["rates"]) >= {"ours", "sqlite"}
+    assert "ratio SQLite / ours" in proc.stdout
