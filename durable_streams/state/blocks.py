@@ -16,6 +16,10 @@ when the events received so far can be applied as one atomic group:
 
 Groups always end at a chunk boundary, so the offset stored with a group is exact: a reader
 that resumes from it re-reads nothing it applied and skips nothing. Pure; no I/O, no locks.
+
+Memory is bounded by ``max_held``: a block that grows beyond it (a huge snapshot, or one that
+never ends) is released at the next chunk boundary anyway, in parts (:attr:`split_blocks`
+counts them): the events are applied, not dropped, but readers may see that block in parts.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ __all__ = ["BlockAssembler"]
 class BlockAssembler:
     """Collect chunks; :meth:`add` returns the events to apply now, or ``None`` to hold."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_held: int | None = None) -> None:
+        if max_held is not None and (isinstance(max_held, bool) or not isinstance(max_held, int)
+                                     or max_held < 1):
+            raise ValueError(f"max_held must be a positive int or None, got {max_held!r}")
+        self._max_held = max_held
+        self.split_blocks = 0
         self._held: list[StateEvent] = []
         self._held_chunks = 0
         self._in_snapshot = False
@@ -59,7 +68,9 @@ class BlockAssembler:
         self._held.extend(events)
         self._held_chunks += 1
         if self._in_snapshot or (self._ends_with_reset and not up_to_date):
-            return None
+            if self._max_held is None or len(self._held) <= self._max_held:
+                return None
+            self.split_blocks += 1
         group, self._held = self._held, []
         self._held_chunks = 0
         self._ends_with_reset = False

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from .. import _protocol as P
+from .._redact import redact_url
 from ..reading import LiveMode, StreamResponse, stream
 from .blocks import BlockAssembler
 from .events import StateEvent, StateEventError, check_event
@@ -63,12 +64,14 @@ class StateFollower(Generic[S]):
     """
 
     def __init__(self, response: StreamResponse, store: S, *, on_change: ChangeCallback | None,
-                 on_invalid: InvalidCallback | None, max_txids: int) -> None:
+                 on_invalid: InvalidCallback | None, max_txids: int,
+                 max_held_events: int | None = None) -> None:
         self._response = response
         self._store = store
         self._on_change = on_change
         self._on_invalid = on_invalid
         self._max_txids = max_txids
+        self._assembler = BlockAssembler(max_held_events)
         self._cond = threading.Condition()
         self._txids: OrderedDict[str, None] = OrderedDict()  # guarded by _cond
         self._offset = store.offset if store.offset is not None else response.offset
@@ -183,12 +186,16 @@ class StateFollower(Generic[S]):
 
     # -- the thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        assembler = BlockAssembler()
+        assembler = self._assembler
         try:
             for batch in self._response.iter_json_batches():
                 events = self._checked(batch.items, batch.offset)
                 up_to_date = batch.up_to_date or batch.closed
+                split = assembler.split_blocks
                 group = assembler.add(events, up_to_date)
+                if assembler.split_blocks != split:
+                    _log.warning("a snapshot block on %s exceeds max_held_events: it is "
+                                 "applied in parts", redact_url(self._response.url))
                 if group is None:
                     with self._cond:
                         self._up_to_date = False
@@ -201,7 +208,8 @@ class StateFollower(Generic[S]):
         except BaseException as exc:  # noqa: BLE001 - kept and raised to the application
             with self._cond:
                 self._error = exc
-            _log.debug("state follower for %s stopped: %s", self._response.url, type(exc))
+            _log.debug("state follower for %s stopped: %s", redact_url(self._response.url),
+                       type(exc).__name__)
         finally:
             with self._cond:
                 self._done = True
@@ -239,6 +247,7 @@ class StateFollower(Generic[S]):
 def follow_state(url: str, *, offset: str | None = ..., live: LiveMode = ...,
                  store: None = ..., on_change: ChangeCallback | None = ...,
                  on_invalid: InvalidCallback | None = ..., max_txids: int = ...,
+                 max_held_events: int | None = ...,
                  **read_options: Any) -> StateFollower[MaterializedState]: ...
 
 
@@ -246,6 +255,7 @@ def follow_state(url: str, *, offset: str | None = ..., live: LiveMode = ...,
 def follow_state(url: str, *, offset: str | None = ..., live: LiveMode = ..., store: S,
                  on_change: ChangeCallback | None = ...,
                  on_invalid: InvalidCallback | None = ..., max_txids: int = ...,
+                 max_held_events: int | None = ...,
                  **read_options: Any) -> StateFollower[S]: ...
 
 
@@ -258,6 +268,7 @@ def follow_state(
     on_change: ChangeCallback | None = None,
     on_invalid: InvalidCallback | None = None,
     max_txids: int = 100_000,
+    max_held_events: int | None = 1_000_000,
     **read_options: Any,
 ) -> StateFollower[Any]:
     """Materialise the State Protocol stream at ``url`` on a background thread.
@@ -275,6 +286,9 @@ def follow_state(
             which is then skipped and counted in :attr:`StateFollower.skipped`. Without it
             a malformed message stops the view with that error.
         max_txids: how many recent txids :meth:`StateFollower.wait_for_txid` remembers.
+        max_held_events: the most events held back while a snapshot block is incomplete
+            (memory bound); a longer block is applied in parts, with a warning logged.
+            ``None``: no bound.
         read_options: passed to :func:`durable_streams.stream` (``headers``, ``params``,
             ``session``, ``timeout``, ``retry``, ``content_type``, ``stop_after``).
 
@@ -294,7 +308,7 @@ def follow_state(
                 f"the stream has content type {response.content_type!r}; State Protocol "
                 "streams are JSON streams (application/json)")
         return StateFollower(response, target, on_change=on_change, on_invalid=on_invalid,
-                             max_txids=max_txids)
+                             max_txids=max_txids, max_held_events=max_held_events)
     except BaseException:
         response.close()
         raise

@@ -164,6 +164,18 @@ def test_a_reset_inside_a_snapshot_is_part_of_the_block() -> None:
     assert blocks.add([END], up_to_date=True) == [START, RESET, ins("a", "1", 1), END]
 
 
+def test_a_block_beyond_max_held_is_released_in_parts_not_dropped() -> None:
+    blocks = BlockAssembler(max_held=3)
+    assert blocks.add([START, ins("a", "1", 1)], up_to_date=True) is None
+    part = blocks.add([ins("a", "2", 2), ins("a", "3", 3)], up_to_date=True)
+    assert part == [START, ins("a", "1", 1), ins("a", "2", 2), ins("a", "3", 3)]
+    assert blocks.split_blocks == 1
+    assert blocks.add([ins("a", "4", 4)], up_to_date=True) is None  # still inside the block
+    assert blocks.add([END], up_to_date=True) == [ins("a", "4", 4), END]
+    with pytest.raises(ValueError, match="max_held"):
+        BlockAssembler(max_held=0)
+
+
 def test_reset_ending_a_chunk_waits_for_what_follows() -> None:
     blocks = BlockAssembler()
     assert blocks.add([ins("a", "1", 1), RESET], up_to_date=False) is None
