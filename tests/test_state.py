@@ -423,7 +423,9 @@ def test_cli_state_follow_prints_each_change(state_url: str) -> None:
             lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
         finally:
             proc.send_signal(signal.SIGINT)
-            proc.wait(30)
+            _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("offset: ")
     assert [(e["key"], e["headers"]["operation"]) for e in lines] == [("2", "upsert"),
                                                                       ("1", "delete")]
     assert lines[0]["headers"]["txid"] == "x"
@@ -449,3 +451,15 @@ def test_state_benchmark_runs_and_checks_the_readers_agree() -> None:
     assert result["events"] == 3000 and result["entries"] > 0
     assert set(result["rates"]) >= {"ours", "sqlite"}
     assert "ratio SQLite / ours" in proc.stdout
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX pipes")
+def test_cli_state_follow_ends_when_the_pipe_closes(state_url: str) -> None:
+    with StateProducer(state_url, "w") as sp:
+        sp.upsert("a", "1", 1)
+    shell = (f"{sys.executable} -m durable_streams state '{state_url}' --long-poll "
+             "--stop-after 60 | head -1")
+    started = time.monotonic()
+    proc = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, timeout=60)
+    assert json.loads(proc.stdout) == {"a": {"1": 1}}
+    assert time.monotonic() - started < 30  # not held until --stop-after

@@ -28,7 +28,7 @@ from ._common import (
     resolve_url,
     silence_stdout,
 )
-from ._read import _ClosedPipe, _write_out
+from ._read import _ClosedPipe, _PipeWatcher, _write_out
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -51,6 +51,7 @@ def cmd_state(args: argparse.Namespace) -> int:
             "streams are JSON streams (application/json)")
         return EXIT_FAILED
     out = sys.stdout.buffer
+    watcher = _PipeWatcher.start(sys.stdout, response.close) if live else None
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     state, blocks = MaterializedState(), BlockAssembler()
     resume = args.offset
@@ -86,6 +87,8 @@ def cmd_state(args: argparse.Namespace) -> int:
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         response.close()
+        if watcher is not None and watcher.fired:
+            silence_stdout()  # the reader went away while we were waiting for data
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(f"offset: {resume}\n")
             sys.stderr.flush()
