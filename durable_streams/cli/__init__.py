@@ -1,7 +1,7 @@
 """The ``durable-streams`` command line (also ``python -m durable_streams``).
 
 Subcommands: ``create``, ``head``, ``delete``, ``close``, ``append``, ``read``, ``demo``,
-``fork`` and ``subscription``.
+``fork``, ``subscription`` and ``state``.
 Run ``durable-streams COMMAND --help`` for each one. Exit codes are listed in :data:`EPILOG`.
 
 Output rules: data goes to stdout; errors go to stderr as one line each
@@ -69,6 +69,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "_read",
     "_demo",
     "_subs",  # fork, subscription create|info|delete
+    "_state",
 )
 
 
