@@ -11,6 +11,7 @@
 import logging as _logging
 
 from ._http import RetryPolicy
+from ._version import __version__
 from .errors import (
     BadRequestError,
     BufferFullError,
@@ -49,8 +50,6 @@ from .reading import JsonBatch, StreamEvent, StreamResponse, stream
 from .stream import DurableStream, StreamInfo
 from .subscriptions import Claim, ClaimLoop, Subscription, SubscriptionInfo
 from .webhooks import Wake, WebhookVerifier
-
-__version__ = "0.1.0"
 
 # Diagnostics go to logging.getLogger("durable_streams"); the application decides where.
 _logging.getLogger("durable_streams").addHandler(_logging.NullHandler())

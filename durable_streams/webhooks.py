@@ -7,7 +7,7 @@ and returns a :class:`Wake`; :meth:`Wake.read` reads a stream's pending data and
 :meth:`Wake.callback` acks it later (or answer :data:`Wake.DONE_BODY` at once).
 
 Ed25519 comes from ``cryptography``, an optional extra: ``pip install
-'durable_streams[webhooks]'``. Importing this module works without it; constructing a
+'durable-streams-sync[webhooks]'``. Importing this module works without it; constructing a
 verifier does not.
 """
 
@@ -57,7 +57,7 @@ STALE_TIMESTAMP = "stale_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
 UNEXPECTED_SUBSCRIPTION = "unexpected_subscription"
 
-_INSTALL_HINT = "pip install 'durable_streams[webhooks]'"
+_INSTALL_HINT = "pip install 'durable-streams-sync[webhooks]'"
 _CALLBACK_RE = re.compile(r"^(?P<root>.+)/__ds/subscriptions/[^/]+/callback$")
 _MAX_AGE_RE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 # Cache lifetime when the JWKS response says nothing (the reference server sends 300 s).
