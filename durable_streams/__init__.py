@@ -12,6 +12,7 @@ import logging as _logging
 
 from ._http import RetryPolicy
 from ._version import __version__
+from ._wake import AckResult
 from .errors import (
     BadRequestError,
     BufferFullError,
@@ -55,6 +56,7 @@ from .webhooks import Wake, WebhookVerifier
 _logging.getLogger("durable_streams").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "AckResult",
     "BadRequestError",
     "BufferFullError",
     "Claim",

@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,13 +30,13 @@ import requests
 from . import _wake, errors
 from ._http import NO_RETRY, HeadersLike, HttpClient, RetryPolicy, TimeoutLike
 from ._redact import redact_url
-from ._wake import LinkedStream
+from ._wake import AckResult, LinkedStream
 from .reading import StreamResponse, stream
 
 __all__ = [
     "JWKS_PATH",
     "SIGNATURE_HEADER",
-    "CallbackResult",
+    "AckResult",
     "Wake",
     "WebhookVerifier",
     "jwks_url_for",
@@ -64,6 +65,15 @@ _MAX_AGE_RE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 _DEFAULT_MAX_AGE_S = 300.0
 # An unknown kid that a refetch did not find is not refetched for again for this long.
 _MISSING_KID_TTL_S = 60.0
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CallbackResult":  # renamed: Claim.ack() and Wake.callback() share it
+        warnings.warn("durable_streams.webhooks.CallbackResult is deprecated: it is "
+                      "durable_streams.AckResult now (Claim.ack() returns it too)",
+                      DeprecationWarning, stacklevel=2)
+        return AckResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def jwks_url_for(stream_root: str) -> str:
@@ -148,15 +158,6 @@ def parse_signature_header(header: str | None) -> _Signature:
             MALFORMED_HEADER,
         )
     return _Signature(timestamp, kid, tuple(sigs), timestamp_text)
-
-
-@dataclass(frozen=True)
-class CallbackResult:
-    """What the server answered to a callback: ``next_wake`` says another wake follows
-    (new data arrived after this wake's snapshot)."""
-
-    ok: bool
-    next_wake: bool
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ class Wake:
 
     def callback(self, acks: Mapping[str, str] | Sequence[tuple[str, str]] | None = None, *,
                  done: bool = True, headers: HeadersLike = None,
-                 timeout: TimeoutLike = None) -> CallbackResult:
+                 timeout: TimeoutLike = None) -> AckResult:
         """Ack through the callback URL with this wake's bearer token (§7.1).
 
         ``acks`` maps stream path to the last processed offset (inclusive); ``None`` acks
@@ -298,14 +299,7 @@ class Wake:
                 hint="this wake is finished or superseded; stop and do not ack again"
                 if response.status_code == 409 else "",
             )
-        try:
-            doc = json.loads(response.text) if response.content else {}
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
-        return CallbackResult(ok=bool(doc.get("ok", True)),
-                              next_wake=bool(doc.get("next_wake", False)))
+        return AckResult.from_body(response.content)
 
     def reply_done(self) -> bytes:
         """The synchronous reply body ``{"done":true}``: the server acks every tail of this
@@ -378,7 +372,6 @@ class WebhookVerifier:
         self._last_fetch = float("-inf")  # monotonic time of the last fetch attempt
         self._fetch_generation = 0
         self._missing: dict[str, float] = {}  # unknown kid -> when a refetch missed it
-        self.fetch_count = 0
 
     # -- public ----------------------------------------------------------------------------
     @classmethod
@@ -504,7 +497,6 @@ class WebhookVerifier:
     def _fetch_locked(self, now: float) -> None:
         self._last_fetch = now
         self._fetch_generation += 1
-        self.fetch_count += 1
         response = self._client.request(
             "GET", self.jwks_url, operation="fetch webhook JWKS", headers=self._headers,
             extra_headers={"Accept": "application/jwk-set+json, application/json"},
