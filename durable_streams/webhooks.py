@@ -318,17 +318,37 @@ class WebhookVerifier:
     fails but keys are cached, the cached keys keep being used (and the failure logged).
 
     Args:
-        jwks_url: the JWKS URL, normally ``jwks_url_for(stream_root)`` or the
-            ``webhook.signing.jwks_url`` of the subscription.
-        tolerance_s: accepted distance between the signature's timestamp and ``now``, both
-            ways (replay window). Default five minutes, as §7.1 suggests.
-        session, timeout, headers: for the JWKS fetch (and given to the wakes, for their
-            reads and callbacks).
-        subscription_ids: if given, wakes of other subscriptions are refused (§12.10: for
-            endpoints shared by several subscriptions or servers).
-        min_refresh_interval_s: the least time between two unknown-kid refetches.
-        stream_root: the stream root for :meth:`Wake.read`; default: derived from
-            ``jwks_url`` (``{root}/__ds/jwks.json``), else from each wake's callback URL.
+        jwks_url: the ``http://`` or ``https://`` URL of the server's JWKS, normally
+            ``jwks_url_for(stream_root)`` (``{root}/__ds/jwks.json``, §6.5) or the
+            ``webhook.signing.jwks_url`` of the subscription; :meth:`for_stream_root`
+            builds it. Fetched on the first :meth:`verify`, not at construction.
+        tolerance_s: seconds, both ways, between the signature's timestamp ``t`` and the
+            receiving clock (``now=`` of :meth:`verify`, default ``time.time()``): older is
+            ``stale_timestamp`` (a replay), newer ``future_timestamp`` (clock skew). A
+            positive number; default 300 (five minutes, as §7.1 suggests).
+        session: a ``requests.Session`` for the JWKS fetch, used as given and never closed
+            by the library; it is also given to every :class:`Wake` this verifier returns,
+            for :meth:`Wake.read` and :meth:`Wake.callback`. Default: the library's shared
+            connection pool.
+        timeout: seconds, one number or ``(connect, read)``, for the JWKS fetch and the
+            wakes' reads and callbacks. Default ``(10, 60)``.
+        headers: extra request headers for the JWKS fetch only (values or zero-argument
+            callables); a wake's reads and callbacks take ``headers=`` themselves.
+            Default: none.
+        subscription_ids: if given, a verified wake of any other subscription is refused
+            with reason ``unexpected_subscription`` (§12.10: for endpoints shared by several
+            subscriptions or servers). Default ``None``: any subscription.
+        min_refresh_interval_s: seconds, the least time between two JWKS fetches caused by
+            an unknown ``kid`` or an expired cache (``>= 0``; default 1.0). An unknown kid
+            that a refetch did not find is not refetched for again within 60 s either.
+            Within the interval an unknown kid is ``unknown_key`` at once.
+        stream_root: the stream root for :meth:`Wake.read` (``{root}/{path}`` is a
+            stream's URL); default: derived from ``jwks_url`` (``{root}/__ds/jwks.json``),
+            else from each wake's callback URL.
+
+    ``ImportError`` naming ``pip install 'durable-streams-sync[webhooks]'`` when
+    ``cryptography`` is missing; ``ValueError`` for a bad ``jwks_url``, ``tolerance_s`` or
+    ``min_refresh_interval_s``.
     """
 
     def __init__(
@@ -376,7 +396,8 @@ class WebhookVerifier:
     # -- public ----------------------------------------------------------------------------
     @classmethod
     def for_stream_root(cls, stream_root: str, **kwargs: Any) -> WebhookVerifier:
-        """A verifier for the server whose stream root is ``stream_root``."""
+        """A verifier for the server whose stream root is ``stream_root``: its JWKS is
+        ``{stream_root}/__ds/jwks.json``; ``kwargs`` are the other constructor arguments."""
         return cls(jwks_url_for(stream_root), stream_root=stream_root, **kwargs)
 
     def verify(self, body: bytes, signature_header: str | None, *,
