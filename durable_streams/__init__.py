@@ -11,6 +11,8 @@
 import logging as _logging
 
 from ._http import RetryPolicy
+from ._version import __version__
+from ._wake import AckResult
 from .errors import (
     BadRequestError,
     BufferFullError,
@@ -50,12 +52,11 @@ from .stream import DurableStream, StreamInfo
 from .subscriptions import Claim, ClaimLoop, Subscription, SubscriptionInfo
 from .webhooks import Wake, WebhookVerifier
 
-__version__ = "0.1.0"
-
 # Diagnostics go to logging.getLogger("durable_streams"); the application decides where.
 _logging.getLogger("durable_streams").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "AckResult",
     "BadRequestError",
     "BufferFullError",
     "Claim",

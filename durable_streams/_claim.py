@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import errors
-from ._wake import LinkedStream, ack_body, parse_streams
+from ._wake import AckResult, LinkedStream, ack_body, parse_streams
 
 if TYPE_CHECKING:
     from .reading import StreamResponse
@@ -120,14 +120,25 @@ class Claim:
         return self.subscription._read(path, start, **options)
 
     # -- acks and release -----------------------------------------------------------------
-    def ack(self, acks: Mapping[str, str] | None = None, *, done: bool = False) -> bool:
-        """Record processed offsets (``{path: offset}``, inclusive); return ``next_wake``.
+    def ack(self, acks: Mapping[str, str] | None = None, *,
+            done: bool = False) -> AckResult:
+        """Record processed offsets and return the server's :class:`AckResult`.
 
-        Without ``done`` this also extends the lease. With ``done=True`` the claim ends:
-        the lease is released, and the server wakes a worker again if work is left
-        (the return value says whether it did). Raises :class:`FencedError` if the lease
-        was lost, :class:`InvalidOffsetError` for an offset the server refuses (unknown
-        stream, ``"-1"``, before the acked offset, beyond the tail).
+        Args:
+            acks: ``{stream path: offset}``, each offset the position *after* the last
+                message processed (a ``StreamResponse.offset``), for streams of this claim
+                only. ``None`` or ``{}`` acks nothing (a heartbeat). Offsets given here are
+                remembered: :meth:`read` starts after them, and the ``done`` ack sent when a
+                ``with claim:`` block ends repeats them.
+            done: ``False`` (default) records progress and extends the lease;
+                ``True`` ends the claim: the lease is released and, if work is left, the
+                server wakes a worker again (``result.next_wake`` says whether it did).
+
+        Raises :class:`FencedError` if the lease was lost, :class:`InvalidOffsetError` for an
+        offset the server refuses (unknown stream, ``"-1"``, before the acked offset, beyond
+        the tail), ``TypeError`` for a non-string path or offset, ``RuntimeError`` when the
+        claim already ended. (Before 0.1.0 this returned ``next_wake`` as a bool; using the
+        result's truth value still works, with a ``DeprecationWarning``.)
         """
         clean: dict[str, str] = {}
         for path, offset in (acks or {}).items():
@@ -137,11 +148,11 @@ class Claim:
             clean[path] = offset
         with self._lock:
             self._check_open("ack")
-            next_wake = self._send_ack(clean, done=done, operation="ack")
+            result = self._send_ack(clean, done=done, operation="ack")
             self._acks.update(clean)
             if done:
-                self._finish(next_wake)
-            return next_wake
+                self._finish(result.next_wake)
+            return result
 
     def heartbeat(self) -> None:
         """Extend the lease now (an ack without offsets). The heartbeat thread calls this."""
@@ -174,15 +185,12 @@ class Claim:
             url=self.subscription.safe_url,
         )
 
-    def _send_ack(self, acks: Mapping[str, str], *, done: bool, operation: str) -> bool:
+    def _send_ack(self, acks: Mapping[str, str], *, done: bool,
+                  operation: str) -> AckResult:
         body = ack_body(self.wake_id, self.generation, acks, done=done)
         response = self._request(operation, body, idempotent=not done)
         self._last_extended = time.monotonic()
-        try:
-            doc = json.loads(response.content) if response.content else {}
-        except ValueError:
-            doc = {}
-        return bool(doc.get("next_wake", False)) if isinstance(doc, dict) else False
+        return AckResult.from_body(response.content)
 
     def _request(self, operation: str, body: bytes, *, idempotent: bool) -> Any:
         suffix = "/release" if operation == "release" else "/ack"

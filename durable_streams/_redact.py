@@ -1,4 +1,4 @@
-"""Keep secrets out of text the library produces (design.md, decision 11).
+"""Keep secrets out of text the library produces (README, design decision 11).
 
 URL user-info and query-parameter values are replaced, header values are never shown; the
 scheme, host, port, path and parameter *names* stay, so messages remain useful.

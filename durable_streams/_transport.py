@@ -36,12 +36,8 @@ from requests.cookies import RequestsCookieJar
 from urllib3.exceptions import ClosedPoolError
 from urllib3.util.ssl_ import create_urllib3_context
 
-try:
-    from importlib.metadata import version as _version
+from ._version import USER_AGENT
 
-    USER_AGENT = f"durable-streams-python/{_version('durable_streams')}"
-except Exception:  # noqa: BLE001 - not installed (a source checkout)
-    USER_AGENT = "durable-streams-python"
 # http.client adds "Accept-Encoding: identity" itself (stream bodies are compact; compression
 # would cost more than it saves on fast links) and urllib3 adds no Accept.
 _DEFAULT_HEADERS = {"User-Agent": USER_AGENT}

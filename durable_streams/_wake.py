@@ -5,6 +5,7 @@ errors (``{"error": {"code": ..., "message": ...}}``) to exceptions. Pure code, 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,43 @@ class LinkedStream:
             tail_offset=str(raw.get("tail_offset", raw.get("acked_offset", "-1"))),
             has_pending=bool(raw.get("has_pending", False)),
         )
+
+
+@dataclass(frozen=True)
+class AckResult:
+    """The server's answer to an ack: :meth:`Claim.ack` (PROTOCOL §7.2) and
+    :meth:`Wake.callback` (§7.1) both return one.
+
+    ``ok``: the server accepted the ack (a refused ack raises instead, so this is true
+    unless the server said otherwise in a 2xx body). ``next_wake``: more data arrived after
+    the claim's or wake's snapshot, so the server will wake a worker (or deliver a webhook)
+    again; meaningful after a ``done`` ack.
+    """
+
+    ok: bool
+    next_wake: bool
+
+    def __bool__(self) -> bool:
+        # Claim.ack() returned the bool next_wake before 0.1.0's naming pass: keep
+        # `if claim.ack(...):` working for a while, loudly.
+        warnings.warn(
+            "the truth value of an AckResult is deprecated (Claim.ack() used to return "
+            "next_wake as a bool): use result.next_wake",
+            DeprecationWarning, stacklevel=2,
+        )
+        return self.next_wake
+
+    @classmethod
+    def from_body(cls, content: bytes) -> AckResult:
+        """From an ack's 2xx body (``{"ok": true, "next_wake": false}``); lenient: an empty
+        or malformed body is an accepted ack with no next wake."""
+        try:
+            doc = json.loads(content) if content else {}
+        except ValueError:
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        return cls(ok=bool(doc.get("ok", True)), next_wake=bool(doc.get("next_wake", False)))
 
 
 def parse_streams(raw: Any) -> tuple[LinkedStream, ...]:

@@ -3,7 +3,7 @@
 Messages go into a thread-safe buffer; up to ``max_in_flight`` sender threads seal batches
 (by size, by linger time, or on flush) and POST them with ``Producer-Id``/``-Epoch``/``-Seq``
 headers, retrying with the same (epoch, seq, body) so that the server deduplicates.
-See PROTOCOL.md §5.2.1 and design.md decisions 3, 5–8. The parts live in ``_producer/``:
+See PROTOCOL.md §5.2.1 and the README's design decisions 3, 5–8. The parts live in ``_producer/``:
 the accumulator (buffer), the sequencer (every protocol decision, pure), the sender pool,
 the transport (all HTTP), the reporter (``on_error`` and ``DeliveryError``) and lifecycle.
 

@@ -113,10 +113,30 @@ class SubscriptionInfo:
 class Subscription:
     """A handle on subscription ``subscription_id`` under the stream root ``root_url``.
 
-    ``root_url`` is the URL that stream paths are relative to (on the reference server
-    ``http://host:port/v1/stream``). Creating a handle makes no request. Keyword options are
-    those of :class:`~durable_streams.DurableStream` (``headers``, ``params``, ``session``,
-    ``timeout``, ``retry``) and apply to every control call and read.
+    Creating a handle makes no request (:meth:`create` makes the subscription). The handle
+    is thread-safe; :meth:`close` (or leaving ``with sub:``) stops its claim loops and
+    releases the HTTP session it made.
+
+    Args:
+        root_url: the ``http://`` or ``https://`` URL that stream paths are relative to
+            (on the reference server ``http://host:port/v1/stream``); the control API is
+            at ``{root_url}/__ds/subscriptions/{id}`` (PROTOCOL §6). A trailing ``/`` is
+            ignored. ``ValueError`` for anything else.
+        subscription_id: the subscription's name, any non-empty string (URL-quoted in
+            requests).
+        headers: extra request headers for every control call, claim, ack and read of
+            this handle: values or zero-argument callables evaluated on each request
+            (token refresh). Default: none.
+        params: extra query parameters, values or callables, as ``headers``. Default: none.
+        session: a ``requests.Session`` used as given (auth, proxies, TLS) and never
+            closed by the library; default: the library's shared connection pool.
+        timeout: seconds, one number or ``(connect, read)``, per request. Default
+            ``(10, 60)``. Live reads of the wake stream (:meth:`claims`) use a longer read
+            timeout of their own.
+        retry: the :class:`~durable_streams.RetryPolicy` for requests that are safe to
+            repeat (create, info, add/remove streams, delete, heartbeats, reads). A claim,
+            a ``done`` ack and a release are never repeated after an ambiguous failure.
+            Default ``RetryPolicy()`` (5 retries, 100 ms doubling to 10 s).
     """
 
     def __init__(
@@ -171,13 +191,35 @@ class Subscription:
         description: str | None = None,
         **options: Any,
     ) -> Subscription:
-        """Create the subscription (PUT, §6.2), or re-confirm an identical one.
+        """Create the subscription (PUT, §6.2), or re-confirm an identical one; return its
+        handle, with ``.created`` True (201) or False (an identical one existed, 200).
 
-        Give ``pattern`` (``*`` one path segment, ``**`` any number) and/or explicit
-        ``streams``, and ``wake_stream`` (pull-wake; the wake stream must exist, in JSON
-        mode) or ``webhook_url`` (webhook delivery). ``lease_ttl_ms``: 1000-600000 (server
-        default 30000). Raises :class:`SubscriptionExistsError` (409) if the id is taken with
-        another configuration, :class:`WebhookURLRejectedError` for a refused webhook URL.
+        Args:
+            root_url, subscription_id: as for :class:`Subscription`.
+            pattern: a glob over stream paths relative to the root: ``*`` matches one path
+                segment, ``**`` any number (``"orders/*"``). Streams created later that
+                match are linked too. Give ``pattern``, ``streams`` or both.
+            streams: explicit stream paths (``["orders/a"]``; one ``str`` is one path),
+                linked at their current tail. Default: none.
+            wake_stream: pull-wake delivery (§7.2): the path of an existing JSON-mode
+                stream that the server appends wake events to; workers follow it with
+                :meth:`claims`. Exactly one of ``wake_stream`` and ``webhook_url``.
+            webhook_url: webhook delivery (§7.1): the URL the server ``POST``s signed wakes
+                to (``https://``; ``http://`` only for localhost and 127.x.x.x; private
+                network hosts are refused with :class:`WebhookURLRejectedError`). The server
+                must run with webhooks on (``durable-streams serve --webhooks``).
+            lease_ttl_ms: milliseconds a claim or webhook wake holds the lease without an
+                ack, 1000 to 600000 (1 s to 10 min). Default: the server's, 30000. A
+                :class:`Claim`'s heartbeat extends it four times per lease.
+            description: free text stored with the subscription. Default: none.
+            **options: ``headers``, ``params``, ``session``, ``timeout``, ``retry`` of the
+                returned handle (see :class:`Subscription`).
+
+        ``ValueError`` / ``TypeError`` for bad arguments, before any request. Raises
+        :class:`SubscriptionExistsError` (409) if the id is taken with another
+        configuration, :class:`WebhookURLRejectedError` for a refused webhook URL,
+        :class:`BadRequestError` when the server refuses the configuration (a webhook
+        subscription on a server without webhooks).
         """
         doc: dict[str, Any] = {}
         if (wake_stream is None) == (webhook_url is None):
@@ -257,8 +299,22 @@ class Subscription:
 
     # -- pull-wake (§7.2) -----------------------------------------------------------------
     def claim(self, worker: str, *, heartbeat: bool = True) -> Claim | None:
-        """Try to take the lease: a :class:`Claim`, or ``None`` if another worker holds it
-        (``ALREADY_CLAIMED``) or nothing is pending (``NO_PENDING_WORK``)."""
+        """Try once to take the lease (POST ``/claim``, §7.2): a :class:`Claim`, or ``None``
+        if another worker holds it (``ALREADY_CLAIMED``) or nothing is pending
+        (``NO_PENDING_WORK``).
+
+        Args:
+            worker: this worker's name, a non-empty string reported by the server (use
+                something unique per process, such as ``f"{hostname}-{pid}"``).
+            heartbeat: ``True`` (default) starts a thread that extends the lease four times
+                per ``lease_ttl_ms`` until the claim ends, so long jobs keep it; ``False``
+                leaves extending to you (:meth:`Claim.heartbeat` or ``ack()``), and the
+                lease expires after ``lease_ttl_ms`` without one.
+
+        A claim is not retried after an ambiguous failure (it could have been won): a
+        transport error raises :class:`TransportError`, and the lease, if it was taken,
+        expires by itself.
+        """
         if not isinstance(worker, str) or not worker.strip():
             raise ValueError(f"worker must be a non-empty name, e.g. f'{{hostname}}-{{pid}}', "
                              f"got {worker!r}")
@@ -278,7 +334,25 @@ class Subscription:
 
     def claims(self, worker: str, *, stop_after: float | None = None,
                heartbeat: bool = True) -> ClaimLoop:
-        """Claims as wakes arrive, following the wake stream live; see :class:`ClaimLoop`."""
+        """Claims as wakes arrive, following the wake stream live: a :class:`ClaimLoop` to
+        iterate (``for claim in sub.claims("w1"): with claim: ...``).
+
+        It claims once at the start (work pending before it started is not missed), then
+        follows the wake stream from its tail with long-poll reads and claims on each wake
+        of this subscription; wakes another worker won are skipped.
+
+        Args:
+            worker: this worker's name, as for :meth:`claim`.
+            stop_after: seconds after which the loop ends by itself (a positive number);
+                default ``None``: it runs until :meth:`ClaimLoop.stop` or :meth:`stop` is
+                called from any thread, or the wake stream is closed. A claim being
+                processed is finished first, never interrupted.
+            heartbeat: whether each claim gets a heartbeat thread, as for :meth:`claim`.
+
+        Needs a pull-wake subscription (``ValueError`` for a webhook one); the wake stream
+        must exist and be a JSON stream (:class:`StreamNotFoundError` / ``ValueError`` at
+        the first ``next()``).
+        """
         loop = ClaimLoop(self, worker, stop_after=stop_after, heartbeat=heartbeat)
         self._loops.add(loop)
         return loop

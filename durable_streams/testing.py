@@ -234,6 +234,18 @@ class ReferenceServer:
             )
         return result[0]
 
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the server process exits, at most ``timeout`` seconds (``None``: no
+        limit); return its exit code, or ``None`` if it is still running (or never started).
+        ``durable-streams serve`` waits here in the foreground."""
+        proc = self._proc
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self) -> None:
         """Stop the server gracefully (closing its stdin); kill it if it does not exit."""
         self._terminate(force=False)

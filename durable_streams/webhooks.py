@@ -7,7 +7,7 @@ and returns a :class:`Wake`; :meth:`Wake.read` reads a stream's pending data and
 :meth:`Wake.callback` acks it later (or answer :data:`Wake.DONE_BODY` at once).
 
 Ed25519 comes from ``cryptography``, an optional extra: ``pip install
-'durable_streams[webhooks]'``. Importing this module works without it; constructing a
+'durable-streams-sync[webhooks]'``. Importing this module works without it; constructing a
 verifier does not.
 """
 
@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,13 +30,13 @@ import requests
 from . import _wake, errors
 from ._http import NO_RETRY, HeadersLike, HttpClient, RetryPolicy, TimeoutLike
 from ._redact import redact_url
-from ._wake import LinkedStream
+from ._wake import AckResult, LinkedStream
 from .reading import StreamResponse, stream
 
 __all__ = [
     "JWKS_PATH",
     "SIGNATURE_HEADER",
-    "CallbackResult",
+    "AckResult",
     "Wake",
     "WebhookVerifier",
     "jwks_url_for",
@@ -57,13 +58,22 @@ STALE_TIMESTAMP = "stale_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
 UNEXPECTED_SUBSCRIPTION = "unexpected_subscription"
 
-_INSTALL_HINT = "pip install 'durable_streams[webhooks]'"
+_INSTALL_HINT = "pip install 'durable-streams-sync[webhooks]'"
 _CALLBACK_RE = re.compile(r"^(?P<root>.+)/__ds/subscriptions/[^/]+/callback$")
 _MAX_AGE_RE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 # Cache lifetime when the JWKS response says nothing (the reference server sends 300 s).
 _DEFAULT_MAX_AGE_S = 300.0
 # An unknown kid that a refetch did not find is not refetched for again for this long.
 _MISSING_KID_TTL_S = 60.0
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CallbackResult":  # renamed: Claim.ack() and Wake.callback() share it
+        warnings.warn("durable_streams.webhooks.CallbackResult is deprecated: it is "
+                      "durable_streams.AckResult now (Claim.ack() returns it too)",
+                      DeprecationWarning, stacklevel=2)
+        return AckResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def jwks_url_for(stream_root: str) -> str:
@@ -148,15 +158,6 @@ def parse_signature_header(header: str | None) -> _Signature:
             MALFORMED_HEADER,
         )
     return _Signature(timestamp, kid, tuple(sigs), timestamp_text)
-
-
-@dataclass(frozen=True)
-class CallbackResult:
-    """What the server answered to a callback: ``next_wake`` says another wake follows
-    (new data arrived after this wake's snapshot)."""
-
-    ok: bool
-    next_wake: bool
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ class Wake:
 
     def callback(self, acks: Mapping[str, str] | Sequence[tuple[str, str]] | None = None, *,
                  done: bool = True, headers: HeadersLike = None,
-                 timeout: TimeoutLike = None) -> CallbackResult:
+                 timeout: TimeoutLike = None) -> AckResult:
         """Ack through the callback URL with this wake's bearer token (§7.1).
 
         ``acks`` maps stream path to the last processed offset (inclusive); ``None`` acks
@@ -298,14 +299,7 @@ class Wake:
                 hint="this wake is finished or superseded; stop and do not ack again"
                 if response.status_code == 409 else "",
             )
-        try:
-            doc = json.loads(response.text) if response.content else {}
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
-        return CallbackResult(ok=bool(doc.get("ok", True)),
-                              next_wake=bool(doc.get("next_wake", False)))
+        return AckResult.from_body(response.content)
 
     def reply_done(self) -> bytes:
         """The synchronous reply body ``{"done":true}``: the server acks every tail of this
@@ -324,17 +318,37 @@ class WebhookVerifier:
     fails but keys are cached, the cached keys keep being used (and the failure logged).
 
     Args:
-        jwks_url: the JWKS URL, normally ``jwks_url_for(stream_root)`` or the
-            ``webhook.signing.jwks_url`` of the subscription.
-        tolerance_s: accepted distance between the signature's timestamp and ``now``, both
-            ways (replay window). Default five minutes, as §7.1 suggests.
-        session, timeout, headers: for the JWKS fetch (and given to the wakes, for their
-            reads and callbacks).
-        subscription_ids: if given, wakes of other subscriptions are refused (§12.10: for
-            endpoints shared by several subscriptions or servers).
-        min_refresh_interval_s: the least time between two unknown-kid refetches.
-        stream_root: the stream root for :meth:`Wake.read`; default: derived from
-            ``jwks_url`` (``{root}/__ds/jwks.json``), else from each wake's callback URL.
+        jwks_url: the ``http://`` or ``https://`` URL of the server's JWKS, normally
+            ``jwks_url_for(stream_root)`` (``{root}/__ds/jwks.json``, §6.5) or the
+            ``webhook.signing.jwks_url`` of the subscription; :meth:`for_stream_root`
+            builds it. Fetched on the first :meth:`verify`, not at construction.
+        tolerance_s: seconds, both ways, between the signature's timestamp ``t`` and the
+            receiving clock (``now=`` of :meth:`verify`, default ``time.time()``): older is
+            ``stale_timestamp`` (a replay), newer ``future_timestamp`` (clock skew). A
+            positive number; default 300 (five minutes, as §7.1 suggests).
+        session: a ``requests.Session`` for the JWKS fetch, used as given and never closed
+            by the library; it is also given to every :class:`Wake` this verifier returns,
+            for :meth:`Wake.read` and :meth:`Wake.callback`. Default: the library's shared
+            connection pool.
+        timeout: seconds, one number or ``(connect, read)``, for the JWKS fetch and the
+            wakes' reads and callbacks. Default ``(10, 60)``.
+        headers: extra request headers for the JWKS fetch only (values or zero-argument
+            callables); a wake's reads and callbacks take ``headers=`` themselves.
+            Default: none.
+        subscription_ids: if given, a verified wake of any other subscription is refused
+            with reason ``unexpected_subscription`` (§12.10: for endpoints shared by several
+            subscriptions or servers). Default ``None``: any subscription.
+        min_refresh_interval_s: seconds, the least time between two JWKS fetches caused by
+            an unknown ``kid`` or an expired cache (``>= 0``; default 1.0). An unknown kid
+            that a refetch did not find is not refetched for again within 60 s either.
+            Within the interval an unknown kid is ``unknown_key`` at once.
+        stream_root: the stream root for :meth:`Wake.read` (``{root}/{path}`` is a
+            stream's URL); default: derived from ``jwks_url`` (``{root}/__ds/jwks.json``),
+            else from each wake's callback URL.
+
+    ``ImportError`` naming ``pip install 'durable-streams-sync[webhooks]'`` when
+    ``cryptography`` is missing; ``ValueError`` for a bad ``jwks_url``, ``tolerance_s`` or
+    ``min_refresh_interval_s``.
     """
 
     def __init__(
@@ -378,12 +392,12 @@ class WebhookVerifier:
         self._last_fetch = float("-inf")  # monotonic time of the last fetch attempt
         self._fetch_generation = 0
         self._missing: dict[str, float] = {}  # unknown kid -> when a refetch missed it
-        self.fetch_count = 0
 
     # -- public ----------------------------------------------------------------------------
     @classmethod
     def for_stream_root(cls, stream_root: str, **kwargs: Any) -> WebhookVerifier:
-        """A verifier for the server whose stream root is ``stream_root``."""
+        """A verifier for the server whose stream root is ``stream_root``: its JWKS is
+        ``{stream_root}/__ds/jwks.json``; ``kwargs`` are the other constructor arguments."""
         return cls(jwks_url_for(stream_root), stream_root=stream_root, **kwargs)
 
     def verify(self, body: bytes, signature_header: str | None, *,
@@ -504,7 +518,6 @@ class WebhookVerifier:
     def _fetch_locked(self, now: float) -> None:
         self._last_fetch = now
         self._fetch_generation += 1
-        self.fetch_count += 1
         response = self._client.request(
             "GET", self.jwks_url, operation="fetch webhook JWKS", headers=self._headers,
             extra_headers={"Accept": "application/jwk-set+json, application/json"},

@@ -593,3 +593,31 @@ def test_demo_against_a_running_server(server: ReferenceServer) -> None:
     proc = run_cli("demo", "-n", "500", "--server", server.url)
     assert proc.returncode == EXIT_OK, proc.stdout.decode() + err_text(proc)
     assert b"verified:" in proc.stdout
+
+
+def _resends_line(out: str) -> str:
+    lines = [line for line in out.splitlines() if line.startswith("resends:")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_demo_tells_pipelining_from_faults(server: ReferenceServer) -> None:
+    # A healthy local server: resends, if any, are pipelined batches answered 409 out of
+    # order, which the summary must not present as faults.
+    healthy = run_cli("demo", "-n", "20000", "--server", server.url)
+    out = healthy.stdout.decode()
+    assert healthy.returncode == EXIT_OK, out + err_text(healthy)
+    line = _resends_line(out)
+    assert "fault" not in line.replace("not a fault", ""), line
+    assert line == "resends:   none" or "ordinary" in line, line
+    # Through a proxy that drops half of the POSTs before the server sees them: those
+    # retries are reported as retries after faults, and the run still verifies.
+    from faults.chaos_proxy import ChaosProxy, FaultRates
+
+    with ChaosProxy(server.url, FaultRates(drop_before=0.5), seed=7) as proxy:
+        faulty = run_cli("demo", "-n", "20000", "--server", proxy.url, timeout=120)
+        dropped = proxy.stats()["drop_before"]
+    out = faulty.stdout.decode()
+    assert faulty.returncode == EXIT_OK, out + err_text(faulty)
+    assert dropped > 0
+    assert re.search(r"\d+ after faults", _resends_line(out)), out

@@ -1,4 +1,4 @@
-"""Retries (design.md decision 8; write-path.md §1 "Retry/backoff"; PROTOCOL.md §5).
+"""Retries (README, design decision 8; README "Retries"; PROTOCOL.md §5).
 
 Against the real reference server with injected faults wherever it can produce the
 condition (``inject_fault``: status, retryAfter, dropConnection, delayMs). ``responses`` is
@@ -146,7 +146,7 @@ def test_dropped_connection_is_retried_for_safe_requests(
 def test_plain_append_not_retried_after_dropped_connection(
     server: ReferenceServer, stream: DurableStream
 ) -> None:
-    """design.md 8: a POST that may have reached the server is not repeated without seq=.
+    """README decision 8: a POST that may have reached the server is not repeated without seq=.
 
     The fault fires once; had the client retried, the second attempt would have succeeded.
     """
@@ -259,7 +259,7 @@ def test_connection_refused_is_retried_then_transport_error(
 
 def test_dynamic_headers_evaluated_on_each_retry(server: ReferenceServer,
                                                  stream: DurableStream) -> None:
-    """write-path.md §1: header callables run again for every attempt (token refresh)."""
+    """README "DurableStream": header callables run again for every attempt (token refresh)."""
     calls: list[str] = []
 
     def token() -> str:
@@ -484,7 +484,7 @@ def test_backoff_grows_and_is_capped(mock: responses.RequestsMock, sleeps: list[
 )
 def test_retry_policy_validation_names_camel_case(kwargs: dict[str, Any], exc: type[Exception],
                                                   name: str) -> None:
-    """write-path.md §1: validation messages contain maxRetries/initialDelayMs/maxDelayMs/
+    """README "Retries": validation messages contain maxRetries/initialDelayMs/maxDelayMs/
     multiplier (case-sensitive, conformance V1–V6)."""
     with pytest.raises(exc) as info:
         RetryPolicy(**kwargs)

@@ -1034,7 +1034,7 @@ def test_user_headers_never_override_protocol_headers(
 
 def test_user_stream_closed_header_cannot_close_the_stream(
         json_stream: DurableStream, make: Callable[..., IdempotentProducer]) -> None:
-    """Stream-Closed is a protocol header (write-path.md §2: content-type, Producer-*,
+    """Stream-Closed is a protocol header (PROTOCOL §4.1, §5.2.1: content-type, Producer-*,
     Stream-Closed); a user header of that name must not turn appends into a close."""
     p = make(json_stream, headers={"Stream-Closed": "true"})
     p.append('"a"')

@@ -1,4 +1,4 @@
-"""The library stays ruff-clean and mypy --strict clean (DEVELOPERS.md standards)."""
+"""The library stays ruff-clean and mypy --strict clean (README, "Development")."""
 
 from __future__ import annotations
 

@@ -320,7 +320,7 @@ def test_append_json_objects_are_serialised(json_stream: DurableStream) -> None:
     for value in values:
         json_stream.append(value)
     assert read_json(json_stream.url) == values
-    # A bare Python str is JSON *text*, not a JSON string (design.md 4): "two" is rejected.
+    # A bare Python str is JSON *text*, not a JSON string (README decision 4): "two" is rejected.
     with pytest.raises(ValueError):
         json_stream.append("two")
 
@@ -490,7 +490,7 @@ def test_close_stream_object_body_is_one_message(json_stream: DurableStream) -> 
 
 
 def test_handle_close_does_not_end_the_stream(url: str) -> None:
-    """design.md 3: leaving a `with` block releases the session but never closes the stream."""
+    """README decision 3: leaving a `with` block releases the session, never closes the stream."""
     with DurableStream.create(url, content_type="text/plain") as handle:
         handle.append("x")
     handle.close()  # idempotent
@@ -624,7 +624,7 @@ def test_missing_next_offset_is_an_error_not_empty(capture: _CaptureServer) -> N
 
 
 def test_dynamic_headers_and_params_evaluated_per_request(capture: _CaptureServer) -> None:
-    """write-path.md §1: header/param callables are evaluated on every request."""
+    """README "DurableStream": header/param callables are evaluated on every request."""
     counter = itertools.count(1)
     param_counter = itertools.count(0)
     tokens: list[str] = []

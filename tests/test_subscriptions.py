@@ -11,6 +11,7 @@ import pytest
 from sub_helpers import JSON, Space, dumps, poll, root_of
 
 from durable_streams import (
+    AckResult,
     BadRequestError,
     Claim,
     FencedError,
@@ -136,8 +137,9 @@ def test_claim_read_ack_done(space: Space) -> None:
             claim.ack({space.path("orders/nope"): offset})
         with pytest.raises(InvalidOffsetError):
             claim.ack({space.path("orders/a"): "9" * 16 + offset[16:]})
-        assert claim.ack({space.path("orders/a"): offset}) is False  # also a heartbeat
-        assert claim.ack({}, done=True) is False
+        progress = claim.ack({space.path("orders/a"): offset})  # also a heartbeat
+        assert progress == AckResult(ok=True, next_wake=False)
+        assert claim.ack({}, done=True).next_wake is False
         assert claim.finished and not claim.fenced
     finally:
         if not claim.finished:
@@ -146,6 +148,28 @@ def test_claim_read_ack_done(space: Space) -> None:
     assert sub.claim("w1") is None  # nothing left
     with pytest.raises(RuntimeError, match="already ended"):
         claim.ack({})
+
+
+def test_a_done_ack_says_when_work_is_left(space: Space) -> None:
+    # PROTOCOL §7.2: the done ack's answer says whether the server wakes a worker again.
+    # Claim.ack() and Wake.callback() both answer with an AckResult.
+    sub = space.subscription(lease_ttl_ms=5000)
+    a = space.create("orders/a")
+    first = a.append({"n": 1})
+    claim = poll(lambda: sub.claim("w1"), what="a claim")
+    a.append({"n": 2})  # arrives after the claim's snapshot; the ack below stops before it
+    result = claim.ack({space.path("orders/a"): first}, done=True)
+    assert isinstance(result, AckResult)
+    assert result.ok and result.next_wake and claim.next_wake is True
+    # The old spelling (`if claim.ack(...):`, when ack() returned a bool) still works, loudly.
+    with pytest.warns(DeprecationWarning, match="result.next_wake"):
+        assert bool(result) is True
+    again = poll(lambda: sub.claim("w2"), what="the rest of the work")
+    with again:
+        with again.read(space.path("orders/a")) as r:
+            assert r.read_json() == [{"n": 2}]
+        again.ack({space.path("orders/a"): r.offset})
+    assert again.next_wake is False
 
 
 def test_context_manager_acks_done_or_releases(space: Space) -> None:

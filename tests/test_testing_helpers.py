@@ -1,5 +1,5 @@
 """durable_streams.testing: the reference-server helpers users get for their own tests
-(design.md decision 9). These start their own servers; the session server is left alone."""
+(README, design decision 9). These start their own servers; the session server is left alone."""
 
 from __future__ import annotations
 

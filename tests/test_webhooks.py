@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 pytest.importorskip("cryptography")
 
@@ -54,9 +55,34 @@ def prefix() -> str:
     return f"wh-{uuid.uuid4().hex[:10]}"
 
 
+class JwksFetches:
+    """Counts the verifier's JWKS requests as the network sees them: a ``requests.Session``
+    given to the verifier (public API) with a response hook recording each URL."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.session = requests.Session()
+        self.session.hooks["response"].append(self._seen)
+
+    def _seen(self, response: requests.Response, *args: object, **kwargs: object) -> None:
+        if response.url.endswith("/__ds/jwks.json"):
+            self.urls.append(response.url)
+
+    @property
+    def count(self) -> int:
+        return len(self.urls)
+
+
 @pytest.fixture
-def verifier(root: str) -> Iterator[WebhookVerifier]:
-    with WebhookVerifier.for_stream_root(root) as v:
+def fetches() -> Iterator[JwksFetches]:
+    counter = JwksFetches()
+    yield counter
+    counter.session.close()
+
+
+@pytest.fixture
+def verifier(root: str, fetches: JwksFetches) -> Iterator[WebhookVerifier]:
+    with WebhookVerifier.for_stream_root(root, session=fetches.session) as v:
         yield v
 
 
@@ -104,7 +130,8 @@ def test_valid_delivery_is_verified_and_reads_the_pending_data(
 
 
 def test_refused_deliveries(root: str, prefix: str, verifier: WebhookVerifier,
-                            receiver: Receiver, subs: list[str]) -> None:
+                            receiver: Receiver, subs: list[str],
+                            fetches: JwksFetches) -> None:
     url = create_stream(root, f"{prefix}/a")
     subscribe(root, subs, receiver, streams=[f"{prefix}/a"])
     append(url, '{"x": 1}')
@@ -137,7 +164,7 @@ def test_refused_deliveries(root: str, prefix: str, verifier: WebhookVerifier,
     assert refused(d.body, d.signature, now=t - 301) == "future_timestamp"
     assert refused(d.body, None) == "missing_header"
     assert refused(d.body, "t=1,kid=x") == "malformed_header"
-    assert verifier.fetch_count == 1  # one JWKS fetch for all of the above
+    assert fetches.count == 1  # one JWKS fetch for all of the above
     good.callback()
 
 
@@ -232,7 +259,9 @@ def test_a_500_from_the_receiver_is_retried_and_then_succeeds(root: str, prefix:
 def test_key_rotation_after_a_restart_costs_one_refetch(prefix: str) -> None:
     with ReferenceServer(webhooks=True) as private, Receiver(done_reply) as receiver:
         root = private.stream_root
-        verifier = WebhookVerifier(jwks_url_for(root), min_refresh_interval_s=0)
+        fetches = JwksFetches()
+        verifier = WebhookVerifier(jwks_url_for(root), min_refresh_interval_s=0,
+                                   session=fetches.session)
 
         def deliver() -> Wake:
             sub = f"sub-{uuid.uuid4().hex[:8]}"
@@ -246,14 +275,16 @@ def test_key_rotation_after_a_restart_costs_one_refetch(prefix: str) -> None:
         deliver()
         deliver()
         old_kids = verifier.key_ids
-        assert verifier.fetch_count == 1
+        assert fetches.count == 1
         private.restart()  # a new process: a new signing key, so a new kid (§6.5)
         deliver()
         assert verifier.key_ids != old_kids
-        assert verifier.fetch_count == 2  # exactly one refetch for the new kid
+        assert fetches.count == 2  # exactly one refetch for the new kid
         deliver()
-        assert verifier.fetch_count == 2
+        assert fetches.count == 2
+        assert fetches.urls == [jwks_url_for(root)] * 2
         verifier.close()
+        fetches.session.close()
 
 
 def test_refused_webhook_url(root: str, prefix: str) -> None:
@@ -274,13 +305,14 @@ def test_webhooks_are_off_unless_asked_for(durable_streams_server: ReferenceServ
                                     webhook_url=receiver.url, streams=[f"{prefix}/a"])
 
 
-def test_jwks_is_served_with_a_max_age(root: str, verifier: WebhookVerifier) -> None:
+def test_jwks_is_served_with_a_max_age(root: str, verifier: WebhookVerifier,
+                                       fetches: JwksFetches) -> None:
     verifier.refresh()
-    assert verifier.fetch_count == 1
+    assert fetches.count == 1
     assert all(kid.startswith("ds_") for kid in verifier.key_ids) and verifier.key_ids
     started = time.monotonic()
     verifier.key_ids  # noqa: B018 - no fetch for reading the cache
-    assert verifier.fetch_count == 1 and time.monotonic() - started < 1
+    assert fetches.count == 1 and time.monotonic() - started < 1
 
 
 def test_an_expired_lease_fences_the_old_wake(root: str, prefix: str,

@@ -1,7 +1,7 @@
 """The ``durable-streams`` command line (also ``python -m durable_streams``).
 
 Subcommands: ``create``, ``head``, ``delete``, ``close``, ``append``, ``read``, ``demo``,
-``fork``, ``subscription`` and ``state``.
+``fork``, ``subscription``, ``state`` and ``serve``.
 Run ``durable-streams COMMAND --help`` for each one. Exit codes are listed in :data:`EPILOG`.
 
 Output rules: data goes to stdout; errors go to stderr as one line each
@@ -70,11 +70,12 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "_demo",
     "_subs",  # fork, subscription create|info|delete
     "_state",
+    "_serve",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import DISTRIBUTION, __version__
 
     common = Parser(add_help=False)
     group = common.add_argument_group("connection")
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__} ({DISTRIBUTION})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     commands = Commands(sub, common)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .. import errors
 from ..producer import IdempotentProducer
 from ..stream import DurableStream
 from ._common import (
@@ -75,8 +77,8 @@ def _demo(args: argparse.Namespace, base: str, n: int,
     follower.start()
 
     t0 = time.perf_counter()
-    with IdempotentProducer(url, f"demo-{run}", headers=headers,
-                            content_type="application/json") as producer:
+    with _FaultCounter() as faults, IdempotentProducer(
+            url, f"demo-{run}", headers=headers, content_type="application/json") as producer:
         for i in range(n):
             producer.append(json.dumps({"run": run, "i": i, "pad": pad}))
         producer.flush()
@@ -119,8 +121,9 @@ def _demo(args: argparse.Namespace, base: str, n: int,
         ("stream", f"{url} (application/json)"),
         ("written", f"{fmt_count(n)} messages of ~{args.size} B in {write_s:.3f} s "
                     f"({fmt_count(n / write_s)} msg/s) by an IdempotentProducer, "
-                    f"{fmt_count(stats.batches_sent)} batches, "
-                    f"{fmt_count(stats.retries)} retries"),
+                    f"{fmt_count(stats.batches_sent)} batches in "
+                    f"{fmt_count(stats.requests_sent)} requests"),
+        ("resends", _resends(stats.retries, faults.count)),
         ("read back", f"{fmt_count(len(items))} messages in {t_read:.3f} s "
                       f"({fmt_count(len(items) / max(t_read, 1e-9))} msg/s), "
                       f"{fmt_count(chunks)} chunk(s); live (SSE) reader got "
@@ -138,6 +141,54 @@ def _demo(args: argparse.Namespace, base: str, n: int,
     out.write(f"{'verified:':<11}every message exactly once, in order, by both readers\n")
     out.flush()
     return EXIT_OK
+
+
+def _resends(retries: int, faults: int) -> str:
+    """Say which resends were ordinary pipelining and which answered a fault."""
+    faults = min(faults, retries)
+    pipelined = retries - faults
+    parts = []
+    if pipelined:
+        parts.append(f"{fmt_count(pipelined)} ordinary: batches sent in parallel reached the "
+                     "server out of order, were answered 409 and were sent again in order "
+                     "(expected with several requests in flight; not a fault)")
+    if faults:
+        parts.append(f"{fmt_count(faults)} after faults (connection errors, timeouts, 5xx "
+                     "or 429), retried with the same producer headers so nothing is stored "
+                     "twice")
+    return "; ".join(parts) if parts else "none"
+
+
+class _FaultCounter(logging.Handler):
+    """Counts the producer's retries after transient faults while the demo writes.
+
+    The producer logs each such retry at DEBUG on ``durable_streams.producer`` with the
+    error among the record's arguments; resends for any other reason (a pipelined batch
+    answered 409 because an earlier one had not arrived yet) carry no such error.
+    """
+
+    FAULTS = (errors.TransportError, errors.ServerError, errors.RateLimitedError)
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+        self._logger = logging.getLogger("durable_streams.producer")
+        self._level = self._logger.level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(isinstance(arg, self.FAULTS) for arg in args) and "retry" in record.msg:
+            self.count += 1
+
+    def __enter__(self) -> _FaultCounter:
+        self._logger.addHandler(self)
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
 
 
 def _verify(items: list[Any], run: str, n: int) -> str | None:

@@ -3,8 +3,8 @@
 
 The Durable Streams client conformance suite drives a client through an *adapter*: a
 process that reads one JSON command per line on stdin, performs it with the client library
-and answers with exactly one JSON result per line on stdout (see
-``shared/conformance-adapter.md``). This is ours. It uses only the public API of
+and answers with exactly one JSON result per line on stdout (README,
+"Conformance"). This is ours. It uses only the public API of
 ``durable_streams``, so it doubles as a worked example of that API.
 
 Run it with no arguments; the runner spawns it once and keeps it for the whole run::

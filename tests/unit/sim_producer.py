@@ -134,7 +134,7 @@ class SimProducer:
         #: default, invalid messages are failed when the batch is sealed
         self.validate_json = validate_json
         self.stopping = False
-        #: known bugs (notes/seqtest.md) whose effects are counted instead of failing
+        #: known bugs (B1-B7, test_sequencer_scenarios.py) counted instead of failing
         self.tolerate: set[str] = set()
         self.batches: list[Batch] = []  # every batch ever sealed
         self.batch_of: dict[bytes, Batch] = {}

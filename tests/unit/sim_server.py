@@ -1,6 +1,6 @@
 """A simulated Durable Streams server for one stream: the idempotent-producer rules of
-PROTOCOL §5.2.1 exactly, with the reference server's responses (shared/reference/write-path.md
-§0), and nothing else. Pure Python, no sockets, no threads, no clock.
+PROTOCOL §5.2.1 exactly, with the reference server's responses (as the integration tests observe
+them), and nothing else. Pure Python, no sockets, no threads, no clock.
 
 Answers are real ``requests.Response`` objects, classified by :func:`outcome_of` exactly as
 the producer's transport does (``outcome.classify`` with the same arguments), so the tests
@@ -87,7 +87,7 @@ class SimServer:
         """One producer POST, validated and (maybe) committed as PROTOCOL §5.2.1 says."""
         self.posts += 1
         h: dict[str, str] = {}
-        if self.closed_by is not None:  # checked first (write-path.md §0)
+        if self.closed_by is not None:  # checked first, as the reference server does
             closed = {P.STREAM_CLOSED: "true", P.STREAM_NEXT_OFFSET: self.tail()}
             if producer is not None and self.closed_by == (producer, epoch, seq):
                 return response(204, closed, b"")  # a retry of the closing request

@@ -112,11 +112,11 @@ class World:
                 p.check_closed(offset)
 
 
-#: known sequencer bugs tolerated by the walks (B1-B7 of notes/seqtest.md are fixed: none)
+#: known sequencer bugs tolerated by the walks (B1-B7, test_sequencer_scenarios.py, fixed: none)
 #: and two limits: Z1, a zombie request stored under an epoch the producer has already
 #: left; Z2, a second writer at the same (id, epoch) whose state the server continued with
 #: a later seq of ours while an earlier one was not stored (re-sent after the claim, so
-#: delivered out of order: notes/fix.md)
+#: delivered out of order)
 LIMITS = ("Z1", "Z2")
 KNOWN_BUGS = LIMITS
 

@@ -9,8 +9,8 @@ exactly once; acknowledged messages are in the stream; no message is stored twic
 that does not say "may have been stored" is not in the stream; per-thread order holds among
 stored messages; every phase change is in ALLOWED; every batch settles exactly once; the
 producer drains (no livelock, no lost notification); a close_stream() that returns closed it.
-The sequencer bugs B1-B7 it found (notes/seqtest.md) are fixed (notes/fix.md; each has a
-scenario in test_sequencer_scenarios.py). Only two limits are tolerated where their trigger
+The sequencer bugs B1-B7 it found are fixed (each has a scenario in
+test_sequencer_scenarios.py that describes it). Only two limits are tolerated where their trigger
 fired, and counted: Z1 (a zombie request stored under an epoch the producer has left) and
 Z2 (a second writer at the same (id, epoch): out-of-order delivery); see sim_world.LIMITS.
 """

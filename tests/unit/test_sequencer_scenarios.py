@@ -4,7 +4,7 @@ server: the real Sequencer and Accumulator, simulated senders, one fault at a ti
 Each test ends with ``drain()`` (stop; deliver everything without faults) and
 ``check_final()`` (exactly once, per-thread order, every batch settled), with no known bug
 tolerated. The test_b* scenarios pin down the bugs found by the state machine
-(notes/seqtest.md, B1-B7), fixed as described in notes/fix.md.
+(B1-B7), each fixed; every scenario below says what went wrong and what it checks.
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def test_close_stream_fenced_without_auto_claim_raises() -> None:
     assert p.server.closed_by is None
 
 
-# -- known bugs (notes/seqtest.md) -----------------------------------------------------------
+# -- known bugs (B1-B7) -----------------------------------------------------------------------
 
 def test_b1_timeout_after_proxy_502_says_it_may_be_stored() -> None:
     p = make(delivery_timeout=5.0)

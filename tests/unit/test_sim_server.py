@@ -1,5 +1,5 @@
 """The simulated server answers as PROTOCOL §5.2.1 and the reference server do
-(shared/reference/write-path.md §0), and its answers classify as the transport's would."""
+(as the integration tests observe it), and its answers classify as the transport's would."""
 
 from __future__ import annotations
 

@@ -47,3 +47,27 @@ def test_error_codes_map_to_exceptions(status: int, code: str | None, cls: type)
     assert exc.status == status
     assert (exc.code == code) if code else True
     assert "claim failed" in str(exc) and "do this" in str(exc)
+
+
+def test_ack_results_are_one_type_for_claims_and_webhook_callbacks() -> None:
+    from durable_streams import AckResult
+    from durable_streams._wake import AckResult as Shared
+
+    assert AckResult is Shared
+    assert AckResult.from_body(b'{"ok":true,"next_wake":true}') == AckResult(True, True)
+    assert AckResult.from_body(b"") == AckResult(ok=True, next_wake=False)
+    assert AckResult.from_body(b"not json") == AckResult(ok=True, next_wake=False)
+    assert AckResult.from_body(b'[1]') == AckResult(ok=True, next_wake=False)
+    assert AckResult.from_body(b'{"ok":false}') == AckResult(ok=False, next_wake=False)
+
+
+def test_old_spellings_warn() -> None:
+    import durable_streams.webhooks as webhooks
+    from durable_streams import AckResult
+
+    with pytest.warns(DeprecationWarning, match="AckResult"):
+        assert webhooks.CallbackResult is AckResult
+    with pytest.warns(DeprecationWarning, match="next_wake"):
+        assert not AckResult(ok=True, next_wake=False)
+    with pytest.raises(AttributeError):
+        webhooks.NoSuchName  # noqa: B018

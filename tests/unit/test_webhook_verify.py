@@ -345,4 +345,4 @@ def test_verifier_without_cryptography_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "pip install 'durable_streams[webhooks]'" in out.stdout
+    assert "pip install 'durable-streams-sync[webhooks]'" in out.stdout
