@@ -388,7 +388,9 @@ def test_readme_state_section_runs(state_url: str) -> None:
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text[text.index("## State Protocol"):]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    namespace: dict[str, Any] = {"STATE_URL": state_url}
+    code = code.replace('"http://127.0.0.1:4437/v1/stream/inventory"', repr(state_url))
+    assert repr(state_url) in code, "the README's state snippet names its stream URL"
+    namespace: dict[str, Any] = {}
     exec(compile(code, "README.md#state-protocol", "exec"), namespace)
     assert dict(namespace["users"]) == {"2": {"name": "Bo"}}
     assert namespace["offset"] == namespace["view"].offset
