@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from .. import _protocol as P
 from .. import errors
+from .._json_text import check_json_text
 from . import lifecycle
 from .accumulator import Accumulator
 from .batch import Batch, Counters
@@ -124,8 +125,9 @@ class SenderPool:
         with self.lock:
             while True:
                 acc = self.acc
-                due = acc.due_in(time.monotonic(), self._force()) if acc.buf else 0.0
-                task = self.seq.next_work(bool(acc.buf), due)
+                now = time.monotonic()
+                due = acc.due_in(now, self._force()) if acc.buf else 0.0
+                task = self.seq.next_work(bool(acc.buf), due, now)
                 if task.work is Work.WAIT:
                     self.ready.wait(task.timeout)
                 elif task.work is Work.FAIL_BUFFER:
@@ -209,13 +211,15 @@ class SenderPool:
             try:
                 good, bad, body = build(messages, bool(self.transport.json_mode),
                                         self.validate_json)
-            except BaseException as exc:  # pragma: no cover - never lose taken messages
+            except Exception as exc:  # pragma: no cover - a bug: fail this batch alone
+                log.exception("producer %s: could not build a batch", self.producer_id)
                 with self.lock:
                     self.acc.sealed()
                     self.failed(messages, errors.ProducerError(
-                        f"could not build a batch for {self.transport.where}: {exc!r}",
-                        url=self.transport.url), total)
-                raise
+                        f"could not build a batch for {self.transport.where} (these messages "
+                        f"were not sent; the producer goes on): {type(exc).__name__}: "
+                        f"{str(exc)[:200]}", url=self.transport.url), total)
+                return None
             with self.lock:
                 self.acc.sealed()
                 self.seq.json_mode = bool(self.transport.json_mode)
@@ -394,7 +398,7 @@ class SenderPool:
     def _check_stored(self, batch: Batch, outcome: Outcome, start: str) -> None:
         found = self._found(start, batch)
         with self.lock:
-            self.seq.checked(batch, outcome, found)
+            self.seq.checked(batch, outcome, found, time.monotonic())
             self.done.notify_all()
 
     def _verify(self) -> None:
@@ -416,21 +420,27 @@ def build(messages: list[bytes], json_mode: bool, validate: bool
     if not validate:
         return messages, [], body
     try:
+        # The fast path: one C parse of the whole batch. Any refusal (invalid JSON, or a
+        # Python limit: deep nesting, a huge integer) sends each message to the check
+        # that has no such limit (_json_text), which alone decides.
         parsed = P.load_json(body)
         if isinstance(parsed, list) and len(parsed) == len(messages):
             return messages, [], body
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     good, bad = split_json(messages)
+    if len(good) == len(messages):
+        return messages, [], body
     return good, bad, b"[" + b",".join(good) + b"]"
 
 
 def split_json(messages: list[bytes]) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+    """(valid messages, invalid ones with the reason); never refuses a valid message."""
     good: list[bytes] = []
     bad: list[tuple[bytes, str]] = []
     for m in messages:
         try:
-            P.check_json_text(m)
+            check_json_text(m)
         except ValueError as exc:
             bad.append((m, f"{m[:60]!r}: {exc}"))
         else:

@@ -15,6 +15,7 @@ import requests
 
 from .. import _protocol as P
 from .. import errors
+from .._json_text import check_json_text
 from .._http import (
     NO_RETRY,
     HeadersLike,
@@ -170,7 +171,7 @@ class Transport:
             return body
         if validate:
             try:
-                P.check_json_text(body)
+                check_json_text(body)
             except ValueError as exc:
                 raise ValueError(f"final_message is not valid JSON: {exc}") from None
         return b"[" + body + b"]"
@@ -193,7 +194,7 @@ def contains_batch(data: bytes, body: bytes, messages: list[bytes], json_mode: b
     try:
         stored = P.load_json(data) if data else []
         ours = [P.load_json(m) for m in messages]
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting: cannot tell (reported in doubt)
         return None
     if not isinstance(stored, list):
         return None
