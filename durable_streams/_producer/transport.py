@@ -15,7 +15,6 @@ import requests
 
 from .. import _protocol as P
 from .. import errors
-from .._json_text import check_json_text
 from .._http import (
     NO_RETRY,
     HeadersLike,
@@ -27,9 +26,10 @@ from .._http import (
     merge_headers,
     resolve,
 )
+from .._json_text import check_json_text
 from .._redact import redact_url
 from ..stream import DurableStream
-from .outcome import Outcome, classify, transport_failure
+from .outcome import Outcome, classify, client_error, client_failure, transport_failure
 
 log = logging.getLogger("durable_streams.producer")
 
@@ -41,17 +41,20 @@ class MarkedBody:
     iterator is exhausted the whole request has been written.
     """
 
-    __slots__ = ("body", "on_written")
+    __slots__ = ("body", "on_written", "written")
 
     def __init__(self, body: bytes, on_written: Callable[[], None]) -> None:
         self.body = body
         self.on_written = on_written
+        #: the last byte was handed to the socket: the request may reach the server
+        self.written = False
 
     def __len__(self) -> int:
         return len(self.body)
 
     def __iter__(self) -> Iterator[bytes]:
         yield self.body
+        self.written = True
         self.on_written()
 
 
@@ -106,11 +109,16 @@ class Transport:
         """POST one batch with its producer headers; never raises for HTTP trouble."""
         extra = {P.CONTENT_TYPE: self.content_type or P.DEFAULT_CONTENT_TYPE}
         extra.update(self._producer_headers(epoch, seq))
+        marked = MarkedBody(body, on_written)
         try:
-            response = self._post(MarkedBody(body, on_written), extra, "append")
+            response = self._post(marked, extra, "append")
+            return self._outcome(response, seq, "append")
         except errors.TransportError as exc:
             return transport_failure(exc)
-        return self._outcome(response, seq, "append")
+        except Exception as exc:  # the application's hook or callable: this batch only
+            log.warning("producer: a request to %s raised %s", self.where, type(exc).__name__)
+            # Once the body was written the request may have been stored.
+            return client_failure(exc, where=self.where, url=self.url, sent=marked.written)
 
     def send_close(self, body: bytes | None, epoch: int, seq: int) -> Outcome:
         """POST ``Stream-Closed: true`` (with the final message, if any)."""
@@ -120,9 +128,12 @@ class Transport:
             extra[P.CONTENT_TYPE] = self.learn_content_type()
         try:
             response = self._post(body, extra, "close")
+            return self._outcome(response, seq, "close")
         except errors.TransportError as exc:
             return transport_failure(exc)
-        return self._outcome(response, seq, "close")
+        except Exception as exc:  # the application's hook or callable
+            # (no MarkedBody here: whether it was sent is unknown, so it may be stored)
+            return client_failure(exc, where=self.where, url=self.url, sent=True)
 
     # -- HEAD and reads ----------------------------------------------------------------------
     def head(self, *, retry: bool) -> str:
@@ -135,6 +146,10 @@ class Transport:
                                retry=self.retry if retry else NO_RETRY, timeout=self.timeout)
         try:
             offset = handle.head().offset
+        except errors.DurableStreamError:
+            raise
+        except Exception as exc:  # the application's hook or callable: retried later
+            raise client_error(exc, where=self.where, url=self.url) from exc
         finally:
             handle.close()
         if not self.content_type:
@@ -150,7 +165,7 @@ class Transport:
                                timeout=self.timeout)
         try:
             return handle.head().closed
-        except errors.DurableStreamError as exc:
+        except Exception as exc:  # a mapped error, or the application's hook
             log.debug("producer: HEAD of %s after a close failed: %s", self.where, exc)
             return None
         finally:
@@ -180,10 +195,15 @@ class Transport:
         """Everything in the stream from ``offset`` to its tail now."""
         from ..reading import stream as read_stream
 
-        with read_stream(self.url, offset=offset, headers=self.stream_headers,
-                         params=self.params, content_type=self.content_type,
-                         retry=self.retry, _client=self.client) as res:
-            return res.read_bytes()
+        try:
+            with read_stream(self.url, offset=offset, headers=self.stream_headers,
+                             params=self.params, content_type=self.content_type,
+                             retry=self.retry, _client=self.client) as res:
+                return res.read_bytes()
+        except errors.DurableStreamError:
+            raise
+        except Exception as exc:  # the application's hook or callable
+            raise client_error(exc, where=self.where, url=self.url) from exc
 
 
 def contains_batch(data: bytes, body: bytes, messages: list[bytes], json_mode: bool
