@@ -209,7 +209,8 @@ class IdempotentProducer:
         self._transport = Transport(
             url, producer_id=producer_id, stream_headers=stream_headers, headers=headers,
             params=params, content_type=content_type, session=session, retry=retry,
-            timeout=request_timeout, pool_size=max_in_flight + 2)
+            timeout=request_timeout, pool_size=max_in_flight + 2,
+            max_batch_bytes=max_batch_bytes)
         self._reporter = Reporter(lock, producer_id=producer_id, url=url, where=where,
                                   on_error=on_error, token=self._token)
         self._acc = Accumulator(

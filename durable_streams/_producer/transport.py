@@ -22,7 +22,6 @@ from .._http import (
     ParamsLike,
     RetryPolicy,
     TimeoutLike,
-    error_from,
     merge_headers,
     resolve,
 )
@@ -62,8 +61,9 @@ class Transport:
     def __init__(self, url: str, *, producer_id: str, stream_headers: HeadersLike,
                  headers: HeadersLike, params: ParamsLike, content_type: str | None,
                  session: requests.Session | None, retry: RetryPolicy,
-                 timeout: TimeoutLike, pool_size: int) -> None:
+                 timeout: TimeoutLike, pool_size: int, max_batch_bytes: int = 0) -> None:
         self.url = url
+        self.max_batch_bytes = max_batch_bytes  # (for the advice of a 413)
         self.where = redact_url(url)
         self.producer_id = producer_id
         self.stream_headers = stream_headers
@@ -98,11 +98,32 @@ class Transport:
             P.PRODUCER_SEQ: str(seq),
         }
 
-    def _outcome(self, response: requests.Response, seq: int, operation: str) -> Outcome:
+    def _outcome(self, response: requests.Response, seq: int, operation: str,
+                 nbytes: int = 0) -> Outcome:
         return classify(
             response.status_code, response.headers, seq, self.retry.is_retryable_status,
-            lambda: error_from(response, url=self.url, operation=operation),
-            url=self.url, where=self.where)
+            lambda: self._error(response, operation, nbytes), url=self.url, where=self.where)
+
+    def _error(self, response: requests.Response, operation: str, nbytes: int
+               ) -> errors.DurableStreamError:
+        """The error for a refused POST, with the server's words escaped and truncated
+        (never raw bytes) and the meaning of 410 and 413 for a producer."""
+        status = response.status_code
+        words = server_words(response)
+        detail = f"; the server said: {words}" if words else ""
+        kwargs: dict[str, object] = {"status": status, "url": self.url,
+                                     "headers": response.headers, "body": words}
+        if status == 413:
+            size = f"a {nbytes}-byte batch" if nbytes else "the request"
+            return errors.DurableStreamError(
+                f"payload too large: {self.where} refused {size} (413){detail}; lower "
+                f"max_batch_bytes (now {self.max_batch_bytes}) to what the server and any "
+                "proxy in front of it accept", code="PAYLOAD_TOO_LARGE",
+                **kwargs)  # type: ignore[arg-type]
+        if status == 410:
+            return gone_error(self.where, operation, **kwargs)
+        return P.error_for_response(status, response.headers, words, url=self.url,
+                                    operation=operation)
 
     def send_batch(self, body: bytes, epoch: int, seq: int,
                    on_written: Callable[[], None]) -> Outcome:
@@ -112,7 +133,7 @@ class Transport:
         marked = MarkedBody(body, on_written)
         try:
             response = self._post(marked, extra, "append")
-            return self._outcome(response, seq, "append")
+            return self._outcome(response, seq, "append", len(body))
         except errors.TransportError as exc:
             return transport_failure(exc)
         except Exception as exc:  # the application's hook or callable: this batch only
@@ -146,7 +167,10 @@ class Transport:
                                retry=self.retry if retry else NO_RETRY, timeout=self.timeout)
         try:
             offset = handle.head().offset
-        except errors.DurableStreamError:
+        except errors.DurableStreamError as exc:
+            if exc.status == 410:
+                raise gone_error(self.where, "head", status=410, url=self.url,
+                                 headers=exc.headers, body=exc.body) from exc
             raise
         except Exception as exc:  # the application's hook or callable: retried later
             raise client_error(exc, where=self.where, url=self.url) from exc
@@ -204,6 +228,30 @@ class Transport:
             raise
         except Exception as exc:  # the application's hook or callable
             raise client_error(exc, where=self.where, url=self.url) from exc
+
+
+def server_words(response: requests.Response, limit: int = 200) -> str:
+    """What the server said in its body: decoded, with every control or unprintable
+    character escaped, whitespace collapsed and at most ``limit`` characters."""
+    try:
+        raw = response.content[:limit * 4] if response.content else b""
+    except Exception:  # pragma: no cover - body already consumed or broken
+        return ""
+    text = " ".join(raw.decode("utf-8", errors="backslashreplace").split())
+    escaped = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+def gone_error(where: str, operation: str, **kwargs: object) -> errors.RetentionGoneError:
+    """410 Gone for a producer: the stream no longer takes appends (PROTOCOL.md §5.2: a
+    soft-deleted stream, deleted while forks still use its data, answers 410)."""
+    words = kwargs.get("body")
+    detail = f"; the server said: {words}" if words else ""
+    return errors.RetentionGoneError(
+        f"{operation} failed: {where} is gone (410){detail}: the stream was deleted and no "
+        "longer accepts appends (a stream deleted while forks still use it answers 410 "
+        "until every fork is deleted); these messages were not stored",
+        code="GONE", **kwargs)  # type: ignore[arg-type]
 
 
 def contains_batch(data: bytes, body: bytes, messages: list[bytes], json_mode: bool

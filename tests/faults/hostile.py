@@ -403,6 +403,34 @@ def case_413(server: ReferenceServer) -> Case:
         producer = _producer(fake.url + "/s", max_batch_items=1, max_in_flight=1)
         _deliver(case, producer, [json.dumps("a"), json.dumps("BIG" * 100), json.dumps("b")])
         case.detail["posts"] = fake.count("POST")
+    if "payload too large" not in str(case.raised) or "max_batch_bytes" not in str(case.raised):
+        case.raised = AssertionError(f"413 not explained: {case.raised}")
+    return case
+
+
+def case_410(server: ReferenceServer) -> Case:
+    """410 Gone on a POST: the stream no longer takes appends; everything is reported, the
+    error says gone (not "deleted but still has forks", not "offset no longer retained")."""
+    case = Case("6y 410 on append", DurableStreamError, bound=5.0)
+    with _fake(lambda m, p, h, b: (410, {"Content-Type": "text/plain"}, b"Gone")) as fake:
+        _deliver(case, _producer(fake.url + "/s"), [json.dumps(f"m:{i}") for i in range(10)])
+        case.detail["posts"] = fake.count("POST")
+    text = str(case.raised)
+    if "gone (410)" not in text or "forks" in text.split("(410)")[0] or "retained" in text:
+        case.raised = AssertionError(f"410 not explained: {text}")
+    return case
+
+
+def case_garbage_words(server: ReferenceServer) -> Case:
+    """A 400 whose body is 1 MiB of terminal escapes, NULs and invalid UTF-8: reported with
+    the server's words escaped and truncated, never the raw bytes."""
+    case = Case("6z garbage error body", BadRequestError, bound=5.0)
+    garbage = (b"\x1b[2J\x1b[31m\x00\xff\xfeEvil\r\nX-Injected: 1\x07" * 40000)[:1 << 20]
+    with _fake(lambda m, p, h, b: (400, {"Content-Type": "text/plain"}, garbage)) as fake:
+        _deliver(case, _producer(fake.url + "/s"), [json.dumps("m")])
+    text = str(case.raised)
+    if not all(ch.isprintable() for ch in text) or len(text) > 1000:
+        case.raised = AssertionError(f"raw bytes in the error ({len(text)} chars): {text!r}")
     return case
 
 
@@ -696,6 +724,8 @@ CASES: dict[str, Callable[[ReferenceServer], Case]] = {
     "endless_503_stream_append": case_endless_503_stream_append,
     "silent_server": case_silent_server,
     "not_http": case_not_http,
+    "410": case_410,
+    "garbage_words": case_garbage_words,
     "duplicate_storm": case_duplicate_storm,
     "fence_storm": case_fence_storm,
     "fence_storm_close_stream": case_fence_storm_close_stream,
