@@ -14,6 +14,7 @@ from .. import errors
 from .actions import DONE, SEND, Act, Decision
 from .batch import Batch
 from .outcome import Kind, Outcome
+from .reporter import copy_error
 
 if TYPE_CHECKING:
     from .sequencer import Sequencer
@@ -38,10 +39,18 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
         if o.maybe_stored:
             batch.maybe_stored = True  # a proxy's 5xx says nothing about the origin
         return transient(sq, batch, _err(sq, o), o.retry_after, now)
+    if kind is Kind.CLIENT:
+        # Our side raised (an application hook, a bug): fail this batch alone, and say
+        # it may be stored if the body had been written.
+        sq.written(batch.gen, batch.seq)
+        if o.maybe_stored:
+            batch.ambiguous = batch.maybe_stored = True
+        sq.fail(batch, _err(sq, o), hole=True)
+        return DONE
     if kind is Kind.DUPLICATE:
-        return _on_duplicate(sq, batch, o)
+        return _on_duplicate(sq, batch, o, now)
     if kind is Kind.FENCED:
-        return _on_fenced(sq, batch, o)
+        return _on_fenced(sq, batch, o, now)
     if kind is Kind.SEQ_GAP:
         return _on_gap(sq, batch, o)
     if kind is Kind.BAD_REQUEST and batch.seq > 0 and batch.gen == sq.gen:
@@ -93,12 +102,8 @@ def transient(sq: Sequencer, batch: Batch, err: errors.DurableStreamError,
               retry_after: float | None, now: float) -> Decision:
     """Retry later with the same (epoch, seq, body), or give up at the deadline."""
     if now >= batch.deadline or (sq.stopping and sq.fatal is not None):
-        timed_out = type(err)(
-            f"delivery to {sq.where} timed out after {sq.delivery_timeout:.0f}s and "
-            f"{batch.attempts} attempt(s): {err}",
-            status=err.status, url=sq.url, code=err.code,
-        )  # fail() adds that it may have been stored (a lost answer, a proxy's 5xx)
-        sq.fail(batch, timed_out, hole=True)
+        # fail() adds that it may have been stored (a lost answer, a proxy's 5xx)
+        sq.fail(batch, gave_up(sq, batch, err, now), hole=True)
         return DONE
     wait = sq.retry.delay(min(batch.retry_n, 30), retry_after)
     wait = min(wait, max(batch.deadline - now, 0.0))
@@ -110,7 +115,36 @@ def transient(sq: Sequencer, batch: Batch, err: errors.DurableStreamError,
     return Decision(Act.RETRY, delay=wait)
 
 
-def _on_duplicate(sq: Sequencer, batch: Batch, o: Outcome) -> Decision:
+def gave_up(sq: Sequencer, batch: Batch, err: errors.DurableStreamError, now: float
+            ) -> errors.DurableStreamError:
+    """``err`` for a batch given up on, saying why, after how long and how many sends."""
+    elapsed = max(0.0, now - (batch.deadline - sq.delivery_timeout))
+    if now >= batch.deadline:
+        why = (f"delivery to {sq.where} timed out (delivery_timeout_ms="
+               f"{sq.delivery_timeout * 1000:.0f})")
+    else:
+        why = f"delivery to {sq.where} was abandoned ({sq.fatal})"
+    sends = f"{batch.attempts} attempt(s)" if batch.attempts else "before it could be sent"
+    failure = copy_error(err)
+    failure.message = f"{why} after {elapsed:.1f}s, {sends}; last error: {err}"
+    failure.args = (failure.message,)
+    return failure
+
+
+def _claim_or_give_up(sq: Sequencer, batch: Batch, server_epoch: int, now: float,
+                      err: errors.DurableStreamError) -> Decision:
+    """auto_claim: move to a higher epoch and resend, or fail the batch once its delivery
+    timeout has passed (the server keeps fencing or answering nonsense: the claims are
+    spaced by ``claim_backoff``, and the producer goes on with later batches)."""
+    if now >= batch.deadline:
+        sq.fail(batch, gave_up(sq, batch, err, now), hole=True)
+        return DONE
+    sq.begin_claim(batch, server_epoch, fenced=True)
+    sq.park_or_fail(batch)
+    return DONE
+
+
+def _on_duplicate(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
     """A 204. Believe it only if this (epoch, seq) can have been stored by us: an earlier
     send of this tuple may have been stored, the server's last seq is one we sent, and
     the server already stored something of ours in this epoch (or the epoch is fresh
@@ -124,23 +158,11 @@ def _on_duplicate(sq: Sequencer, batch: Batch, o: Outcome) -> Decision:
         return DONE
     if plausible and batch.gen in sq.probes:
         return Decision(Act.CHECK_STORED, offset=sq.probes[batch.gen])
-    return checked(sq, batch, o, None)
+    return checked(sq, batch, o, None, now)
 
 
-def checked(sq: Sequencer, batch: Batch, o: Outcome, found: bool | None) -> Decision:
-    """The result of looking for a 204'd batch after its generation's probe."""
-    if found is False:
-        batch.maybe_stored = False  # looked: it is not in the stream
-    if found is True:
-        sq.ack(batch, o.offset, duplicate=True)
-        return DONE
-    # Someone else already wrote this (id, epoch, seq): typically an earlier run of the
-    # same job with the same producer id. Believing the 204 would drop our data.
-    if sq.auto_claim:
-        sq.begin_claim(batch, batch.epoch, fenced=True)
-        sq.park_or_fail(batch)
-        return DONE
-    err = errors.StaleEpochError(
+def _not_ours(sq: Sequencer, batch: Batch, o: Outcome) -> errors.StaleEpochError:
+    return errors.StaleEpochError(
         f"producer id {sq.producer_id!r} at epoch {batch.epoch} was already used by "
         f"another writer of {sq.where}: the server reports seq {batch.seq} as a "
         "duplicate although this producer has not stored it"
@@ -150,6 +172,25 @@ def checked(sq: Sequencer, batch: Batch, o: Outcome, found: bool | None) -> Deci
         "mistaken for an earlier run's",
         current_epoch=batch.epoch, status=204, url=sq.url, headers=o.headers,
     )
+
+
+def checked(sq: Sequencer, batch: Batch, o: Outcome, found: bool | None, now: float
+            ) -> Decision:
+    """The result of looking for a 204'd batch after its generation's probe."""
+    if found is False:
+        batch.maybe_stored = False  # looked: it is not in the stream
+    if found is True:
+        sq.ack(batch, o.offset, duplicate=True)
+        return DONE
+    # Someone else already wrote this (id, epoch, seq): typically an earlier run of the
+    # same job with the same producer id. Believing the 204 would drop our data.
+    if sq.auto_claim:
+        return _claim_or_give_up(sq, batch, batch.epoch, now, errors.ProducerError(
+            f"the server answers 204 (duplicate) for seqs this producer has not stored on "
+            f"{sq.where} ({sq.claims_in_row} new epoch(s) claimed in a row): another "
+            f"writer uses producer id {sq.producer_id!r}, or a proxy replays answers",
+            status=204, url=sq.url, headers=o.headers, code="DUPLICATE_STORM"))
+    err = _not_ours(sq, batch, o)
     sq.stop(err)
     sq.fail(batch, err)
     return DONE
@@ -165,13 +206,15 @@ def stale_epoch(sq: Sequencer, epoch: int, current: int | None, o: Outcome
     )
 
 
-def _on_fenced(sq: Sequencer, batch: Batch, o: Outcome) -> Decision:
+def _on_fenced(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
     if o.epoch is None:
         err = _err(sq, o)
     elif sq.auto_claim:
-        sq.begin_claim(batch, o.epoch, fenced=True)
-        sq.park_or_fail(batch)
-        return DONE
+        return _claim_or_give_up(sq, batch, o.epoch, now, errors.ProducerError(
+            f"producer {sq.producer_id!r} is fenced on {sq.where}: the server answered 403 "
+            f"naming epoch {o.epoch} ({sq.claims_in_row} new epoch(s) claimed in a row); "
+            "another writer with the same producer id may keep claiming newer epochs",
+            status=403, url=sq.url, headers=o.headers, code="FENCED_REPEATEDLY"))
     else:
         err = stale_epoch(sq, batch.epoch, o.epoch, o)
     sq.stop(err)
@@ -266,11 +309,11 @@ def on_close_outcome(sq: Sequencer, o: Outcome, epoch: int, seq: int, now: float
         # by a HEAD (once per close_stream).
         if o.server_seq is None or o.server_seq == seq:
             return Decision(Act.CHECK_STORED)
-        return _close_not_ours(sq, o, epoch, seq)
+        return _close_not_ours(sq, o, epoch, seq, now, deadline)
     if kind is Kind.OK or kind is Kind.NOT_DURABLE:
         return _close_done(sq, seq, o.offset)
     if kind is Kind.FENCED and sq.auto_claim:
-        return _close_claim(sq, o, epoch, o.epoch or 0)
+        return _close_claim(sq, o, epoch, o.epoch or 0, now, deadline)
     if kind is Kind.FENCED:
         return Decision(Act.RAISE, error=stale_epoch(sq, epoch, o.epoch, o))
     if (kind is Kind.TRANSPORT or kind is Kind.RETRYABLE) and now < deadline:
@@ -285,7 +328,7 @@ def close_checked(sq: Sequencer, o: Outcome, epoch: int, seq: int, closed: bool 
     if closed:
         return _close_done(sq, seq, o.offset)
     if closed is False:
-        return _close_not_ours(sq, o, epoch, seq)
+        return _close_not_ours(sq, o, epoch, seq, now, deadline)
     if now < deadline:
         sq.counters.retries += 1
         return Decision(Act.RETRY, delay=sq.retry.delay(min(retry_n, 30), None))
@@ -302,20 +345,34 @@ def _close_done(sq: Sequencer, seq: int, offset: str) -> Decision:
     return Decision(Act.DONE, offset=offset)
 
 
-def _close_claim(sq: Sequencer, o: Outcome, epoch: int, server_epoch: int) -> Decision:
-    """The same claim as for a batch (nothing is left to renumber after the flush)."""
+def _close_claim(sq: Sequencer, o: Outcome, epoch: int, server_epoch: int, now: float,
+                 deadline: float) -> Decision:
+    """The same claim as for a batch (nothing is left to renumber after the flush), and
+    the same bounds: spaced by ``claim_backoff``, given up at the delivery deadline."""
+    if now >= deadline:
+        what = (f"403 naming epoch {o.epoch}" if o.kind is Kind.FENCED
+                else "204 (duplicate) for a close this producer has not stored")
+        return Decision(Act.RAISE, error=errors.ProducerError(
+            f"closing {sq.where} gave up at the delivery timeout (delivery_timeout_ms="
+            f"{sq.delivery_timeout * 1000:.0f}): the server answered {what} "
+            f"({sq.claims_in_row} new epoch(s) claimed in a row); another writer with "
+            f"producer id {sq.producer_id!r} may keep claiming newer epochs",
+            status=o.status, url=sq.url, headers=o.headers,
+            code="FENCED_REPEATEDLY" if o.kind is Kind.FENCED else "DUPLICATE_STORM"))
     before = sq.epoch
     sq.begin_claim(None, server_epoch, fenced=True)
     sq.maybe_resequence()
     if sq.epoch == before:  # the claim could not start (stopped, epoch overflow)
         return Decision(Act.RAISE, error=sq.fatal or stale_epoch(sq, epoch, o.epoch, o))
-    return SEND
+    delay, sq.claim_delay = min(sq.claim_delay or 0.0, max(0.0, deadline - now)), None
+    return Decision(Act.RETRY, delay=delay) if delay > 0 else SEND
 
 
-def _close_not_ours(sq: Sequencer, o: Outcome, epoch: int, seq: int) -> Decision:
+def _close_not_ours(sq: Sequencer, o: Outcome, epoch: int, seq: int, now: float,
+                    deadline: float) -> Decision:
     """A 204 to a close that is not ours: someone else wrote this (id, epoch, seq)."""
     if sq.auto_claim:
-        return _close_claim(sq, o, epoch, epoch)
+        return _close_claim(sq, o, epoch, epoch, now, deadline)
     return Decision(Act.RAISE, error=errors.StaleEpochError(
         f"producer id {sq.producer_id!r} at epoch {epoch} was already used by another "
         f"writer of {sq.where}: the server reports the closing seq {seq} as a duplicate, so "

@@ -39,6 +39,7 @@ deterministic); ``now`` is always passed in, so a simulation can drive time.
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
 
 from .. import _protocol as P
@@ -101,6 +102,12 @@ class Sequencer:
         self.in_flight = 0  # SEAL/RESEND/VERIFY tasks under way
         self.parked: list[Batch] = []
         self.resend: deque[Batch] = deque()
+        # Claims in a row without an acknowledgement in between: the second and later
+        # ones wait (claim_backoff) before their batches are sent again, so that a server
+        # that fences (or "duplicates") every request cannot drive a claim storm.
+        self.claims_in_row = 0
+        self.claim_delay: float | None = None  # set by a claim; started by next_work
+        self.resend_at = 0.0  # renumbered batches are not resent before this time
 
     # -- phase -------------------------------------------------------------------------
     def _to(self, phase: Phase, why: str) -> None:
@@ -120,13 +127,21 @@ class Sequencer:
         return self.phase is Phase.STEADY or self.in_flight == 0
 
     # -- work --------------------------------------------------------------------------
-    def next_work(self, buffered: bool, due_in: float) -> Task:
+    def next_work(self, buffered: bool, due_in: float, now: float) -> Task:
         """What an idle sender should do (``due_in``: seconds until the buffer is due)."""
         if self.phase is Phase.VERIFYING and self.in_flight == 0:
             self.in_flight += 1
             return Task(Work.VERIFY)
         draining = self.draining
         if self.resend and not draining and self.may_send():
+            if self.claim_delay is not None:  # the backoff of the claim starts now
+                self.resend_at, self.claim_delay = now + self.claim_delay, None
+            until = min(self.resend_at, self.resend[0].deadline)
+            if now < until:
+                # Renumbered batches go first (their seqs are the lowest): nothing is
+                # sealed meanwhile either. Past its deadline a batch is sent once more
+                # and given up on at the answer (the rules bound every claim loop).
+                return Task(Work.WAIT, timeout=until - now)
             batch = self.resend.popleft()
             batch.move(BatchState.ACTIVE)
             batch.retry_n = 0
@@ -259,9 +274,10 @@ class Sequencer:
         """Retry later with the same (epoch, seq, body), or give up at the deadline."""
         return rules.transient(self, batch, err, retry_after, now)
 
-    def checked(self, batch: Batch, o: Outcome, found: bool | None) -> Decision:
+    def checked(self, batch: Batch, o: Outcome, found: bool | None, now: float
+                ) -> Decision:
         """The result of looking for a 204'd batch after its generation's probe."""
-        return rules.checked(self, batch, o, found)
+        return rules.checked(self, batch, o, found, now)
 
     def split_json(self, batch: Batch, good: list[bytes], bad: list[tuple[bytes, str]],
                    err: errors.DurableStreamError) -> Decision:
@@ -300,6 +316,8 @@ class Sequencer:
             self.last_offset = offset
         if not duplicate and batch.gen > self.stored_gen and self._state_is_ours(batch):
             self.stored_gen = batch.gen
+        if not duplicate:
+            self.claims_in_row = 0
         if not duplicate and self.window < self.max_in_flight:
             self.window = min(float(self.max_in_flight), self.window + 1 / self.window)
         self.sink.acked(batch, offset, duplicate)
@@ -384,9 +402,21 @@ class Sequencer:
             self.parked.append(queued)
         self.next_seq = 0
         self.counters.claims += 1
+        self.claims_in_row += 1
+        self.claim_delay = self.claim_backoff()
         self._to(Phase.DRAINING, f"claiming epoch {self.epoch}")
         log.info("producer %s: claiming epoch %d for %s", self.producer_id, self.epoch,
                  self.where)
+
+    def claim_backoff(self) -> float:
+        """Seconds before the batches of the latest claim are sent: none for the first
+        claim in a row (the normal case: a restarted writer claims once), then the retry
+        policy's delay but at least 0.25 s, doubling up to 5 s (with jitter)."""
+        n = self.claims_in_row - 2
+        if n < 0:
+            return 0.0
+        floor = min(0.25 * 2.0 ** min(n, 5), 5.0) * (0.5 + random.random() / 2)
+        return max(self.retry.delay(min(n, 30)), floor)
 
     def maybe_resequence(self) -> None:
         """When no old-epoch request is in flight, renumber the parked batches in order."""

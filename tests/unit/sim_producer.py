@@ -525,7 +525,7 @@ class SimProducer:
         while True:
             acc = self.acc
             due = acc.due_in(self.now, self._force()) if acc.buf else 0.0
-            task = self.seq.next_work(bool(acc.buf), due)
+            task = self.seq.next_work(bool(acc.buf), due, self.now)
             if task.work is Work.WAIT:
                 yield Wait("ready", None if task.timeout is None else self.now + task.timeout)
             elif task.work is Work.FAIL_BUFFER:
@@ -597,7 +597,7 @@ class SimProducer:
             elif act is Act.CHECK_STORED:
                 found = yield from self._found(decision.offset, batch)
                 self.stats[f"checked:{found}"] += 1
-                seq.checked(batch, outcome, found)
+                seq.checked(batch, outcome, found, self.now)
                 self.notify("done")
                 return None
             elif act is Act.SPLIT_JSON:

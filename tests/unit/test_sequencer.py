@@ -62,7 +62,7 @@ def new_batch(*messages: bytes, deadline: float = 100.0) -> Batch:
 
 def sent(seq: Sequencer, *messages: bytes, probe: str | None = "0_0") -> Batch:
     """Seal (slot reserved), admit and start sending one batch, as a sender does."""
-    assert seq.next_work(True, 0.0).work is Work.SEAL
+    assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
     b = new_batch(*messages)
     assert seq.admit(b)
     if probe is not None and seq.needs_probe(b):
@@ -159,35 +159,35 @@ def test_batch_final_state_is_set_once() -> None:
 def test_unconfirmed_epoch_sends_one_batch_at_a_time() -> None:
     seq, _ = make(auto_claim=True)
     assert seq.phase is Phase.UNCONFIRMED
-    assert seq.next_work(True, 0.0).work is Work.SEAL
-    assert seq.next_work(True, 0.0).work is Work.WAIT  # the slot is taken
+    assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
+    assert seq.next_work(True, 0.0, 0.0).work is Work.WAIT  # the slot is taken
     steady, _ = make()
-    assert steady.next_work(True, 0.0).work is Work.SEAL
-    assert steady.next_work(True, 0.0).work is Work.SEAL
+    assert steady.next_work(True, 0.0, 0.0).work is Work.SEAL
+    assert steady.next_work(True, 0.0, 0.0).work is Work.SEAL
 
 
 def test_early_probe_requested_once_per_generation_while_lingering() -> None:
     seq, _ = make()
-    task = seq.next_work(True, 0.004)
+    task = seq.next_work(True, 0.004, 0.0)
     assert task.work is Work.PROBE and task.gen == 0 and seq.probe_running(0)
-    assert seq.next_work(True, 0.004).work is Work.WAIT
-    assert seq.next_work(True, 0.004).timeout == 0.004
+    assert seq.next_work(True, 0.004, 0.0).work is Work.WAIT
+    assert seq.next_work(True, 0.004, 0.0).timeout == 0.004
     seq.probe_done(0, None, early=True)  # failed: the send path probes itself
     assert not seq.probe_running(0)
-    assert seq.next_work(True, 0.004).work is Work.WAIT
+    assert seq.next_work(True, 0.004, 0.0).work is Work.WAIT
 
 
 def test_stop_only_when_nothing_is_left() -> None:
     seq, _ = make()
     seq.stopping = True
-    assert seq.next_work(False, 0.0).work is Work.STOP
-    assert seq.next_work(True, 0.0).work is Work.SEAL
+    assert seq.next_work(False, 0.0, 0.0).work is Work.STOP
+    assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
 
 
 def test_fatal_producer_fails_the_buffer_instead_of_sealing() -> None:
     seq, sink = make()
     seq.stop(errors.ProducerError("boom"))
-    assert sink.stops and seq.next_work(True, 0.0).work is Work.FAIL_BUFFER
+    assert sink.stops and seq.next_work(True, 0.0, 0.0).work is Work.FAIL_BUFFER
 
 
 def test_probe_first_result_wins_and_late_early_probe_is_ignored() -> None:
@@ -203,16 +203,16 @@ def test_probe_first_result_wins_and_late_early_probe_is_ignored() -> None:
 
 def test_pipelined_seqs_are_written_in_order_within_the_window() -> None:
     seq, _ = make(max_in_flight=5)
-    assert seq.next_work(True, 0.0).work is Work.SEAL
+    assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
     a = new_batch()
     seq.admit(a)
-    assert seq.next_work(True, 0.0).work is Work.SEAL
+    assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
     b = new_batch()
     seq.admit(b)
     assert seq.turn_ok(a) and not seq.turn_ok(b)  # seq 1 waits for seq 0 on the wire
     seq.written(a.gen, a.seq)
     assert seq.turn_ok(b)
-    assert seq.next_work(True, 0.0).work is Work.SEAL
+    assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
     c = new_batch()
     seq.admit(c)
     seq.written(b.gen, b.seq)
@@ -351,7 +351,7 @@ def test_ambiguous_204_is_settled_by_reading_after_the_probe(found: bool | None,
     seq.on_outcome(b, transport_failure(errors.TransportError("reset")), 0.0)
     d = seq.on_outcome(b, dup(), 0.0)
     assert d.act is Act.CHECK_STORED and d.offset == "0_42"
-    seq.checked(b, dup(), found)
+    seq.checked(b, dup(), found, 0.0)
     assert b.state is state
     if found is False:
         assert not b.maybe_stored  # looked: not there, so it can be resent as is
@@ -373,7 +373,7 @@ def test_403_with_auto_claim_claims_above_the_server_epoch_and_resends_in_order(
     assert seq.phase is Phase.UNCONFIRMED
     assert [(x.epoch, x.seq) for x in seq.resend] == [(8, 0), (8, 1)]
     assert list(seq.resend) == [b, c]
-    task = seq.next_work(False, 0.0)
+    task = seq.next_work(False, 0.0, 0.0)
     assert task.work is Work.RESEND and task.batch is b
 
 
@@ -404,7 +404,7 @@ def test_fenced_with_a_lost_answer_verifies_before_renumbering() -> None:
     seq.finish_work()
     seq.finish_work()
     assert seq.phase is Phase.VERIFYING
-    assert seq.next_work(False, 0.0).work is Work.VERIFY
+    assert seq.next_work(False, 0.0, 0.0).work is Work.VERIFY
     assert seq.verify_candidates() == [b]
     seq.verified(b, True)
     assert b.state is BatchState.ACKED
@@ -419,7 +419,7 @@ def test_in_doubt_batch_that_cannot_be_checked_is_reported_not_resent() -> None:
     seq.on_outcome(b, answer(403, {P.PRODUCER_EPOCH: "1"}), 0.0)
     seq.finish_work()
     assert seq.phase is Phase.VERIFYING
-    seq.next_work(False, 0.0)
+    seq.next_work(False, 0.0, 0.0)
     seq.verified(b, None)
     assert b.state is BatchState.FAILED and sink.fails[-1][1].code == "IN_DOUBT"
     seq.finish_work()
@@ -533,7 +533,7 @@ def test_batches_sealed_while_draining_wait_and_keep_buffer_order() -> None:
     a, b = sent(seq), sent(seq)
     seq.on_outcome(a, answer(413), 0.0)  # hole -> claim
     seq.finish_work()
-    assert seq.next_work(True, 0.0).work is Work.WAIT  # no sealing while draining
+    assert seq.next_work(True, 0.0, 0.0).work is Work.WAIT  # no sealing while draining
     late = new_batch()
     seq.in_flight += 1
     assert not seq.admit(late)  # parked behind the older unacknowledged batch
@@ -593,7 +593,7 @@ def test_close_without_auto_claim_raises_the_stale_epoch() -> None:
 
 def test_no_probe_for_a_batch_of_an_older_generation() -> None:
     seq, _ = make(auto_claim=True)
-    assert seq.next_work(True, 0.0).work is Work.SEAL
+    assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
     b = new_batch()
     seq.admit(b)
     assert seq.needs_probe(b)
