@@ -29,8 +29,6 @@ with an absolute import, so the two never shadow each other.)
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
 import logging
 import math
 import os
@@ -45,17 +43,13 @@ from typing import Any
 from . import _protocol as P
 from . import errors
 from ._http import NO_RETRY
+from ._log_record import JsonRecords
 from ._log_startup import MAX_DELAY, StreamCheck, retry_delay
 from ._redact import redact_text, redact_url
 from .producer import IdempotentProducer
 from .stream import DurableStream
 
 __all__ = ["DurableStreamHandler"]
-
-#: Attributes every LogRecord has; anything else in ``record.__dict__`` came from ``extra=``.
-_STANDARD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
-) | {"message", "asctime", "taskName"}
 
 _LIBRARY_LOGGER = "durable_streams"
 _DEFAULT_BUFFER = 64 * 1024 * 1024
@@ -78,28 +72,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_fork_lock)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str, allow_nan=False, ensure_ascii=False,
-                      separators=(",", ":"))
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` if it serialises (non-JSON types become ``str``), else its ``repr``."""
-    try:
-        _dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        try:
-            return repr(value)
-        except Exception:  # a broken __repr__ must not lose the record
-            return f"<unrepresentable {type(value).__name__}>"
-    return value
-
-
 def _one_line(exc: BaseException) -> str:
     return redact_text(" ".join(str(exc).split()) or type(exc).__name__)
 
 
-class DurableStreamHandler(logging.Handler):
+class DurableStreamHandler(JsonRecords, logging.Handler):
     """Ship log records, one JSON object each, to a durable stream.
 
     Constructing the handler never touches the network and never waits: it only checks its
@@ -507,53 +484,6 @@ class DurableStreamHandler(logging.Handler):
             self._warn(f"{count} log record(s) were not delivered to {self._where}: {err}")
         if self._user_on_error is not None:
             self._user_on_error(err)
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as JSON text (one object)."""
-        doc = self.record_to_dict(record)
-        try:
-            return _dumps(doc)
-        except (TypeError, ValueError, RecursionError):
-            return _dumps({key: _json_safe(value) for key, value in doc.items()})
-
-    def record_to_dict(self, record: logging.LogRecord) -> dict[str, Any]:
-        """The JSON object for one record; override to change the shape.
-
-        Keys: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` (the formatted
-        message; with a formatter set, the formatter's output), ``module``, ``function``,
-        ``line``, ``thread``, ``process``; ``exception`` and ``stack`` when present;
-        ``extra``: the fields passed with ``extra=`` (values that are not JSON become
-        strings).
-        """
-        if self.formatter is not None:
-            message = self.formatter.format(record)
-        else:
-            message = record.getMessage()
-        doc: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
-            .isoformat(timespec="microseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": message,
-            "module": record.module,
-            "function": record.funcName,
-            "line": record.lineno,
-            "thread": record.threadName,
-            "process": record.process,
-        }
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["exception"] = record.exc_text or logging.Formatter().formatException(
-                record.exc_info)
-        elif record.exc_text:
-            doc["exception"] = record.exc_text
-        if record.stack_info:
-            doc["stack"] = record.stack_info
-        extra = {key: value for key, value in record.__dict__.items()
-                 if key not in _STANDARD_ATTRS and not key.startswith("_")}
-        if extra:
-            doc["extra"] = {key: _json_safe(value) for key, value in extra.items()}
-        return doc
-
 
     def flush(self) -> None:
         """Wait up to ``close_timeout`` until every record so far is acknowledged.
