@@ -21,8 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from durable_streams import DurableStream, Subscription, stream
-from durable_streams.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, URL_ENV, main
-from durable_streams.cli import _common
+from durable_streams.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, URL_ENV, _common, main
 from durable_streams.testing import ReferenceServer
 
 PASSWORD = "pw-Cli-S3cret-4q"
