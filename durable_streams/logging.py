@@ -82,9 +82,9 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
     Constructing the handler never touches the network and never waits: it only checks its
     arguments (a bad one raises ``TypeError``/``ValueError`` at once, naming it, and leaves
     nothing behind). A background thread then checks that the stream exists (one ``HEAD``)
-    or creates it (``create``), retrying with growing waits (0.5 s doubling up to 30 s)
-    while the server is down, silent, refuses, or the stream is missing, closed or of
-    another type. Until the check succeeds, records are kept in memory (at most
+    or creates it (``create``), retrying with growing waits (from about 0.5 s, doubling,
+    up to 30 s) while the server is down, silent or refusing, or the stream is missing,
+    closed or of another type. Until the check succeeds, records are kept in memory (at most
     ``max_buffer_bytes``); then they are sent, in order, before any later record.
 
     Args:

@@ -297,3 +297,15 @@ def test_cron_recipe_reports_undelivered_rows(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "10 of 10 rows were not delivered" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cron_recipe_with_the_stream_missing_reports_every_row(
+        server: ReferenceServer, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    _write_csv(path, [{"order": str(i)} for i in range(50)])
+    proc = subprocess.run([sys.executable, str(RECIPES / "nightly_export.py"), str(path)],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, EXPORT_STREAM_URL=server.stream_url()))
+    assert proc.returncode == 1, proc.stderr
+    assert "50 of 50 rows were not delivered" in proc.stderr and "(404)" in proc.stderr
+    assert "Traceback" not in proc.stderr
