@@ -335,3 +335,18 @@ def test_fork_before_the_check_finished_checks_again_in_the_child(
     assert os.waitstatus_to_exitcode(status) == 0
     handler.flush()
     assert sorted(i["message"] for i in read_items(url)) == ["child record", "parent, kept"]
+
+
+def test_start_up_reports_never_show_credentials(refused_url: str, logger: logging.Logger,
+                                                 spy: StderrSpy) -> None:
+    spy.start()
+    password, token = "pw-Start-9x", "tok-Start-3y"
+    url = refused_url.replace("http://", f"http://alice:{password}@") + f"?token={token}"
+    handler = DurableStreamHandler(url, close_timeout=0.5,
+                                   headers={"Authorization": f"Bearer {token}"})
+    logger.addHandler(handler)
+    logger.info("kept")
+    assert spy.wait_for("is not available yet")
+    handler.close()
+    assert "were not delivered" in spy.text
+    assert password not in spy.text + repr(handler) and token not in spy.text
