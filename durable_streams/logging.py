@@ -184,8 +184,6 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
             raise ValueError(f"close_timeout must be a finite number of seconds >= 0, got "
                              f"{close_timeout!r}")
         options: dict[str, Any] = dict(producer_options)
-        if "content_type" in options:  # pragma: no cover - a named parameter above
-            raise TypeError("content_type is the handler's own parameter")
         user_on_error = options.pop("on_error", None)
         if user_on_error is not None and not callable(user_on_error):
             raise TypeError("on_error must be a callable taking one exception")
@@ -210,10 +208,10 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
         self._given_handle = handle
         self._origin_pid = self._pid = os.getpid()
         self._current_id = producer_id
-        self._limit = int(options.get("max_buffer_bytes", _DEFAULT_BUFFER))
-        self._max_record = int(options.get("max_batch_bytes", 1024 * 1024))
         # The producer checks every option here (no network I/O, no thread).
         producer = self._new_producer(producer_id)
+        self._limit = int(options.get("max_buffer_bytes", _DEFAULT_BUFFER))
+        self._max_record = int(options.get("max_batch_bytes", 1024 * 1024))
         try:
             super().__init__(level)
         except BaseException:
