@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import json
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from durable_streams import DurableStream, stream
+from durable_streams import DeliveryError, DurableStream, DurableStreamError, stream
 from durable_streams.testing import ReferenceServer
 
 RECIPES = Path(__file__).with_name("recipes")
@@ -111,6 +113,44 @@ def test_flask_recipe_after_fork_builds_a_new_producer(flask_events: ModuleType,
         "master", "master again", "worker"]
 
 
+@pytest.fixture
+def flask_missing(server: ReferenceServer, monkeypatch: pytest.MonkeyPatch
+                  ) -> Iterator[tuple[ModuleType, str]]:
+    """The Flask recipe pointed at a stream that does not exist yet."""
+    pytest.importorskip("flask")
+    url = server.stream_url()
+    monkeypatch.setenv("EVENTS_STREAM_URL", url)
+    module = _load("flask_events", monkeypatch)
+    yield module, url
+    producer = module._producer
+    if producer is not None and module._producer_pid == os.getpid():
+        with contextlib.suppress(DurableStreamError, TimeoutError):
+            producer.close(timeout=10)
+    sys.modules.pop("flask_events", None)
+
+
+def test_flask_recipe_recovers_once_the_missing_stream_exists(
+        flask_missing: tuple[ModuleType, str], caplog: pytest.LogCaptureFixture) -> None:
+    module, url = flask_missing
+    client = module.app.test_client()
+    # The first request: accepted (the producer buffers it), then refused by the server.
+    assert client.post("/events", json={"n": "lost"}).status_code == 202
+    first = module.events()
+    with pytest.raises(DeliveryError):
+        first.flush(timeout=20)  # the 404 stopped the producer; the event was reported
+    assert any("were not delivered" in r.getMessage() for r in caplog.records)
+    DurableStream.create(url, content_type=JSON).close()
+    # Every later request succeeds: the stopped producer is replaced by itself.
+    t0 = time.monotonic()
+    codes = [client.post("/events", json={"n": n}).status_code for n in range(5)]
+    elapsed = time.monotonic() - t0
+    assert codes == [202] * 5
+    assert elapsed < 5, f"replacing the stopped producer held a request for {elapsed:.1f}s"
+    assert module.events() is not first
+    module.events().flush(timeout=20)
+    assert [e["n"] for e in read_items(url)] == list(range(5))
+
+
 DJANGO_CHILD = """
 import json, sys
 import django
@@ -157,6 +197,53 @@ def test_django_recipe(events_url: str) -> None:
     items = read_items(events_url)
     assert [e["n"] for e in items] == [*range(20), "factory"]
     assert all("user" in e for e in items)
+
+
+DJANGO_RECOVERY_CHILD = """
+import json, sys
+import django
+from django.conf import settings
+
+settings.configure(DEBUG=False, SECRET_KEY="recipe-test", ALLOWED_HOSTS=["testserver"],
+                   ROOT_URLCONF="django_events", MIDDLEWARE=[], INSTALLED_APPS=[],
+                   EVENTS_STREAM_URL=sys.argv[1])
+django.setup()
+
+from django.test import Client
+from durable_streams import DeliveryError, DurableStream
+import django_events
+
+client = Client()
+post = lambda n: client.post("/events", data=json.dumps({"n": n}),
+                             content_type="application/json").status_code
+codes = [post("lost")]  # the stream does not exist yet
+first = django_events.events()
+try:
+    first.flush(timeout=20)
+    refused = False
+except DeliveryError:
+    refused = True  # the 404 stopped the producer
+DurableStream.create(sys.argv[1], content_type="application/json").close()
+codes += [post(n) for n in range(5)]
+replaced = django_events.events() is not first
+django_events.events().flush(timeout=20)
+print(json.dumps({"codes": codes, "refused": refused, "replaced": replaced}))
+"""
+
+
+def test_django_recipe_recovers_once_the_missing_stream_exists(
+        server: ReferenceServer) -> None:
+    pytest.importorskip("django")
+    url = server.stream_url()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(RECIPES), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.run([sys.executable, "-c", DJANGO_RECOVERY_CHILD, url],
+                          capture_output=True, text=True, timeout=90, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result == {"codes": [202] * 6, "refused": True, "replaced": True}
+    assert [e["n"] for e in read_items(url)] == list(range(5))
+    assert "not delivered" in proc.stderr  # the lost event was reported (logged)
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
@@ -209,4 +296,16 @@ def test_cron_recipe_reports_undelivered_rows(tmp_path: Path) -> None:
                           timeout=60, env=env)
     assert proc.returncode == 1, proc.stderr
     assert "10 of 10 rows were not delivered" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cron_recipe_with_the_stream_missing_reports_every_row(
+        server: ReferenceServer, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    _write_csv(path, [{"order": str(i)} for i in range(50)])
+    proc = subprocess.run([sys.executable, str(RECIPES / "nightly_export.py"), str(path)],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, EXPORT_STREAM_URL=server.stream_url()))
+    assert proc.returncode == 1, proc.stderr
+    assert "50 of 50 rows were not delivered" in proc.stderr and "(404)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -131,3 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         err(exc)
         return EXIT_FAILED
+    except Exception as exc:  # a bug: one redacted line, never a raw traceback with a URL
+        err(f"internal error ({type(exc).__name__}): {exc}")
+        return EXIT_FAILED

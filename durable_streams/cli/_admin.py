@@ -17,6 +17,7 @@ from ._common import (
     non_negative_int,
     note,
     resolve_url,
+    shown,
 )
 
 
@@ -33,15 +34,15 @@ def cmd_create(args: argparse.Namespace) -> int:
     )
     with handle:
         if handle.created:
-            note(f"created {url} ({handle.content_type or P.DEFAULT_CONTENT_TYPE})")
+            note(f"created {shown(url)} ({handle.content_type or P.DEFAULT_CONTENT_TYPE})")
         else:
-            note(f"{url} already exists with the same configuration")
+            note(f"{shown(url)} already exists with the same configuration")
     return EXIT_OK
 
 
 def _info_dict(url: str, info: StreamInfo) -> dict[str, Any]:
     return {
-        "url": url,
+        "url": shown(url),  # never the credentials or query values
         "content_type": info.content_type,
         "offset": info.offset,
         "closed": info.closed,
@@ -61,7 +62,7 @@ def cmd_head(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(data, separators=(",", ":")) + "\n")
     else:
         rows = [
-            ("url", url),
+            ("url", shown(url)),
             ("content-type", info.content_type or "-"),
             ("offset", info.offset or "-"),
             ("closed", "yes" if info.closed else "no"),
@@ -79,7 +80,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     url = resolve_url(args.url)
     with handle_for(args, url) as handle:
         handle.delete()
-    note(f"deleted {url}")
+    note(f"deleted {shown(url)}")
     return EXIT_OK
 
 
@@ -89,7 +90,7 @@ def cmd_close(args: argparse.Namespace) -> int:
         offset = handle.close_stream(body=args.message)
     sys.stdout.write(offset + "\n")
     sys.stdout.flush()
-    note(f"closed {url}")
+    note(f"closed {shown(url)}")
     return EXIT_OK
 
 

@@ -32,6 +32,7 @@ from ._common import (
     note,
     positive_float,
     resolve_url,
+    shown,
     stderr_is_tty,
 )
 
@@ -174,7 +175,7 @@ def cmd_append(args: argparse.Namespace) -> int:
         info = handle.head()
         if info.closed:
             raise errors.StreamClosedError(
-                f"the stream {url} is closed; appends are refused", url=url,
+                f"the stream {shown(url)} is closed; appends are refused", url=url,
                 final_offset=info.offset,
             )
         json_mode = P.is_json(info.content_type)
@@ -269,14 +270,14 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
             first = first.errors[0]
         stopped = "; stopped reading the input" if state.stopped_early else ""
         err(f"{fmt_count(undelivered)} of {fmt_count(stats.messages_appended)} messages "
-             f"were not delivered to {url}{stopped}: {first}")
+             f"were not delivered to {shown(url)}{stopped}: {first}")
         return exit_code_for(cause) if cause is not None else EXIT_FAILED
     if state.invalid:
         err(f"{fmt_count(state.invalid)} input line(s) were invalid and skipped; "
              f"{fmt_count(stats.messages_acked)} messages delivered")
         return EXIT_FAILED
     if close_offset is not None:
-        note(f"closed {url} at offset {close_offset}")
+        note(f"closed {shown(url)} at offset {close_offset}")
     return EXIT_OK
 
 

@@ -4,6 +4,11 @@ Output rules: data goes to stdout; errors go to stderr as one line each
 (``durable-streams: error: ...``, :func:`err`); informational lines go to stderr only when
 stderr is a terminal (:func:`note`), so a piped or cron run prints nothing but errors.
 
+No secret is ever printed, on any path: a URL a command prints goes through :func:`shown`
+(user-info and query values masked), and every line on stderr through
+:func:`~durable_streams._redact.redact_text`. Names are joined to ``$DURABLE_STREAMS_URL``
+with :func:`join_url`, which keeps the base URL's query (``?token=...``) at the end.
+
 A command group is a module with ``register(commands: Commands) -> None`` that adds its
 subcommands with :meth:`Commands.add` (the shared connection options and epilog included)
 and sets ``func`` to a ``(args) -> exit code`` function; it is listed once in
@@ -15,12 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import textwrap
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 from .. import errors
-from .._redact import redact_text
+from .._redact import MASK, redact_text, redact_url
 from ..stream import DurableStream
 
 PROG = "durable-streams"
@@ -34,8 +41,9 @@ EXIT_CONFLICT = 4
 EXIT_INTERRUPTED = 130
 
 EPILOG = f"""\
-URL: a full http(s) URL, or a stream name joined to ${URL_ENV}, e.g.
+URL: a full http(s) URL, or a stream name joined to ${URL_ENV}'s path, e.g.
   {URL_ENV}=https://host/v1/stream and logs/app -> https://host/v1/stream/logs/app
+  ({URL_ENV}=https://host/v1/stream?token=T: https://host/v1/stream/logs/app?token=T)
 
 exit codes:
   0    success (append: every message was acknowledged by the server)
@@ -80,25 +88,56 @@ def stderr_is_tty() -> bool:
         return False
 
 
+def shown(url: str) -> str:
+    """``url`` as the command line prints it: user-info and query values masked."""
+    return redact_url(url)
+
+
+# "user:password@host" written without a scheme (redact_text only knows scheme://...@).
+_BARE_USERINFO_RE = re.compile(r"(^|[\s'\"(=,])[^\s/@'\"(),=]+@")
+
+
+def shown_arg(text: str) -> str:
+    """A command-line value that was meant to be a URL, safe to echo in an error: like
+    :func:`shown`, and also masking ``user:password@`` written without a scheme."""
+    return _BARE_USERINFO_RE.sub(r"\1" + MASK + "@", redact_text(text))
+
+
+def join_url(base: str, name: str) -> str:
+    """``name`` joined to the path of ``base``; the query of ``base`` (``?token=...``) is
+    kept, after the name's own query if it has one.
+
+    >>> join_url("http://h/v1/stream?token=T", "logs/app")
+    'http://h/v1/stream/logs/app?token=T'
+    """
+    parts = urlsplit(base)
+    name_path, _, name_query = name.partition("?")
+    path = parts.path.rstrip("/") + "/" + name_path.lstrip("/")
+    query = "&".join(q for q in (name_query, parts.query) if q)
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
 def resolve_url(target: str, environ: dict[str, str] | None = None) -> str:
-    """A full URL as is, otherwise ``target`` joined to ``$DURABLE_STREAMS_URL``."""
+    """A full URL as is, otherwise ``target`` joined to ``$DURABLE_STREAMS_URL``
+    (:func:`join_url`: the base's query is kept)."""
     env = os.environ if environ is None else environ
     if target.startswith(("http://", "https://")):
         return target
     if "://" in target:
-        raise UsageError(f"unsupported URL scheme in {target!r}: use http:// or https://")
+        raise UsageError(f"unsupported URL scheme in {shown_arg(target)!r}: use http:// or "
+                         "https://")
     base = env.get(URL_ENV, "").strip()
     if not base:
         raise UsageError(
-            f"{target!r} is not an http(s) URL and {URL_ENV} is not set; "
+            f"{shown_arg(target)!r} is not an http(s) URL and {URL_ENV} is not set; "
             f"pass a full URL or export {URL_ENV}=https://host/base"
         )
     if not base.startswith(("http://", "https://")):
-        raise UsageError(f"{URL_ENV} must be an http(s) URL, got {base!r}")
+        raise UsageError(f"{URL_ENV} must be an http(s) URL, got {shown_arg(base)!r}")
     name = target.lstrip("/")
-    if not name:
+    if not name or name.startswith("?"):
         raise UsageError("empty stream name")
-    return base.rstrip("/") + "/" + name
+    return join_url(base, name)
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -198,8 +237,9 @@ class Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors exit with :data:`EXIT_USAGE` in one line."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes the offending arguments, which may be URLs with credentials.
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {shown_arg(one_line(message))}\n")
 
 
 class Commands:

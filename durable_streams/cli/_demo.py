@@ -22,8 +22,10 @@ from ._common import (
     err,
     fmt_count,
     headers_of,
+    join_url,
     note,
     positive_int,
+    shown,
 )
 
 
@@ -45,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         base = server.url
     try:
-        return _demo(args, base.rstrip("/"), n, stream, server is not None)
+        return _demo(args, base, n, stream, server is not None)
     finally:
         if server is not None:
             server.stop()
@@ -54,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, base: str, n: int,
           stream: Callable[..., Any], local: bool) -> int:
     run = uuid.uuid4().hex[:12]
-    url = f"{base}/durable-streams-demo-{run}"
+    url = join_url(base, f"durable-streams-demo-{run}")
     headers = headers_of(args)
     pad = "x" * max(args.size - 40, 0)
     out = sys.stdout
@@ -117,8 +119,8 @@ def _demo(args: argparse.Namespace, base: str, n: int,
 
     write_s = max(t_written - t0, 1e-9)
     rows = [
-        ("server", f"{base}" + (" (local reference server)" if local else "")),
-        ("stream", f"{url} (application/json)"),
+        ("server", shown(base) + (" (local reference server)" if local else "")),
+        ("stream", f"{shown(url)} (application/json)"),
         ("written", f"{fmt_count(n)} messages of ~{args.size} B in {write_s:.3f} s "
                     f"({fmt_count(n / write_s)} msg/s) by an IdempotentProducer, "
                     f"{fmt_count(stats.batches_sent)} batches in "

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from ..stream import DurableStream
 from ..subscriptions import Subscription, SubscriptionInfo
@@ -31,13 +32,17 @@ from ._common import (
     note,
     positive_int,
     resolve_url,
+    shown,
+    shown_arg,
 )
 
 __all__ = ["register"]
 
 
 
-def _root(args: argparse.Namespace) -> str:
+def _root(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The stream root without its query, and the query (``?token=...``) as params: the
+    subscription's URLs are the root's path plus more path, with the query at the end."""
     root = (args.root or os.environ.get(URL_ENV, "")).strip()
     if not root:
         raise UsageError(
@@ -45,12 +50,16 @@ def _root(args: argparse.Namespace) -> str:
             f"{URL_ENV}=https://host/v1/stream"
         )
     if not root.startswith(("http://", "https://")):
-        raise UsageError(f"the stream root must be an http(s) URL, got {root!r}")
-    return root
+        raise UsageError(f"the stream root must be an http(s) URL, got {shown_arg(root)!r}")
+    parts = urlsplit(root)
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), params
 
 
 def _subscription(args: argparse.Namespace) -> Subscription:
-    return Subscription(_root(args), args.id, headers=headers_of(args), timeout=args.timeout)
+    root, params = _root(args)
+    return Subscription(root, args.id, headers=headers_of(args), params=params or None,
+                        timeout=args.timeout)
 
 
 
@@ -63,18 +72,19 @@ def cmd_fork(args: argparse.Namespace) -> int:
     with fork:
         where = f"at {args.offset}" if args.offset else "at its tail"
         if fork.created:
-            note(f"forked {src} {where} to {dst}")
+            note(f"forked {shown(src)} {where} to {shown(dst)}")
         else:
-            note(f"{dst} already exists as the same fork")
+            note(f"{shown(dst)} already exists as the same fork")
     return EXIT_OK
 
 
 def cmd_sub_create(args: argparse.Namespace) -> int:
+    root, params = _root(args)
     sub = Subscription.create(
-        _root(args), args.id, pattern=args.pattern, streams=args.stream or None,
+        root, args.id, pattern=args.pattern, streams=args.stream or None,
         wake_stream=args.wake_stream, webhook_url=args.webhook_url,
         lease_ttl_ms=args.lease_ttl_ms, description=args.description,
-        headers=headers_of(args), timeout=args.timeout,
+        headers=headers_of(args), params=params or None, timeout=args.timeout,
     )
     with sub:
         if sub.created:
@@ -90,7 +100,7 @@ def _info_dict(info: SubscriptionInfo) -> dict[str, Any]:
         "type": info.type,
         "pattern": info.pattern,
         "wake_stream": info.wake_stream,
-        "webhook_url": info.webhook_url,
+        "webhook_url": shown(info.webhook_url) if info.webhook_url else None,
         "lease_ttl_ms": info.lease_ttl_ms,
         "status": info.status,
         "created_at": info.created_at,
@@ -111,7 +121,7 @@ def cmd_sub_info(args: argparse.Namespace) -> int:
             ("type", info.type),
             ("pattern", info.pattern or "-"),
             ("wake-stream", info.wake_stream or "-"),
-            ("webhook-url", info.webhook_url or "-"),
+            ("webhook-url", shown(info.webhook_url) if info.webhook_url else "-"),
             ("lease-ttl", f"{info.lease_ttl_ms} ms"),
             ("status", info.status or "-"),
             ("created-at", info.created_at or "-"),

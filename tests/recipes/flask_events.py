@@ -6,11 +6,17 @@ producer, even with ``--preload``: a producer created in the master before the f
 unusable in the workers (its sender threads do not survive a fork, and its sequence numbers
 belong to the master), so the check below compares the process id and builds a new one.
 
+A producer stops for good when the server refuses its appends (for example the stream does
+not exist yet, or was deleted): ``append()`` then raises. ``append_event`` replaces a stopped
+producer and tries once more, so the app recovers by itself as soon as the stream exists; the
+events the stopped producer could not deliver are reported to ``_report`` (logged).
+
 Run:  EVENTS_STREAM_URL=https://streams.example.com/v1/stream/events gunicorn flask_events:app
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +25,7 @@ import threading
 
 from flask import Flask, Response, jsonify, request
 
-from durable_streams import DurableStreamError, IdempotentProducer
+from durable_streams import BufferFullError, DurableStreamError, IdempotentProducer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,29 @@ def events() -> IdempotentProducer:
         return _producer
 
 
+def _discard(stopped: IdempotentProducer) -> None:
+    """Forget a producer that stopped for good; the next ``events()`` builds a new one."""
+    global _producer
+    with _lock:
+        if _producer is stopped:
+            _producer = None
+    with contextlib.suppress(DurableStreamError, TimeoutError):
+        stopped.close(timeout=0)  # its undelivered events were already passed to _report
+
+
+def append_event(data: str) -> None:
+    """Append one event (returns at once). Raises ``DurableStreamError`` if it is refused:
+    ``BufferFullError`` while the server is down for long, or the refusal of a new producer."""
+    producer = events()
+    try:
+        producer.append(data)
+    except BufferFullError:
+        raise
+    except DurableStreamError:  # stopped for good (stream missing, deleted, fenced...)
+        _discard(producer)
+        events().append(data)  # a new producer: succeeds once the stream is back
+
+
 def _after_fork_in_child() -> None:
     # A lock held by another thread at fork time would stay locked forever in the child.
     global _lock
@@ -74,8 +103,8 @@ def post_event() -> tuple[Response, int]:
     if not isinstance(event, dict):
         return jsonify(error="expected a JSON object"), 400
     try:
-        events().append(json.dumps(event))  # returns at once; sent in the background
-    except DurableStreamError as exc:  # buffer full, or the producer was fenced
+        append_event(json.dumps(event))  # returns at once; sent in the background
+    except DurableStreamError as exc:  # buffer full (the server is down for long)
         log.warning("event refused: %s", exc)
         return jsonify(error="event stream unavailable, retry later"), 503
     return jsonify(status="accepted"), 202
