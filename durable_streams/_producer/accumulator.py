@@ -11,9 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import errors
 from .reporter import copy_error
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 
 class Accumulator:
@@ -42,6 +46,9 @@ class Accumulator:
         self.room = max_buffer_bytes
         #: when set, append() raises (a copy of) it: closed, fenced, stream closed, forked
         self.refusal: errors.DurableStreamError | None = None
+        #: the crash-safe journal (``journal=``), or None: every accepted message is
+        #: journaled before append() returns, and takes/drops are reported to it
+        self.journal: Journal | None = None
 
     # -- the hot path ------------------------------------------------------------------------
     def append(self, data: str | bytes | bytearray | memoryview) -> None:
@@ -78,8 +85,8 @@ class Accumulator:
             if self.refusal is not None:
                 raise copy_error(self.refusal)
             room = self.room - n
-            if room < 0:
-                room = self._wait_for_space(n)
+            if room < 0 or self.journal is not None:
+                room = self._room_for(raw, room)
             self.room = room
             buf = self.buf
             buf.append(raw)
@@ -106,13 +113,36 @@ class Accumulator:
             "raise max_batch_bytes or split the message"
         )
 
+    def _room_for(self, raw: bytes, room: int) -> int:
+        """(lock held) Wait for buffer room and journal space, then journal ``raw``: a
+        message is accepted only once journaled (a JournalError: it is not accepted)."""
+        n = len(raw)
+        journal = self.journal
+        if room < 0 or (journal is not None and not journal.fits(n)):
+            room = self._wait_for_space(n)
+        if journal is not None:
+            journal.add(raw)
+        return room
+
+    def _full(self, n: int) -> bool:
+        journal = self.journal
+        return ((self.room < n and self.room < self.capacity)
+                or (journal is not None and not journal.fits(n)))
+
     def _wait_for_space(self, n: int) -> int:
         """Block until ``n`` bytes fit (or nothing is pending); return the room left after."""
         deadline = self.clock() + self.max_block
-        while self.room < n and self.room < self.capacity:
+        while self._full(n):
             if self.refusal is not None:
                 raise copy_error(self.refusal)
             remaining = deadline - self.clock()
+            if remaining <= 0 and self.journal is not None and not self.journal.fits(n):
+                j = self.journal
+                raise errors.BufferFullError(
+                    f"producer journal {j.directory} is full ({j.total_bytes} bytes of "
+                    f"journal_max_bytes={j.max_bytes}) and no acknowledgement freed space "
+                    f"within max_block_ms={self.max_block * 1000:.0f}; the server may be "
+                    "down or slower than the appends", url=self.url)
             if remaining <= 0:
                 raise errors.BufferFullError(
                     f"producer buffer for {self.where} is full "
@@ -171,6 +201,8 @@ class Accumulator:
             messages = buf[:count]
             del buf[:count]
         first = self.start
+        if self.journal is not None:
+            self.journal.taken(first, messages)
         self.sealing_from = first
         self.start += count
         self.nbytes -= total
@@ -186,6 +218,8 @@ class Accumulator:
         """Empty the buffer (to fail its messages): (messages, bytes)."""
         messages, self.buf = self.buf, []
         nbytes, self.nbytes = self.nbytes, 0
+        if self.journal is not None:
+            self.journal.dropped(self.start, len(messages))
         self.start += len(messages)
         return messages, nbytes
 
