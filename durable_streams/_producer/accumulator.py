@@ -210,9 +210,12 @@ class Accumulator:
             self.first_ts = min(self.first_ts, now)
         return messages, total, first
 
-    def sealed(self) -> None:
-        """The messages taken last are registered as a batch (or failed)."""
+    def sealed(self, kept: list[bytes] | None = None) -> None:
+        """The messages taken last are built into a batch of ``kept`` (None: all of them;
+        the others were reported failed; empty: no batch)."""
         self.sealing_from = -1
+        if self.journal is not None:
+            self.journal.built(kept)
 
     def take_all(self) -> tuple[list[bytes], int]:
         """Empty the buffer (to fail its messages): (messages, bytes)."""

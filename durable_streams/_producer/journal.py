@@ -151,6 +151,7 @@ class Journal:
         #: batch id -> (journal indexes, its message list when registered)
         self._live: dict[int, tuple[list[int], list[bytes]]] = {}
         self._take: tuple[list[int], list[bytes]] | None = None
+        self._built: tuple[list[int], list[bytes]] | None = None
         self._remap: dict[int, int] = {}  # accumulator index -> journal index (replay)
         #: set when closing abandons pending messages: they stay journaled (no DONE)
         self.keep_pending = False
@@ -447,27 +448,37 @@ class Journal:
         self._take = (idx, messages)
 
     def _resolve_stale_take(self) -> None:
-        # A take that became no batch: its messages were all reported failed (invalid
-        # JSON, or the batch could not be built).
+        # A take that became no batch (its messages were all reported failed) and was not
+        # told so by built([]).
+        self._built = None
         if self._take is not None:
             idx, _ = self._take
             self._take = None
             self._done(F.DONE_FAILED, idx)
 
-    def admitted(self, batch: Batch) -> None:
-        """A batch was built from the last take (its invalid messages were left out and
-        reported failed)."""
+    def built(self, kept: list[bytes] | None) -> None:
+        """The last take was built into a batch of ``kept`` (None: all of it; a subsequence:
+        the invalid messages were left out and reported failed; empty: no batch)."""
         if self.disabled or self._take is None:
             return
         idx, taken = self._take
         self._take = None
-        mine = batch.messages
-        if mine is taken or len(mine) == len(taken):
-            self._live[batch.id] = (idx, mine)
+        if kept is None or kept is taken or len(kept) == len(taken):
+            self._built = (idx, taken if kept is None else kept)
             return
-        keep, dropped = _match(idx, taken, mine)
-        self._live[batch.id] = (keep, mine)
+        keep, dropped = _match(idx, taken, kept)
+        self._built = (keep, kept) if keep else None
         self._done(F.DONE_FAILED, dropped)
+
+    def admitted(self, batch: Batch) -> None:
+        """The batch just built is registered (sealed now, or parked until renumbered)."""
+        if self.disabled:
+            return
+        if self._take is not None:  # built() was not called: the whole take
+            self.built(None)
+        if self._built is not None:
+            self._live[batch.id] = (self._built[0], batch.messages)
+            self._built = None
 
     def adopt(self, batch: Batch, indexes: list[int]) -> None:
         """A batch replayed from the journal (already sealed)."""

@@ -123,10 +123,11 @@ class Driver:
             self.model.unsealed.discard(i)
             if k in bad:
                 del self.model.messages[i]
-        if not good:
-            return None  # no batch: the take is resolved at the next one
         if len(good) == len(msgs):
             good = msgs
+        self.j.built(good)
+        if not good:
+            return None
         b = Batch(good, sum(map(len, good)), first, b"", 0.0)
         self.j.admitted(b)
         self.live[b.id] = (b, keep)
@@ -220,7 +221,8 @@ def one_record_change(before: dict[str, bytes], after: dict[str, bytes]
     a, b = before[name], after[name]
     if len(a) != len(b):
         return None
-    start = next(k for k in range(len(a)) if a[k] != b[k])
+    # the header (first 8 bytes hold a non-zero length) is where the record starts
+    start = next(k for k in range(len(a)) if a[k] != b[k]) // F.ALIGN * F.ALIGN
     end = len(a) - next(k for k in range(len(a)) if a[-1 - k] != b[-1 - k])
     return name, start, end
 
