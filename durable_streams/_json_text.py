@@ -56,7 +56,7 @@ def scan(text: str) -> None:
     end = len(text)
     state = _VALUE
     while True:
-        if state == _VALUE or state == _VALUE_OR_END:
+        if state in (_VALUE, _VALUE_OR_END):
             if pos >= end:
                 raise ValueError(f"a value was expected at character {pos} (end of text)")
             c = text[pos]
@@ -92,7 +92,7 @@ def scan(text: str) -> None:
                         break
                 else:
                     raise ValueError(f"a value was expected at character {pos}, got {c!r}")
-        elif state == _KEY_OR_END or state == _KEY:
+        elif state in (_KEY_OR_END, _KEY):
             if pos < end and text[pos] == "}" and state == _KEY_OR_END:
                 stack.pop()
                 pos += 1

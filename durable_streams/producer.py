@@ -28,10 +28,19 @@ import requests
 
 from . import errors
 from ._http import DEFAULT_RETRY, HeadersLike, RetryPolicy, TimeoutLike
-from ._producer import lifecycle
+from ._producer import accumulator, lifecycle
 from ._producer.accumulator import Accumulator
 from ._producer.batch import Counters
-from ._producer.options import ProducerStats, check_options, encode_final
+from ._producer.options import (
+    ProducerStats,
+    check_headers,
+    check_more,
+    check_options,
+    check_producer_id,
+    check_request_timeout,
+    check_wait,
+    encode_final,
+)
 from ._producer.reporter import ErrorCallback, Reporter
 from ._producer.sender import SenderPool
 from ._producer.sequencer import Act, Sequencer
@@ -47,18 +56,87 @@ _MiB = 1024 * 1024
 class IdempotentProducer:
     """Exactly-once, fire-and-forget appends from ordinary synchronous code.
 
-    ``append()`` only puts the message in a buffer and returns; sender threads (started on
-    the first append) batch and send in the background, keep up to ``max_in_flight``
-    requests in flight, and retry transient failures (connection errors, timeouts, 5xx,
-    429) with the same producer headers and body until ``delivery_timeout_ms``, so the
-    server stores each batch once.
+    ``append()`` only puts the message in a buffer and returns; sender threads (started as
+    the work needs them, the first one at the first append) batch and send in the
+    background, keep up to ``max_in_flight`` requests in flight, and retry transient
+    failures (connection errors, timeouts, 5xx, 429) with the same producer headers and
+    body until ``delivery_timeout_ms``, so the server stores each batch once (PROTOCOL.md
+    §5.2.1). The constructor does no network I/O.
 
     Every message is either acknowledged by the server or reported: to ``on_error`` (called
     on a dedicated thread, with the failed messages in ``err.undelivered``) and as a
-    :class:`DeliveryError` from the next :meth:`flush` or :meth:`close`.
+    :class:`DeliveryError` from the next :meth:`flush` or :meth:`close`. A failure that
+    concerns one message or one batch (invalid JSON, a 400 or 413, an exception raised by
+    the application's session hooks or header callables) fails only those messages; the
+    producer goes on. ``err.maybe_stored`` is True whenever the request may have reached
+    the server (re-appending such messages may duplicate them).
 
     ``close()`` (and leaving a ``with`` block) flushes and releases the producer but leaves
     the stream open; :meth:`close_stream` ends the stream for everyone.
+
+    Every option is checked here (``TypeError``/``ValueError`` naming the option and the
+    fix), never at send time.
+
+    Args:
+        stream: the stream, as a :class:`DurableStream` handle (its headers, params,
+            session, retry policy and content type are used unless given here) or an
+            ``http(s)://`` URL. The stream must exist (create it first).
+        producer_id: this writer's stable name, sent as ``Producer-Id``: non-empty,
+            printable (no CR/LF or control characters), Latin-1. Use the same id across
+            restarts of the same job; two live writers must not share one.
+        epoch: the producer epoch to start with (an int in 0..2**53-1). Default: 0, or
+            with ``auto_claim`` the current time in milliseconds (each run then writes
+            with a higher epoch than the previous one). A higher epoch fences writers with
+            the same id and a lower epoch.
+        auto_claim: on a fence (403 naming a higher epoch) or a "duplicate" for data this
+            producer never stored (an earlier run's), move to a higher epoch and resend
+            instead of failing. Repeated claims without an acknowledgement in between are
+            spaced out (0.25 s doubling to 5 s, or the retry policy's delay if longer) and
+            bounded by ``delivery_timeout_ms``: a server that fences every request gets a
+            few requests a second, and the messages are then reported. Without it, a fence
+            is a :class:`StaleEpochError` that stops the producer. Default False.
+        linger_ms: how long (milliseconds, >= 0) a batch may wait for more messages before
+            it is sent. Default 5. ``flush()`` sends at once.
+        max_batch_bytes: the largest request body (bytes, >= 1); a larger single message
+            is refused by ``append()``. Lower it if a proxy answers 413. Default 1 MiB.
+        max_batch_items: at most this many messages per batch (>= 1), or None for no
+            limit (default).
+        max_in_flight: batches on the wire at once, 1..64 (each needs a sender thread;
+            threads start only when every running one is busy). Default 5. With
+            ``auto_claim``, one at a time until the epoch is confirmed.
+        max_buffer_bytes: bytes accepted and not yet acknowledged or failed (buffered and
+            in flight), >= ``max_batch_bytes``; ``append()`` blocks when it is spent.
+            Default 64 MiB.
+        max_block_ms: how long (milliseconds, >= 0) ``append()`` blocks on a full buffer
+            before raising :class:`BufferFullError`; 0 raises at once. Default 60 000.
+        delivery_timeout_ms: how long (milliseconds, >= 0) a batch is retried, from when
+            it was sealed: every retry loop (transient errors, claims, duplicates) stops
+            there and the messages are reported. Default 120 000.
+        request_timeout: seconds per HTTP request, as one number or ``(connect, read)``;
+            finite and > 0. Default (10, 60).
+        retry: a :class:`RetryPolicy` for the waits between retries (the producer retries
+            until ``delivery_timeout_ms``, whatever ``max_retries`` says). Default: the
+            stream handle's, else ``RetryPolicy()``.
+        validate_json: in JSON mode, check each message is one JSON value before sending
+            (invalid ones are reported alone, valid ones of the batch sent). The check has
+            no depth or size limit of Python's. False: the server decides (a 400 then
+            fails the batch's invalid messages only). Default True.
+        content_type: the stream's content type; when None (and the handle has none) the
+            first sender HEADs the stream to learn it.
+        headers: extra request headers: a mapping of names to str values (or zero-argument
+            callables returning one, evaluated per request, e.g. for tokens), or a
+            callable returning such a mapping. Values must not contain CR/LF or control
+            characters. ``Producer-*`` headers cannot be overridden.
+        session: a ``requests.Session`` to send with (its hooks, adapters, auth). Default:
+            the handle's, else the library's pooled transport.
+        on_error: called with each failure (a :class:`DurableStreamError` whose
+            ``undelivered`` holds the messages) on the producer's own callback thread;
+            exceptions it raises are logged. Default: failures are logged and raised from
+            ``flush()``/``close()``.
+        flush_at_exit: at interpreter exit, close the producer if messages are pending
+            (waiting up to ``exit_timeout``); undelivered ones are logged (or written to
+            stderr when logging is not configured). Default True.
+        exit_timeout: seconds (finite, >= 0) the exit flush may take. Default 10.
     """
 
     def __init__(
@@ -85,11 +163,12 @@ class IdempotentProducer:
         flush_at_exit: bool = True,
         exit_timeout: float = 10.0,
     ) -> None:
-        if not isinstance(producer_id, str) or not producer_id.strip():
-            raise ValueError(
-                f"producer_id must be a non-empty string identifying this writer, got "
-                f"{producer_id!r}"
-            )
+        check_producer_id(producer_id)
+        check_headers(headers)
+        check_request_timeout(request_timeout)
+        check_more(retry=retry, exit_timeout=exit_timeout, content_type=content_type,
+                   session=session, auto_claim=auto_claim, validate_json=validate_json,
+                   flush_at_exit=flush_at_exit)
         # With auto_claim and no epoch of the caller's, start from the clock: a new run then
         # never reuses the (id, epoch, seq) of an earlier run of the same job, so a
         # "duplicate" answer can only be about our own data. Epochs only need to grow.
@@ -117,7 +196,7 @@ class IdempotentProducer:
                             f"{type(stream).__name__}")
         self.url = url
         self.producer_id = producer_id
-        self.auto_claim = bool(auto_claim)
+        self.auto_claim = auto_claim
         self._where = where = redact_url(url)
         self._max_batch_bytes = max_batch_bytes
         self._delivery_timeout = float(delivery_timeout_ms) / 1000.0
@@ -130,7 +209,8 @@ class IdempotentProducer:
         self._transport = Transport(
             url, producer_id=producer_id, stream_headers=stream_headers, headers=headers,
             params=params, content_type=content_type, session=session, retry=retry,
-            timeout=request_timeout, pool_size=max_in_flight + 2)
+            timeout=request_timeout, pool_size=max_in_flight + 2,
+            max_batch_bytes=max_batch_bytes)
         self._reporter = Reporter(lock, producer_id=producer_id, url=url, where=where,
                                   on_error=on_error, token=self._token)
         self._acc = Accumulator(
@@ -145,9 +225,6 @@ class IdempotentProducer:
             probe_wait=(float(request_timeout) if isinstance(request_timeout, (int, float))
                         else 10.0), token=self._token)
         self._acc.wake = self._pool.wake
-        # The hot path: producer.append is the accumulator's bound method (one Python call
-        # per message instead of two, ~0.1 µs); the class attribute keeps the docs.
-        self.append = self._acc.append  # type: ignore[method-assign]
         self._pool.owner = self
         self._seq = self._pool.seq = Sequencer(
             producer_id=producer_id, url=url, epoch=epoch, auto_claim=self.auto_claim,
@@ -212,34 +289,33 @@ class IdempotentProducer:
                 in_flight=len(self._seq.batches))
 
     # -- append ------------------------------------------------------------------------
-    def append(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Queue one message; returns at once without touching the network.
-
-        ``data`` is ``str`` (UTF-8; JSON text in JSON mode) or bytes-like. Raises
-        ``TypeError`` for anything else, ``ValueError`` for an empty message or one larger
-        than ``max_batch_bytes``, :class:`BufferFullError` when the buffer stayed full for
-        ``max_block_ms``, and the producer's terminal error after it was closed or fenced.
-        """
-        self._acc.append(data)  # (instances call the accumulator directly: see __init__)
+    #: (the hot path lives with the buffer it fills: one Python call per message)
+    append = accumulator.append
 
     # -- flush / close -----------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> str:
         """Send everything appended so far and wait until each message is acknowledged.
+
+        ``timeout``: seconds to wait (finite, >= 0), or None (default) to wait as long as
+        the messages are retried (at most ``delivery_timeout_ms`` after each was sealed).
 
         Returns the stream offset just after the last acknowledged message (the same as
         :attr:`last_offset` afterwards; ``''`` if nothing was ever acknowledged): the
         natural point to fork the stream at, or to resume reading after this writer.
         Raises :class:`DeliveryError` if any message failed since the last report (the
         failures also went to ``on_error``), and ``TimeoutError`` if ``timeout`` seconds
-        pass first (the messages stay queued and keep being retried).
+        pass first (the messages stay queued and keep being retried). Called from
+        ``on_error`` (the callback thread), it does not raise the failure being reported.
         """
+        timeout = check_wait("flush", timeout)
         self._check_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         acc, seq, pool = self._acc, self._seq, self._pool
         with self._lock:
             target = acc.appended
             acc.seal_all(target)
-            pool.ready.notify()  # one sender; it passes the baton on
+            if acc.buf:
+                pool.wake()  # one sender; it passes the baton on
             while self._unresolved_below(target):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -270,10 +346,18 @@ class IdempotentProducer:
     def close(self, timeout: float | None = None) -> None:
         """Flush, stop the sender threads and release the session. The stream stays open.
 
-        Idempotent. Raises :class:`DeliveryError` if messages could not be delivered, and
-        ``TimeoutError`` if the flush did not finish within ``timeout`` (then the remaining
-        messages are reported as undelivered).
+        ``timeout``: seconds (finite, >= 0) the whole close may take, or None (default):
+        as long as the flush takes. It returns within ``timeout``: messages still
+        unacknowledged then are given up (reported to ``on_error`` as undelivered; a
+        request already on the wire is left to finish on its daemon thread and may still
+        store its batch, which the report then says may have been stored).
+
+        Idempotent; afterwards ``append()`` raises :class:`ProducerClosedError`. Raises
+        :class:`DeliveryError` if messages could not be delivered, and ``TimeoutError`` if
+        the flush did not finish within ``timeout``.
         """
+        timeout = check_wait("close", timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._forked:
             self._closed = True
             return
@@ -292,11 +376,13 @@ class IdempotentProducer:
             return
         flush_error: BaseException | None = None
         try:
-            self.flush(timeout)
+            # Keep a little of the time for giving up: senders waiting to retry then
+            # fail their batches (reported) before close() returns.
+            self.flush(None if timeout is None else timeout - min(timeout * 0.1, 0.25))
         except (TimeoutError, errors.DeliveryError) as exc:
             flush_error = exc
         try:
-            self._shutdown(abandon=isinstance(flush_error, TimeoutError))
+            self._shutdown(abandon=isinstance(flush_error, TimeoutError), deadline=deadline)
         finally:
             self._close_done.set()
         if isinstance(flush_error, TimeoutError):
@@ -307,7 +393,7 @@ class IdempotentProducer:
         with self._lock:
             self._reporter.raise_unreported()
 
-    def _shutdown(self, *, abandon: bool) -> None:
+    def _shutdown(self, *, abandon: bool, deadline: float | None = None) -> None:
         with self._lock:
             if abandon:
                 self._seq.stop(errors.ProducerClosedError(
@@ -315,14 +401,19 @@ class IdempotentProducer:
                     "messages were acknowledged", url=self.url))
             threads = self._pool.stop()
         # Idle senders exit at once. When abandoning, a sender may be inside a request (up
-        # to the request timeout): it is a daemon thread, so do not wait long for it.
-        deadline = time.monotonic() + (2.0 if abandon else 30.0)
+        # to the request timeout): it is a daemon thread, so do not wait long for it; and
+        # never past close()'s own deadline.
+        end = time.monotonic() + (2.0 if abandon else 30.0)
+        if deadline is not None:
+            end = min(end, deadline)
         for thread in threads:
             if thread is not threading.current_thread():
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                thread.join(timeout=max(0.0, end - time.monotonic()))
         with self._lock:
             self._reporter.ensure_thread()
-            self._reporter.wait_called(30.0)
+            wait = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+            if wait > 0:
+                self._reporter.wait_called(wait)
             self._reporter.close()
         self._transport.close()
         lifecycle.unregister(self)
@@ -339,9 +430,14 @@ class IdempotentProducer:
         """Flush, then close the stream for everyone (EOF) and return its final offset.
 
         The close carries the producer headers, so a retried close is deduplicated by the
-        server; calling this again returns the same offset. ``final_message`` is appended
-        atomically with the close. Afterwards ``append()`` raises.
+        server; calling this again returns the same offset. ``final_message`` (str or
+        bytes, not empty; in JSON mode one JSON value) is appended atomically with the
+        close. ``timeout`` (seconds, finite, >= 0, or None) bounds the flush; the closing
+        request itself is retried (and, with ``auto_claim``, re-claimed) until
+        ``delivery_timeout_ms``. Afterwards ``append()`` raises
+        :class:`StreamClosedError`; call :meth:`close` to release the producer.
         """
+        timeout = check_wait("close_stream", timeout)
         self._check_fork()
         if self._close_result is not None:
             return self._close_result

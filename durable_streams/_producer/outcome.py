@@ -27,6 +27,7 @@ class Kind(enum.Enum):
     RETRYABLE = "retryable"  # 429, 5xx, other statuses of the retry policy
     REJECTED = "rejected"  # any other status: fatal for the producer
     TRANSPORT = "transport"  # no answer: connection error or timeout
+    CLIENT = "client"  # an exception on our side (a hook or callable of the application)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,27 @@ def transport_failure(err: errors.DurableStreamError) -> Outcome:
     return Outcome(Kind.TRANSPORT, maybe_stored=reached, error=err)
 
 
+def client_failure(exc: Exception, *, where: str, url: str, sent: bool) -> Outcome:
+    """The outcome of a send that raised something other than a transport error: an
+    exception of the application's session, hook or header callable (or a bug). ``sent``:
+    the body was written, so the request may have been stored."""
+    return Outcome(Kind.CLIENT, maybe_stored=sent, error=client_error(exc, where=where,
+                                                                      url=url))
+
+
+def client_error(exc: Exception, *, where: str, url: str) -> errors.ProducerError:
+    text = " ".join(str(exc).split())[:200]
+    return errors.ProducerError(
+        f"a request to {where} raised {type(exc).__name__}: {text!r} (raised by the "
+        "session, a requests hook or a header callable given to the producer, or a bug); "
+        "this batch was not retried, the producer goes on", url=url, code=CLIENT_ERROR)
+
+
+#: the code of errors raised by the application's own code during a producer's request
+CLIENT_ERROR = "CLIENT_ERROR"
+
+
 def is_transient(err: errors.DurableStreamError) -> bool:
     """Errors worth retrying (of a HEAD or read made on the producer's behalf)."""
-    return isinstance(err, (errors.TransportError, errors.ServerError, errors.RateLimitedError))
+    return isinstance(err, (errors.TransportError, errors.ServerError,
+                            errors.RateLimitedError)) or err.code == CLIENT_ERROR

@@ -39,6 +39,14 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
         if o.maybe_stored:
             batch.maybe_stored = True  # a proxy's 5xx says nothing about the origin
         return transient(sq, batch, _err(sq, o), o.retry_after, now)
+    if kind is Kind.CLIENT:
+        # Our side raised (an application hook, a bug): fail this batch alone, and say
+        # it may be stored if the body had been written.
+        sq.written(batch.gen, batch.seq)
+        if o.maybe_stored:
+            batch.ambiguous = batch.maybe_stored = True
+        sq.fail(batch, _err(sq, o), hole=True)
+        return DONE
     if kind is Kind.DUPLICATE:
         return _on_duplicate(sq, batch, o, now)
     if kind is Kind.FENCED:

@@ -20,7 +20,7 @@ from . import lifecycle
 from .accumulator import Accumulator
 from .batch import Batch, Counters
 from .outcome import Outcome, is_transient
-from .reporter import Reporter
+from .reporter import Reporter, copy_error
 from .sequencer import Act, Sequencer, Task, Work
 from .transport import Transport, contains_batch
 
@@ -51,7 +51,7 @@ class SenderPool:
         #: lifecycle), so that a producer dropped with messages pending is flushed at exit
         self.owner: object = None
         self.threads: list[threading.Thread] = []
-        self.started = False
+        self.idle = 0  # senders waiting on ``ready`` for work
         self.stopping = False
 
     # -- the Sink of the sequencer (lock held) -----------------------------------------------
@@ -79,17 +79,31 @@ class SenderPool:
 
     # -- threads ---------------------------------------------------------------------------
     def wake(self) -> None:
-        """(lock held) There is something to send: start the senders if needed."""
-        if not self.started and not self.stopping:
-            self.started = True
-            ref = weakref.ref(self)
-            for i in range(self.n_threads):
-                thread = threading.Thread(target=_sender_main, args=(ref, self.token),
-                                          name=f"ds-producer-{self.producer_id}-{i}",
-                                          daemon=True)
-                self.threads.append(thread)
-                thread.start()
-        self.ready.notify()
+        """(lock held) There is something to send: wake an idle sender, or start one."""
+        if self.idle:
+            self.ready.notify()
+        else:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """(lock held) Start one more sender thread, up to ``max_in_flight``: threads start
+        as the work needs them (every sender busy), not all at the first append."""
+        if self.stopping or len(self.threads) >= self.n_threads:
+            return
+        thread = threading.Thread(target=_sender_main, args=(weakref.ref(self), self.token),
+                                  name=f"ds-producer-{self.producer_id}-{len(self.threads)}",
+                                  daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the process is out of threads
+            log.warning("producer %s: could not start a sender thread (%s); going on with "
+                        "%d", self.producer_id, exc, len(self.threads))
+            if not self.threads:
+                self.seq.stop(errors.ProducerError(
+                    f"producer {self.producer_id!r} could not start a sender thread: {exc}",
+                    url=self.transport.url))
+            return
+        self.threads.append(thread)
 
     def notify(self) -> None:
         """(lock held) Something changed: wake one idle sender (it passes the baton on if
@@ -113,10 +127,8 @@ class SenderPool:
         self.done = threading.Condition(lock)
         self.seal_lock = threading.Lock()
         self.threads = []
-        self.started = self.stopping = True
-
-    def alive(self) -> bool:
-        return any(t.is_alive() for t in self.threads)
+        self.idle = 0
+        self.stopping = True
 
     def _force(self) -> bool:
         return self.stopping or self.seq.fatal is not None
@@ -129,7 +141,11 @@ class SenderPool:
                 due = acc.due_in(now, self._force()) if acc.buf else 0.0
                 task = self.seq.next_work(bool(acc.buf), due, now)
                 if task.work is Work.WAIT:
-                    self.ready.wait(task.timeout)
+                    self.idle += 1
+                    try:
+                        self.ready.wait(task.timeout)
+                    finally:
+                        self.idle -= 1
                 elif task.work is Work.FAIL_BUFFER:
                     assert self.seq.fatal is not None
                     self.fail_buffer(self.seq.fatal)
@@ -139,8 +155,10 @@ class SenderPool:
                     # (see _seal) messages left after a batch. Waking them all for every
                     # message cost a low-rate producer a dozen futile thread switches per
                     # message, and busy appenders contended with them for the lock.
-                    if task.work is Work.STOP or (task.work is Work.RESEND and self.seq.resend):
+                    if task.work is Work.STOP:
                         self.ready.notify()
+                    elif task.work is Work.RESEND and self.seq.resend:
+                        self.wake()
                     return task
 
     def step(self) -> bool:
@@ -184,11 +202,21 @@ class SenderPool:
             offset = self.transport.head(retry=True)
         except errors.DurableStreamError as exc:
             with self.lock:
-                if is_transient(exc):
+                if not is_transient(exc):
+                    self.seq.stop(exc)
+                elif (self.acc.buf and time.monotonic() - self.acc.first_ts
+                      >= self.delivery_timeout):
+                    # Bounded like every retry: the waiting messages are reported.
+                    failure = copy_error(exc)
+                    failure.message = (
+                        f"delivery to {self.transport.where} timed out (delivery_timeout_ms="
+                        f"{self.delivery_timeout * 1000:.0f}) before the messages could be "
+                        f"sent: the stream's content type could not be read (HEAD): {exc}")
+                    failure.args = (failure.message,)
+                    self.fail_buffer(failure)
+                else:
                     self.counters.retries += 1
                     self.done.wait(self.transport.retry.delay(3))
-                else:
-                    self.seq.stop(exc)
             return False
         with self.lock:
             # Read before any send of this generation: it doubles as the tail probe.
@@ -204,7 +232,7 @@ class SenderPool:
             with self.lock:
                 taken = self.acc.take(time.monotonic(), self._force())
                 if self.acc.buf:
-                    self.ready.notify()  # more than one batch was waiting: the next sender
+                    self.wake()  # more than one batch was waiting: the next sender
             if taken is None:
                 return None
             messages, total, first = taken
@@ -245,6 +273,8 @@ class SenderPool:
         except Exception as exc:  # pragma: no cover - a bug; never lose the batch silently
             log.exception("producer %s: unexpected error sending a batch", self.producer_id)
             with self.lock:
+                if batch.attempts:  # it may have been sent: say it may be stored
+                    batch.ambiguous = True
                 self.seq.fail(batch, errors.ProducerError(
                     f"unexpected error sending to {self.transport.where}: {exc!r}",
                     url=self.transport.url))

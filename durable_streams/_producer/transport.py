@@ -15,7 +15,6 @@ import requests
 
 from .. import _protocol as P
 from .. import errors
-from .._json_text import check_json_text
 from .._http import (
     NO_RETRY,
     HeadersLike,
@@ -23,13 +22,13 @@ from .._http import (
     ParamsLike,
     RetryPolicy,
     TimeoutLike,
-    error_from,
     merge_headers,
     resolve,
 )
+from .._json_text import check_json_text
 from .._redact import redact_url
 from ..stream import DurableStream
-from .outcome import Outcome, classify, transport_failure
+from .outcome import Outcome, classify, client_error, client_failure, transport_failure
 
 log = logging.getLogger("durable_streams.producer")
 
@@ -41,17 +40,20 @@ class MarkedBody:
     iterator is exhausted the whole request has been written.
     """
 
-    __slots__ = ("body", "on_written")
+    __slots__ = ("body", "on_written", "written")
 
     def __init__(self, body: bytes, on_written: Callable[[], None]) -> None:
         self.body = body
         self.on_written = on_written
+        #: the last byte was handed to the socket: the request may reach the server
+        self.written = False
 
     def __len__(self) -> int:
         return len(self.body)
 
     def __iter__(self) -> Iterator[bytes]:
         yield self.body
+        self.written = True
         self.on_written()
 
 
@@ -59,8 +61,9 @@ class Transport:
     def __init__(self, url: str, *, producer_id: str, stream_headers: HeadersLike,
                  headers: HeadersLike, params: ParamsLike, content_type: str | None,
                  session: requests.Session | None, retry: RetryPolicy,
-                 timeout: TimeoutLike, pool_size: int) -> None:
+                 timeout: TimeoutLike, pool_size: int, max_batch_bytes: int = 0) -> None:
         self.url = url
+        self.max_batch_bytes = max_batch_bytes  # (for the advice of a 413)
         self.where = redact_url(url)
         self.producer_id = producer_id
         self.stream_headers = stream_headers
@@ -95,22 +98,48 @@ class Transport:
             P.PRODUCER_SEQ: str(seq),
         }
 
-    def _outcome(self, response: requests.Response, seq: int, operation: str) -> Outcome:
+    def _outcome(self, response: requests.Response, seq: int, operation: str,
+                 nbytes: int = 0) -> Outcome:
         return classify(
             response.status_code, response.headers, seq, self.retry.is_retryable_status,
-            lambda: error_from(response, url=self.url, operation=operation),
-            url=self.url, where=self.where)
+            lambda: self._error(response, operation, nbytes), url=self.url, where=self.where)
+
+    def _error(self, response: requests.Response, operation: str, nbytes: int
+               ) -> errors.DurableStreamError:
+        """The error for a refused POST, with the server's words escaped and truncated
+        (never raw bytes) and the meaning of 410 and 413 for a producer."""
+        status = response.status_code
+        words = server_words(response)
+        detail = f"; the server said: {words}" if words else ""
+        kwargs: dict[str, object] = {"status": status, "url": self.url,
+                                     "headers": response.headers, "body": words}
+        if status == 413:
+            size = f"a {nbytes}-byte batch" if nbytes else "the request"
+            return errors.DurableStreamError(
+                f"payload too large: {self.where} refused {size} (413){detail}; lower "
+                f"max_batch_bytes (now {self.max_batch_bytes}) to what the server and any "
+                "proxy in front of it accept", code="PAYLOAD_TOO_LARGE",
+                **kwargs)  # type: ignore[arg-type]
+        if status == 410:
+            return gone_error(self.where, operation, **kwargs)
+        return P.error_for_response(status, response.headers, words, url=self.url,
+                                    operation=operation)
 
     def send_batch(self, body: bytes, epoch: int, seq: int,
                    on_written: Callable[[], None]) -> Outcome:
         """POST one batch with its producer headers; never raises for HTTP trouble."""
         extra = {P.CONTENT_TYPE: self.content_type or P.DEFAULT_CONTENT_TYPE}
         extra.update(self._producer_headers(epoch, seq))
+        marked = MarkedBody(body, on_written)
         try:
-            response = self._post(MarkedBody(body, on_written), extra, "append")
+            response = self._post(marked, extra, "append")
+            return self._outcome(response, seq, "append", len(body))
         except errors.TransportError as exc:
             return transport_failure(exc)
-        return self._outcome(response, seq, "append")
+        except Exception as exc:  # the application's hook or callable: this batch only
+            log.warning("producer: a request to %s raised %s", self.where, type(exc).__name__)
+            # Once the body was written the request may have been stored.
+            return client_failure(exc, where=self.where, url=self.url, sent=marked.written)
 
     def send_close(self, body: bytes | None, epoch: int, seq: int) -> Outcome:
         """POST ``Stream-Closed: true`` (with the final message, if any)."""
@@ -120,9 +149,12 @@ class Transport:
             extra[P.CONTENT_TYPE] = self.learn_content_type()
         try:
             response = self._post(body, extra, "close")
+            return self._outcome(response, seq, "close")
         except errors.TransportError as exc:
             return transport_failure(exc)
-        return self._outcome(response, seq, "close")
+        except Exception as exc:  # the application's hook or callable
+            # (no MarkedBody here: whether it was sent is unknown, so it may be stored)
+            return client_failure(exc, where=self.where, url=self.url, sent=True)
 
     # -- HEAD and reads ----------------------------------------------------------------------
     def head(self, *, retry: bool) -> str:
@@ -135,6 +167,13 @@ class Transport:
                                retry=self.retry if retry else NO_RETRY, timeout=self.timeout)
         try:
             offset = handle.head().offset
+        except errors.DurableStreamError as exc:
+            if exc.status == 410:
+                raise gone_error(self.where, "head", status=410, url=self.url,
+                                 headers=exc.headers, body=exc.body) from exc
+            raise
+        except Exception as exc:  # the application's hook or callable: retried later
+            raise client_error(exc, where=self.where, url=self.url) from exc
         finally:
             handle.close()
         if not self.content_type:
@@ -150,7 +189,7 @@ class Transport:
                                timeout=self.timeout)
         try:
             return handle.head().closed
-        except errors.DurableStreamError as exc:
+        except Exception as exc:  # a mapped error, or the application's hook
             log.debug("producer: HEAD of %s after a close failed: %s", self.where, exc)
             return None
         finally:
@@ -180,10 +219,39 @@ class Transport:
         """Everything in the stream from ``offset`` to its tail now."""
         from ..reading import stream as read_stream
 
-        with read_stream(self.url, offset=offset, headers=self.stream_headers,
-                         params=self.params, content_type=self.content_type,
-                         retry=self.retry, _client=self.client) as res:
-            return res.read_bytes()
+        try:
+            with read_stream(self.url, offset=offset, headers=self.stream_headers,
+                             params=self.params, content_type=self.content_type,
+                             retry=self.retry, _client=self.client) as res:
+                return res.read_bytes()
+        except errors.DurableStreamError:
+            raise
+        except Exception as exc:  # the application's hook or callable
+            raise client_error(exc, where=self.where, url=self.url) from exc
+
+
+def server_words(response: requests.Response, limit: int = 200) -> str:
+    """What the server said in its body: decoded, with every control or unprintable
+    character escaped, whitespace collapsed and at most ``limit`` characters."""
+    try:
+        raw = response.content[:limit * 4] if response.content else b""
+    except Exception:  # pragma: no cover - body already consumed or broken
+        return ""
+    text = " ".join(raw.decode("utf-8", errors="backslashreplace").split())
+    escaped = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+def gone_error(where: str, operation: str, **kwargs: object) -> errors.RetentionGoneError:
+    """410 Gone for a producer: the stream no longer takes appends (PROTOCOL.md §5.2: a
+    soft-deleted stream, deleted while forks still use its data, answers 410)."""
+    words = kwargs.get("body")
+    detail = f"; the server said: {words}" if words else ""
+    return errors.RetentionGoneError(
+        f"{operation} failed: {where} is gone (410){detail}: the stream was deleted and no "
+        "longer accepts appends (a stream deleted while forks still use it answers 410 "
+        "until every fork is deleted); these messages were not stored",
+        code="GONE", **kwargs)  # type: ignore[arg-type]
 
 
 def contains_batch(data: bytes, body: bytes, messages: list[bytes], json_mode: bool
