@@ -30,18 +30,19 @@ journal has no lock of its own): records are written in the order of the calls.
 from __future__ import annotations
 
 import bisect
+import json
 import contextlib
 import logging
 import mmap
 import os
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import errors
 from . import journal_format as F
+from .journal_replay import Replay, ReplayBuilder
 
 if TYPE_CHECKING:
     from .batch import Batch
@@ -67,39 +68,6 @@ def identity_of(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-@dataclass
-class PendingBatch:
-    """A sealed, unresolved batch found in the journal."""
-
-    epoch: int
-    seq: int
-    json_body: bool
-    indexes: list[int]
-    messages: list[bytes]
-
-    @property
-    def body(self) -> bytes:
-        if self.json_body:
-            return b"[" + b",".join(self.messages) + b"]"
-        return b"".join(self.messages)
-
-
-@dataclass
-class Replay:
-    """What a journal holds that is not resolved yet, in message order."""
-
-    batches: list[PendingBatch] = field(default_factory=list)
-    unsealed: list[tuple[int, bytes]] = field(default_factory=list)
-    epoch: int | None = None  # the epoch of the latest seal (None: nothing ever sealed)
-    next_seq: int = 0  # the seq after the latest seal at that epoch
-    probe: str | None = None  # that epoch's tail probe, if one was recorded
-    next_index: int = 0
-
-    @property
-    def count(self) -> int:
-        return sum(len(b.messages) for b in self.batches) + len(self.unsealed)
 
 
 class _Segment:
@@ -148,6 +116,9 @@ class Journal:
         self.epoch: int | None = None
         self.next_seq = 0
         self.probes: dict[int, str] = {}
+        self.content_type: str | None = None
+        #: where the stream's content type is read at each seal (set by attach)
+        self.content_type_of: Callable[[], str | None] = lambda: None
         #: batch id -> (journal indexes, its message list when registered)
         self._live: dict[int, tuple[list[int], list[bytes]]] = {}
         self._take: tuple[list[int], list[bytes]] | None = None
@@ -219,7 +190,7 @@ class Journal:
             found = F.list_segments(self.directory)
         except OSError as exc:
             raise self._io_error("list its files", exc) from None
-        builder = _ReplayBuilder()
+        builder = ReplayBuilder()
         expect_first: int | None = None
         for k, (number, path) in enumerate(found):
             last = k == len(found) - 1
@@ -267,6 +238,7 @@ class Journal:
         r = self.replay
         self.next_index = r.next_index
         self.epoch, self.next_seq = r.epoch, r.next_seq
+        self.content_type = r.content_type
         if r.epoch is not None and r.probe is not None:
             self.probes[r.epoch] = r.probe
         self._firsts = [s.first_index for s in self.segments]
@@ -333,7 +305,8 @@ class Journal:
         info = F.SegmentInfo(stream=self.stream, producer_id=self.producer_id, number=number,
                              first_index=first_index, epoch=self.epoch,
                              next_seq=self.next_seq,
-                             probe=None if self.epoch is None else self.probes.get(self.epoch))
+                             probe=None if self.epoch is None else self.probes.get(self.epoch),
+                             content_type=self.content_type)
         old = self.segments[-1] if self.segments else None
         self.segments.append(seg)
         self._firsts.append(first_index)
@@ -498,6 +471,10 @@ class Journal:
             entries.append(F.SealEntry(b.seq, json_body, tuple(F.to_runs(live[0]))))
         if not entries:
             return
+        ct = self.content_type_of()
+        if ct and ct != self.content_type:
+            self._write(F.T_META, json.dumps({"content_type": ct}).encode())
+            self.content_type = ct
         self._write(F.T_SEAL, F.encode_seal(epoch, entries), sync=True)
         if self.epoch != epoch:
             self.epoch, self.next_seq = epoch, 0
@@ -621,84 +598,28 @@ def _match(idx: list[int], taken: Sequence[bytes], kept: Iterable[bytes]
     return keep, dropped
 
 
-class _ReplayBuilder:
-    """Folds the records of the journal, in order, into what is still pending."""
-
-    def __init__(self) -> None:
-        self.pending: dict[int, bytes] = {}
-        self.where: dict[int, int] = {}  # index -> segment number
-        self.seal_of: dict[int, tuple[int, int]] = {}
-        self.members: dict[tuple[int, int], list[int]] = {}
-        self.json_of: dict[tuple[int, int], bool] = {}
-        self.epoch: int | None = None
-        self.next_seq = 0
-        self.probes: dict[int, str] = {}
-        self.low = -1  # the first index the journal still has
-        self.pending_per_segment: dict[int, int] = {}
-
-    def segment(self, info: F.SegmentInfo) -> None:
-        if self.low < 0:
-            self.low = info.first_index
-            self.epoch, self.next_seq = info.epoch, info.next_seq
-            if info.epoch is not None and info.probe is not None:
-                self.probes[info.epoch] = info.probe
-
-    def message(self, index: int, payload: bytes, segment: int) -> None:
-        self.pending[index] = payload
-        self.where[index] = segment
-
-    def control(self, rtype: int, payload: bytes) -> None:
-        if rtype == F.T_SEAL:
-            epoch, entries = F.decode_seal(payload)
-            for e in entries:
-                key = (epoch, e.seq)
-                new = [i for i in F.from_runs(e.runs) if i in self.pending]
-                old = self.members.get(key)
-                if old is not None:  # a reseal after invalid JSON was split off
-                    keep = set(new)
-                    for i in old:
-                        if i not in keep:
-                            self._resolve(i)
-                for i in new:
-                    prev = self.seal_of.get(i)
-                    if prev is not None and prev != key:
-                        with contextlib.suppress(ValueError):
-                            self.members[prev].remove(i)
-                    self.seal_of[i] = key
-                self.members[key] = new
-                self.json_of[key] = e.json_body
-                if self.epoch != epoch:
-                    self.epoch, self.next_seq = epoch, 0
-                self.next_seq = max(self.next_seq, e.seq + 1)
-        elif rtype == F.T_DONE:
-            _, runs = F.decode_done(payload)
-            for i in F.from_runs(runs):
-                self._resolve(i)
-        elif rtype == F.T_PROBE:
-            epoch, offset = F.decode_probe(payload)
-            self.probes[epoch] = offset
-        elif rtype == F.T_SEGMENT:
-            raise ValueError("a segment header inside a segment")
-
-    def _resolve(self, i: int) -> None:
-        if self.pending.pop(i, None) is not None:
-            self.seal_of.pop(i, None)
-
-    def result(self, next_index: int) -> Replay:
-        r = Replay(epoch=self.epoch, next_seq=self.next_seq, next_index=next_index)
-        if self.epoch is not None:
-            r.probe = self.probes.get(self.epoch)
-        batches = []
-        for key, idx in self.members.items():
-            live = [i for i in idx if i in self.pending and self.seal_of.get(i) == key]
-            if live:
-                batches.append(PendingBatch(key[0], key[1], self.json_of[key], live,
-                                            [self.pending[i] for i in live]))
-        batches.sort(key=lambda b: b.indexes[0])
-        r.batches = batches
-        r.unsealed = [(i, self.pending[i]) for i in sorted(self.pending)
-                      if i not in self.seal_of]
-        for i in self.pending:
-            seg = self.where[i]
-            self.pending_per_segment[seg] = self.pending_per_segment.get(seg, 0) + 1
-        return r
+def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: str,
+                 fsync: bool, max_bytes: int | None, max_buffer_bytes: int,
+                 max_batch_bytes: int) -> Journal | None:
+    """The producer's journal option checks, then :meth:`Journal.open` (None: no journal).
+    ``journal_max_bytes`` defaults to 4 x ``max_buffer_bytes`` (at least 64 MiB)."""
+    if path is None:
+        if fsync or max_bytes is not None:
+            raise ValueError("journal_fsync and journal_max_bytes need journal=DIRECTORY")
+        return None
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"journal must be a directory path (str or os.PathLike), got "
+                        f"{type(path).__name__}")
+    if not isinstance(fsync, bool):
+        raise TypeError(f"journal_fsync must be True or False, got {fsync!r}")
+    segment = max(SEGMENT_BYTES, 2 * max_batch_bytes)
+    floor = 4 * (segment + RESERVE)
+    if max_bytes is None:
+        max_bytes = max(4 * max_buffer_bytes, 64 * _MiB, floor)
+    elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"journal_max_bytes must be an int, got {max_bytes!r}")
+    elif max_bytes < floor:
+        raise ValueError(f"journal_max_bytes must be >= {floor} (four segments of "
+                         f"{segment} bytes), got {max_bytes}")
+    return Journal.open(path, stream=url, producer_id=producer_id, max_bytes=max_bytes,
+                        fsync=fsync, segment_bytes=segment)

@@ -21,7 +21,7 @@ death of the writer in the middle of one record) if no valid record follows it a
 
 Record types: ``SEGMENT`` (the first record of each segment: format version, identity, the
 index of the segment's first message, the epoch and next seq at that point, the epoch's
-tail probe), ``MSG`` (one accepted message; its index is implicit: the segment's first
+tail probe, the content type), ``META`` (the stream's content type, once known), ``MSG`` (one accepted message; its index is implicit: the segment's first
 index plus the MSG records before it), ``SEAL`` (batches given their (epoch, seq) before
 the first send: one record for one batch or for a whole re-numbering, so a re-numbering is
 atomic), ``DONE`` (messages acknowledged or reported failed) and ``PROBE`` (the stream's
@@ -46,8 +46,8 @@ HEADER = struct.Struct("<III")  # crc32, payload length, type
 HSIZE = HEADER.size
 ALIGN = 8
 
-T_SEGMENT, T_MSG, T_SEAL, T_DONE, T_PROBE = 1, 2, 3, 4, 5
-TYPES = frozenset({T_SEGMENT, T_MSG, T_SEAL, T_DONE, T_PROBE})
+T_SEGMENT, T_MSG, T_SEAL, T_DONE, T_PROBE, T_META = 1, 2, 3, 4, 5, 6
+TYPES = frozenset({T_SEGMENT, T_MSG, T_SEAL, T_DONE, T_PROBE, T_META})
 DONE_ACKED, DONE_FAILED = 1, 2
 
 SEGMENT_RE = re.compile(r"^seg-(\d{16})\.dsj$")
@@ -108,6 +108,7 @@ class SegmentInfo:
     epoch: int | None  # the epoch of the latest seal when the segment was made
     next_seq: int  # the seq after the latest seal at that epoch
     probe: str | None  # the epoch's tail probe, if known
+    content_type: str | None = None  # the stream's, once known (bodies are sent with it)
     version: int = FORMAT
 
 
@@ -115,7 +116,7 @@ def encode_segment(info: SegmentInfo) -> bytes:
     return json.dumps({
         "format": info.version, "stream": info.stream, "producer_id": info.producer_id,
         "segment": info.number, "first_index": info.first_index, "epoch": info.epoch,
-        "next_seq": info.next_seq, "probe": info.probe,
+        "next_seq": info.next_seq, "probe": info.probe, "content_type": info.content_type,
     }, sort_keys=True).encode()
 
 
@@ -126,6 +127,8 @@ def decode_segment(payload: bytes) -> SegmentInfo:
                        epoch=None if d["epoch"] is None else int(d["epoch"]),
                        next_seq=int(d["next_seq"]),
                        probe=None if d["probe"] is None else str(d["probe"]),
+                       content_type=(None if d.get("content_type") is None
+                                     else str(d["content_type"])),
                        version=int(d["format"]))
 
 
