@@ -162,14 +162,19 @@ def test_two_producers_on_one_journal(json_stream: DurableStream, tmp_path: Path
     assert out.stdout.strip() == "JOURNAL_LOCKED", out.stderr
 
 
-def test_full_disk_is_an_error_at_append_and_nothing_unjournaled_is_accepted(
-        json_stream: DurableStream, tmp_path: Path) -> None:
-    code = r"""
+FULL_CHILD = r"""
 import json, resource, sys
 sys.path.insert(0, sys.argv[3])
 from durable_streams import IdempotentProducer, JournalError
-resource.setrlimit(resource.RLIMIT_FSIZE, (9 * 1024 * 1024, 9 * 1024 * 1024))
-p = IdempotentProducer(sys.argv[1], "jf", journal=sys.argv[2], max_batch_items=50)
+if sys.argv[4] != "0":
+    lim = int(sys.argv[4])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
+try:
+    p = IdempotentProducer(sys.argv[1], "jf", journal=sys.argv[2], max_batch_items=50,
+                           delivery_timeout_ms=20_000)
+except JournalError as e:
+    print(-1, e.code, flush=True)
+    sys.exit(0)
 n = 0
 try:
     while True:
@@ -177,11 +182,34 @@ try:
         n += 1
 except JournalError as e:
     print(n, e.code, flush=True)
-    p.close()
+    p.close(timeout=30)
 """
-    journal = str(tmp_path / "j")
-    out = subprocess.run([sys.executable, "-c", code, json_stream.url, journal, str(ROOT)],
-                         capture_output=True, text=True, timeout=120)
-    n, err = out.stdout.split()
-    assert err == "JOURNAL_IO", out.stderr
-    assert len(read_json(json_stream.url)) == int(n)  # every accepted one, once
+
+
+def test_a_file_size_limit_is_a_clear_error_at_construction(
+        json_stream: DurableStream, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", FULL_CHILD, json_stream.url,
+                          str(tmp_path / "j"), str(ROOT), str(1024 * 1024)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["-1", "JOURNAL_IO"], out.stderr
+
+
+def test_a_full_disk_is_an_error_at_append_and_nothing_unjournaled_is_accepted(
+        json_stream: DurableStream, tmp_path: Path) -> None:
+    """A 20 MiB tmpfs (root only: skipped elsewhere) fills at the third segment."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)],
+            capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        out = subprocess.run([sys.executable, "-c", FULL_CHILD, json_stream.url,
+                              str(mnt / "j"), str(ROOT), "0"],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    n, code = out.stdout.split()
+    assert code == "JOURNAL_IO", out.stderr
+    assert int(n) > 1000
+    assert read_json(json_stream.url) == ["x" * 900] * int(n)  # every accepted one, once
