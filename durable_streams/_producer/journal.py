@@ -30,8 +30,8 @@ journal has no lock of its own): records are written in the order of the calls.
 from __future__ import annotations
 
 import bisect
-import json
 import contextlib
+import json
 import logging
 import mmap
 import os
@@ -589,7 +589,7 @@ def _match(idx: list[int], taken: Sequence[bytes], kept: Iterable[bytes]
     dropped: list[int] = []
     it = iter(kept)
     want = next(it, None)
-    for i, m in zip(idx, taken):
+    for i, m in zip(idx, taken, strict=False):
         if want is not None and m is want:
             keep.append(i)
             want = next(it, None)

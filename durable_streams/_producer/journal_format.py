@@ -19,13 +19,14 @@ death of the writer in the middle of one record) if no valid record follows it a
 8-byte position: it is dropped. Anywhere else a bad record is corruption, reported as
 :class:`JournalError` naming the file and the offset; nothing is ever skipped silently.
 
-Record types: ``SEGMENT`` (the first record of each segment: format version, identity, the
-index of the segment's first message, the epoch and next seq at that point, the epoch's
-tail probe, the content type), ``META`` (the stream's content type, once known), ``MSG`` (one accepted message; its index is implicit: the segment's first
-index plus the MSG records before it), ``SEAL`` (batches given their (epoch, seq) before
-the first send: one record for one batch or for a whole re-numbering, so a re-numbering is
-atomic), ``DONE`` (messages acknowledged or reported failed) and ``PROBE`` (the stream's
-tail read before an epoch's first send: where to look for our batches later).
+Record types: ``SEGMENT`` (the first record of each segment: format version, identity,
+the index of the segment's first message, the epoch and next seq at that point, the
+epoch's tail probe, the content type), ``META`` (the stream's content type, once known),
+``MSG`` (one accepted message; its index is implicit: the segment's first index plus the
+MSG records before it), ``SEAL`` (batches given their (epoch, seq) before the first send:
+one record for one batch or for a whole re-numbering, so a re-numbering is atomic),
+``DONE`` (messages acknowledged or reported failed) and ``PROBE`` (the stream's tail read
+before an epoch's first send: where to look for our batches later).
 """
 
 from __future__ import annotations
@@ -219,10 +220,9 @@ def scan(data: bytes | memoryview, path: str, *, last: bool
             # The end of the records: everything after must be unwritten (zero) space,
             # except a torn record of the last segment (its payload is written first).
             rest = bytes(data[pos:]).rstrip(b"\0")
-            if rest:
-                if not last or _any_valid_after(data, pos, end):
-                    raise corrupt(path, pos, "a record header is missing (zeros) before "
-                                  "written data")
+            if rest and (not last or _any_valid_after(data, pos, end)):
+                raise corrupt(path, pos, "a record header is missing (zeros) before "
+                              "written data")
             return records, pos
         size = _valid_at(data, pos, end)
         if not size:

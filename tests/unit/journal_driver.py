@@ -75,7 +75,7 @@ class Driver:
             self.j.adopt(b, pb.indexes)
             self.live[b.id] = (b, list(pb.indexes))
             self.model.batches[(pb.epoch, pb.seq)] = list(pb.indexes)
-            for i, m in zip(pb.indexes, pb.messages):
+            for i, m in zip(pb.indexes, pb.messages, strict=False):
                 self.model.messages[i] = m
         k = len(r.unsealed)
         start = r.next_index - k
