@@ -31,8 +31,7 @@ from ._http import DEFAULT_RETRY, HeadersLike, RetryPolicy, TimeoutLike
 from ._producer import accumulator, lifecycle
 from ._producer.accumulator import Accumulator
 from ._producer.batch import Counters
-from ._producer.journal import open_journal
-from ._producer.journal_replay import attach
+from ._producer.journal_replay import attach, open_journal
 from ._producer.options import (
     ProducerStats,
     check_headers,

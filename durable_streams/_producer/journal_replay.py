@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -204,3 +205,32 @@ def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPo
         with contextlib.suppress(Exception):
             pool.wake()  # deliver the backlog without waiting for an append
     return r.count
+
+
+def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: str,
+                 fsync: bool, max_bytes: int | None, max_buffer_bytes: int,
+                 max_batch_bytes: int) -> Journal | None:
+    """The producer's journal option checks, then :meth:`Journal.open` (None: no journal).
+    ``journal_max_bytes`` defaults to 4 x ``max_buffer_bytes`` (at least 64 MiB)."""
+    from .journal import RESERVE, SEGMENT_BYTES, Journal
+
+    if path is None:
+        if fsync or max_bytes is not None:
+            raise ValueError("journal_fsync and journal_max_bytes need journal=DIRECTORY")
+        return None
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"journal must be a directory path (str or os.PathLike), got "
+                        f"{type(path).__name__}")
+    if not isinstance(fsync, bool):
+        raise TypeError(f"journal_fsync must be True or False, got {fsync!r}")
+    segment = max(SEGMENT_BYTES, 2 * max_batch_bytes)
+    floor = 4 * (segment + RESERVE)
+    if max_bytes is None:
+        max_bytes = max(4 * max_buffer_bytes, 64 * 1024 * 1024, floor)
+    elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"journal_max_bytes must be an int, got {max_bytes!r}")
+    elif max_bytes < floor:
+        raise ValueError(f"journal_max_bytes must be >= {floor} (four segments of "
+                         f"{segment} bytes), got {max_bytes}")
+    return Journal.open(path, stream=url, producer_id=producer_id, max_bytes=max_bytes,
+                        fsync=fsync, segment_bytes=segment)
