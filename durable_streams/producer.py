@@ -259,7 +259,11 @@ class IdempotentProducer:
             max_bytes=journal_max_bytes, max_buffer_bytes=max_buffer_bytes,
             max_batch_bytes=max_batch_bytes)
         lifecycle.register(self)
+        #: message indexes continue the journal's: those below are not this producer's
+        self._index_base = 0
         if self._journal is not None:
+            r = self._journal.replay
+            self._index_base = r.next_index - r.count  # replayed messages count as ours
             with lock:
                 attach(self._journal, acc=self._acc, seq=self._seq, pool=self._pool,
                        delivery_timeout=self._delivery_timeout)
@@ -307,7 +311,7 @@ class IdempotentProducer:
         with self._lock:
             c, acc = self._counters, self._acc
             return ProducerStats(
-                messages_appended=acc.appended, messages_acked=c.acked,
+                messages_appended=acc.appended - self._index_base, messages_acked=c.acked,
                 messages_failed=c.failed, bytes_acked=c.bytes_acked, batches_sent=c.batches,
                 requests_sent=c.requests, retries=c.retries, duplicates=c.duplicates,
                 failures=c.failures, epoch_claims=c.claims, buffered_messages=len(acc.buf),
@@ -545,7 +549,7 @@ class IdempotentProducer:
             return
         with self._lock:
             c = self._counters
-            pending = self._acc.appended - c.acked - c.failed
+            pending = self._acc.appended - self._index_base - c.acked - c.failed
             unreported = bool(self._reporter.unreported)
         if pending <= 0 and not unreported:
             return

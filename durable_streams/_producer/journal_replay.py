@@ -234,3 +234,19 @@ def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: 
                          f"{segment} bytes), got {max_bytes}")
     return Journal.open(path, stream=url, producer_id=producer_id, max_bytes=max_bytes,
                         fsync=fsync, segment_bytes=segment)
+
+
+def peek_content_type(directory: str) -> str | None:
+    """The stream content type a journal recorded (read only, no lock; None: unknown),
+    for a command line that must parse its input before the server can be reached."""
+    ct: str | None = None
+    with contextlib.suppress(OSError, ValueError):
+        for _, path in F.list_segments(directory):
+            with open(path, "rb") as fh:
+                data = fh.read()
+            for _, rtype, payload in F.scan(data, path, last=True)[0]:
+                if rtype == F.T_SEGMENT:
+                    ct = F.decode_segment(payload).content_type or ct
+                elif rtype == F.T_META:
+                    ct = json.loads(payload).get("content_type") or ct
+    return ct
