@@ -68,12 +68,14 @@ class Accumulator:
     def _room_for(self, raw: bytes, room: int) -> int:
         """(lock held) Wait for buffer room and journal space, then journal ``raw``: a
         message is accepted only once journaled (a JournalError: it is not accepted)."""
-        n = len(raw)
         journal = self.journal
-        if room < 0 or (journal is not None and not journal.fits(n)):
-            room = self._wait_for_space(n)
-        if journal is not None:
-            journal.add(raw)
+        if room < 0:
+            room = self._wait_for_space(len(raw))
+        if journal is not None and not journal.add(raw):  # add() wrote it if it fits
+            room = self._wait_for_space(len(raw))
+            if not journal.add(raw):  # pragma: no cover - the wait ends only when it fits
+                raise errors.BufferFullError(
+                    f"producer journal {journal.directory} is full", url=self.url)
         return room
 
     def _full(self, n: int) -> bool:

@@ -369,17 +369,20 @@ class Journal:
         size = max(self.segment_bytes, need + self.reserve + 4096)
         return (size + _PAGE - 1) // _PAGE * _PAGE
 
-    def add(self, raw: bytes) -> None:
-        """Journal one accepted message (the caller checked :meth:`fits`). Raises
-        :class:`JournalError` (and nothing was journaled) when no segment can be made."""
-        if self.disabled:
-            raise errors.JournalError(f"producer journal {self.directory} is closed",
-                                      code="JOURNAL_CLOSED", path=self.directory)
+    def add(self, raw: bytes) -> bool:
+        """Journal one accepted message; False (nothing written) when it does not fit
+        under ``max_bytes``. Raises :class:`JournalError` (and nothing was journaled) when
+        no segment can be made."""
         n = len(raw)
         size = (F.HSIZE + n + 7) & ~7
         seg = self.segments[-1]
         pos = seg.pos
-        if pos + size > seg.limit:
+        if pos + size > seg.limit or self.disabled:
+            if self.disabled:
+                raise errors.JournalError(f"producer journal {self.directory} is closed",
+                                          code="JOURNAL_CLOSED", path=self.directory)
+            if not self.fits(n):
+                return False
             seg = self._new_segment(self.next_index, size)
             pos = seg.pos
         mm = seg.mm
@@ -392,6 +395,7 @@ class Journal:
         self.next_index += 1
         if self.fsync:
             self._sync(pos, size)
+        return True
 
     def _write(self, rtype: int, payload: bytes, *, sync: bool = False) -> None:
         """A control record: may use the reserve, or a new segment beyond ``max_bytes``."""

@@ -94,9 +94,8 @@ class Driver:
 
     # -- operations --------------------------------------------------------------------------
     def append(self, msg: bytes) -> bool:
-        if not self.j.fits(len(msg)):
+        if not self.j.add(msg):
             return False
-        self.j.add(msg)
         i = self.acc_next
         self.acc_next += 1
         self.acc_jidx[i] = i
