@@ -213,3 +213,28 @@ def test_a_full_disk_is_an_error_at_append_and_nothing_unjournaled_is_accepted(
     assert code == "JOURNAL_IO", out.stderr
     assert int(n) > 1000
     assert read_json(json_stream.url) == ["x" * 900] * int(n)  # every accepted one, once
+
+
+@pytest.mark.timeout(240)
+def test_kill_9_while_the_chaos_proxy_drops_answers(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    """Answers lost after the server committed (and requests dropped before it) while the
+    child is killed: the replay's same (epoch, seq, body) is deduplicated. Small segments
+    are not configurable, so compaction runs as acknowledgements arrive."""
+    from faults.chaos_proxy import ChaosProxy, FaultRates
+
+    rounds = 50 if os.environ.get("DS_FULL_FAULTS") == "1" else 3
+    rates = FaultRates(drop_before=0.05, drop_after=0.1, reset_mid=0.05)
+    journal = str(tmp_path / "journal")
+    accepted = 0
+    with ChaosProxy(server.url, rates, seed=7) as proxy:
+        url = proxy.url + json_stream.url[len(server.url):]
+        for r in range(rounds):
+            accepted = max(accepted, _kill_round(url, journal, accepted, 100 + r,
+                                                 items=random.Random(r).choice([1, 10])))
+            with IdempotentProducer(url, "jw", journal=journal, retry=FAST) as p:
+                p.flush(timeout=120)
+            items = read_json(json_stream.url)  # read past the proxy, plain HTTP
+            _check_exactly_once(items, accepted)
+            accepted = len(items)
+        assert proxy.stats()["drop_after"] > 0
