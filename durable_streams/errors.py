@@ -23,6 +23,7 @@ __all__ = [
     "ForbiddenError",
     "ForkError",
     "InvalidOffsetError",
+    "JournalError",
     "ParseError",
     "ProducerClosedError",
     "ProducerError",
@@ -260,6 +261,21 @@ class BufferFullError(ProducerError):
     """``append`` waited ``max_block_ms`` for buffer space and none was freed."""
 
     default_code = "BUFFER_FULL"
+
+
+class JournalError(ProducerError):
+    """The producer's journal (``journal=``) cannot be used: locked by another producer,
+    made for another stream or producer id, corrupt, or not writable (missing, read-only,
+    full disk). ``path`` names the journal file or directory, ``offset`` the place in a
+    corrupt file (else ``None``)."""
+
+    default_code = "JOURNAL_ERROR"
+
+    def __init__(self, message: str, *, path: str = "", offset: int | None = None,
+                 **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.path = path
+        self.offset = offset
 
 
 class DeliveryError(ProducerError):

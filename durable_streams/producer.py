@@ -31,6 +31,7 @@ from ._http import DEFAULT_RETRY, HeadersLike, RetryPolicy, TimeoutLike
 from ._producer import accumulator, lifecycle
 from ._producer.accumulator import Accumulator
 from ._producer.batch import Counters
+from ._producer.journal_replay import attach, open_journal
 from ._producer.options import (
     ProducerStats,
     check_headers,
@@ -137,6 +138,20 @@ class IdempotentProducer:
             (waiting up to ``exit_timeout``); undelivered ones are logged (or written to
             stderr when logging is not configured). Default True.
         exit_timeout: seconds (finite, >= 0) the exit flush may take. Default 10.
+        journal: a directory (created if missing) where every accepted message is
+            recorded before ``append()`` returns, so that it survives the death of the
+            process: the next producer opened on it (same stream and producer id)
+            resends the pending batches with their journaled (epoch, seq, body) first, so
+            the server stores each message exactly once. With history, the producer
+            resumes at the journal's epoch and seq (``epoch`` applies to a new journal
+            only). One live producer per journal (an OS lock). See the README, "Crash-safe
+            journal". Default None: no journal, memory only.
+        journal_fsync: also flush each accepted message (and each batch's seal) to the
+            device before ``append()`` returns: survives power loss and kernel crashes,
+            at the cost of one device flush per message. Default False.
+        journal_max_bytes: the journal's size limit in bytes; ``append()`` blocks (then
+            raises ``BufferFullError``) like on a full buffer. Default 4 x
+            ``max_buffer_bytes``, at least 64 MiB.
     """
 
     def __init__(
@@ -162,6 +177,9 @@ class IdempotentProducer:
         on_error: ErrorCallback | None = None,
         flush_at_exit: bool = True,
         exit_timeout: float = 10.0,
+        journal: str | os.PathLike[str] | None = None,
+        journal_fsync: bool = False,
+        journal_max_bytes: int | None = None,
     ) -> None:
         check_producer_id(producer_id)
         check_headers(headers)
@@ -236,7 +254,19 @@ class IdempotentProducer:
         self._close_done = threading.Event()
         self._pid = os.getpid()
         self._forked = False
+        self._journal = open_journal(
+            journal, url=url, producer_id=producer_id, fsync=journal_fsync,
+            max_bytes=journal_max_bytes, max_buffer_bytes=max_buffer_bytes,
+            max_batch_bytes=max_batch_bytes)
         lifecycle.register(self)
+        #: message indexes continue the journal's: those below are not this producer's
+        self._index_base = 0
+        if self._journal is not None:
+            r = self._journal.replay
+            self._index_base = r.next_index - r.count  # replayed messages count as ours
+            with lock:
+                attach(self._journal, acc=self._acc, seq=self._seq, pool=self._pool,
+                       delivery_timeout=self._delivery_timeout)
 
     # -- public properties -------------------------------------------------------------
     @property
@@ -281,7 +311,7 @@ class IdempotentProducer:
         with self._lock:
             c, acc = self._counters, self._acc
             return ProducerStats(
-                messages_appended=acc.appended, messages_acked=c.acked,
+                messages_appended=acc.appended - self._index_base, messages_acked=c.acked,
                 messages_failed=c.failed, bytes_acked=c.bytes_acked, batches_sent=c.batches,
                 requests_sent=c.requests, retries=c.retries, duplicates=c.duplicates,
                 failures=c.failures, epoch_claims=c.claims, buffered_messages=len(acc.buf),
@@ -396,9 +426,14 @@ class IdempotentProducer:
     def _shutdown(self, *, abandon: bool, deadline: float | None = None) -> None:
         with self._lock:
             if abandon:
+                kept = ""
+                if self._journal is not None:
+                    self._journal.keep_pending = True  # not resolved: they stay journaled
+                    kept = (f"; they stay in the journal {self._journal.directory}: the next "
+                            "producer opened on it delivers them (do not append them again)")
                 self._seq.stop(errors.ProducerClosedError(
                     f"producer {self.producer_id!r} for {self._where} was closed before these "
-                    "messages were acknowledged", url=self.url))
+                    f"messages were acknowledged{kept}", url=self.url))
             threads = self._pool.stop()
         # Idle senders exit at once. When abandoning, a sender may be inside a request (up
         # to the request timeout): it is a daemon thread, so do not wait long for it; and
@@ -417,6 +452,9 @@ class IdempotentProducer:
             self._reporter.close()
         self._transport.close()
         lifecycle.unregister(self)
+        if self._journal is not None:
+            with self._lock:
+                self._journal.close()
 
     def __enter__(self) -> IdempotentProducer:
         return self
@@ -491,6 +529,8 @@ class IdempotentProducer:
         """In a forked child: fresh locks (a parent thread may have held one), no threads,
         and every use refused — the buffer and seqs belong to the parent."""
         self._forked = True
+        if self._journal is not None:
+            self._journal.after_fork_in_child()  # the child never touches it
         self._lock = lock = threading.Lock()
         self._acc.after_fork_in_child(lock)
         self._pool.after_fork_in_child(lock)
@@ -509,7 +549,7 @@ class IdempotentProducer:
             return
         with self._lock:
             c = self._counters
-            pending = self._acc.appended - c.acked - c.failed
+            pending = self._acc.appended - self._index_base - c.acked - c.failed
             unreported = bool(self._reporter.unreported)
         if pending <= 0 and not unreported:
             return

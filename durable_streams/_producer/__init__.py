@@ -11,4 +11,7 @@
 - ``sender``       the sender threads: typed tasks, HTTP, outcome -> sequencer
 - ``reporter``     failures to ``on_error`` on its own thread and to ``flush()``/``close()``
 - ``lifecycle``    the module-level registry, exit flush, fork hook and thread ownership
+- ``journal``      the crash-safe journal (``journal=``): lock, segments, records, compaction
+- ``journal_format`` its on-disk records (framing, checksums, torn tails, corruption)
+- ``journal_replay`` what a journal holds pending, and how a new producer takes it over
 """

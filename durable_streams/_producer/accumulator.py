@@ -11,10 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .. import errors
 from .reporter import copy_error
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 
 class Accumulator:
@@ -45,6 +48,9 @@ class Accumulator:
         self.refusal: errors.DurableStreamError | None = None
         #: lets :func:`append` serve the accumulator too (it reads ``owner._acc``)
         self._acc = self
+        #: the crash-safe journal (``journal=``), or None: every accepted message is
+        #: journaled before append() returns, and takes/drops are reported to it
+        self.journal: Journal | None = None
 
     #: the hot path, shared with ``IdempotentProducer.append`` (see :func:`append`)
     def append(self, data: str | bytes | bytearray | memoryview) -> None:
@@ -59,13 +65,38 @@ class Accumulator:
             "raise max_batch_bytes or split the message"
         )
 
+    def _room_for(self, raw: bytes, room: int) -> int:
+        """(lock held) Wait for buffer room and journal space, then journal ``raw``: a
+        message is accepted only once journaled (a JournalError: it is not accepted)."""
+        journal = self.journal
+        if room < 0:
+            room = self._wait_for_space(len(raw))
+        if journal is not None and not journal.add(raw):  # add() wrote it if it fits
+            room = self._wait_for_space(len(raw))
+            if not journal.add(raw):  # pragma: no cover - the wait ends only when it fits
+                raise errors.BufferFullError(
+                    f"producer journal {journal.directory} is full", url=self.url)
+        return room
+
+    def _full(self, n: int) -> bool:
+        journal = self.journal
+        return ((self.room < n and self.room < self.capacity)
+                or (journal is not None and not journal.fits(n)))
+
     def _wait_for_space(self, n: int) -> int:
         """Block until ``n`` bytes fit (or nothing is pending); return the room left after."""
         deadline = self.clock() + self.max_block
-        while self.room < n and self.room < self.capacity:
+        while self._full(n):
             if self.refusal is not None:
                 raise copy_error(self.refusal)
             remaining = deadline - self.clock()
+            if remaining <= 0 and self.journal is not None and not self.journal.fits(n):
+                j = self.journal
+                raise errors.BufferFullError(
+                    f"producer journal {j.directory} is full ({j.total_bytes} bytes of "
+                    f"journal_max_bytes={j.max_bytes}) and no acknowledgement freed space "
+                    f"within max_block_ms={self.max_block * 1000:.0f}; the server may be "
+                    "down or slower than the appends", url=self.url)
             if remaining <= 0:
                 raise errors.BufferFullError(
                     f"producer buffer for {self.where} is full "
@@ -124,6 +155,8 @@ class Accumulator:
             messages = buf[:count]
             del buf[:count]
         first = self.start
+        if self.journal is not None:
+            self.journal.taken(first, messages)
         self.sealing_from = first
         self.start += count
         self.nbytes -= total
@@ -131,14 +164,19 @@ class Accumulator:
             self.first_ts = min(self.first_ts, now)
         return messages, total, first
 
-    def sealed(self) -> None:
-        """The messages taken last are registered as a batch (or failed)."""
+    def sealed(self, kept: list[bytes] | None = None) -> None:
+        """The messages taken last are built into a batch of ``kept`` (None: all of them;
+        the others were reported failed; empty: no batch)."""
         self.sealing_from = -1
+        if self.journal is not None:
+            self.journal.built(kept)
 
     def take_all(self) -> tuple[list[bytes], int]:
         """Empty the buffer (to fail its messages): (messages, bytes)."""
         messages, self.buf = self.buf, []
         nbytes, self.nbytes = self.nbytes, 0
+        if self.journal is not None:
+            self.journal.dropped(self.start, len(messages))
         self.start += len(messages)
         return messages, nbytes
 
@@ -213,8 +251,8 @@ def append(self: _Owner, data: str | bytes | bytearray | memoryview) -> None:
         if acc.refusal is not None:
             raise copy_error(acc.refusal)
         room = acc.room - n
-        if room < 0:
-            room = acc._wait_for_space(n)
+        if room < 0 or acc.journal is not None:
+            room = acc._room_for(raw, room)
         acc.room = room
         buf = acc.buf
         buf.append(raw)

@@ -242,14 +242,14 @@ class SenderPool:
             except Exception as exc:  # pragma: no cover - a bug: fail this batch alone
                 log.exception("producer %s: could not build a batch", self.producer_id)
                 with self.lock:
-                    self.acc.sealed()
+                    self.acc.sealed([])
                     self.failed(messages, errors.ProducerError(
                         f"could not build a batch for {self.transport.where} (these messages "
                         f"were not sent; the producer goes on): {type(exc).__name__}: "
                         f"{str(exc)[:200]}", url=self.transport.url), total)
                 return None
             with self.lock:
-                self.acc.sealed()
+                self.acc.sealed(good)
                 self.seq.json_mode = bool(self.transport.json_mode)
                 if bad:
                     self.failed([m for m, _ in bad], errors.BadRequestError(

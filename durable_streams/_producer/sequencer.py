@@ -41,16 +41,20 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
+from typing import TYPE_CHECKING
 
 from .. import _protocol as P
 from .. import errors
 from .._http import RetryPolicy
 from .._redact import redact_url
 from . import rules
-from .actions import ALLOWED, Act, Decision, Phase, Sink, Task, Work
+from .actions import ALLOWED, DONE, Act, Decision, Phase, Sink, Task, Work
 from .batch import Batch, BatchState, Counters
 from .outcome import Outcome
 from .reporter import copy_error
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 log = logging.getLogger("durable_streams.producer")
 
@@ -102,6 +106,8 @@ class Sequencer:
         self.in_flight = 0  # SEAL/RESEND/VERIFY tasks under way
         self.parked: list[Batch] = []
         self.resend: deque[Batch] = deque()
+        #: the crash-safe journal (``journal=``): told of every seal, ack, failure, probe
+        self.journal: Journal | None = None
         # Claims in a row without an acknowledgement in between: the second and later
         # ones wait (claim_backoff) before their batches are sent again, so that a server
         # that fences (or "duplicates") every request cannot drive a claim storm.
@@ -193,6 +199,8 @@ class Sequencer:
         sent = self.highest_sent.get(gen, -1)
         if gen == self.gen and gen not in self.probes and sent < (0 if early else 1):
             self.probes[gen] = offset
+            if self.journal is not None:
+                self.journal.probed(self.epoch, offset)
             for old in [g for g in self.probes if g < gen - 8]:
                 del self.probes[old]
 
@@ -201,6 +209,8 @@ class Sequencer:
         """Register a sealed batch; False when it waits (parked) for a new epoch."""
         self.batches[batch.id] = batch
         self.counters.batches += 1
+        if self.journal is not None:
+            self.journal.admitted(batch)
         if self.draining:
             # An epoch change is under way: this batch gets its seq after the older
             # unacknowledged ones are renumbered, to keep the order.
@@ -208,6 +218,20 @@ class Sequencer:
             self.parked.append(batch)
             return False
         self._assign(batch)
+        return self._journal_sealed([batch])
+
+    def _journal_sealed(self, batches: list[Batch]) -> bool:
+        """Journal the (epoch, seq) of batches before their first send; if that cannot be
+        written, stop (sending them unjournaled could store them twice after a crash)."""
+        if self.journal is None or not batches:
+            return True
+        try:
+            self.journal.sealed(batches, self.json_mode)
+        except errors.JournalError as exc:
+            self.stop(exc)
+            for batch in batches:
+                self.fail(batch, exc)
+            return False
         return True
 
     def _assign(self, batch: Batch) -> None:
@@ -282,7 +306,15 @@ class Sequencer:
     def split_json(self, batch: Batch, good: list[bytes], bad: list[tuple[bytes, str]],
                    err: errors.DurableStreamError) -> Decision:
         """After a 400 in JSON mode: report the invalid messages, resend the valid ones."""
-        return rules.split_json(self, batch, good, bad, err)
+        decision = rules.split_json(self, batch, good, bad, err)
+        if self.journal is not None and decision.act is Act.SEND:
+            try:
+                self.journal.resealed(batch, self.json_mode)
+            except errors.JournalError as exc:
+                self.stop(exc)
+                self.fail(batch, exc)
+                return DONE
+        return decision
 
     def close_attempt(self) -> tuple[int, int]:
         """Count one closing POST; the (epoch, seq) to send it with."""
@@ -303,6 +335,8 @@ class Sequencer:
         if not batch.settle(BatchState.ACKED):
             return
         self.batches.pop(batch.id, None)
+        if self.journal is not None:
+            self.journal.resolved(batch, acked=True)
         if batch.gen == self.gen:
             if self.phase is Phase.UNCONFIRMED:
                 self._to(Phase.STEADY, f"epoch {self.epoch} confirmed")
@@ -336,6 +370,8 @@ class Sequencer:
         if not batch.settle(BatchState.FAILED):
             return
         self.batches.pop(batch.id, None)
+        if self.journal is not None:
+            self.journal.resolved(batch, acked=False)
         if batch.gen == self.gen:
             self.unwritten.discard(batch.seq)
         if (batch.maybe_stored or batch.ambiguous) and not err.maybe_stored:
@@ -435,6 +471,7 @@ class Sequencer:
             batch.move(BatchState.QUEUED)
             self.resend.append(batch)
         self._to(Phase.UNCONFIRMED, f"{len(parked)} batch(es) renumbered")
+        self._journal_sealed(parked)  # one record: a renumbering is atomic in the journal
 
     def verify_candidates(self) -> list[Batch]:
         """Parked batches whose answer was lost before the epoch changed."""

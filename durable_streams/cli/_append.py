@@ -16,11 +16,13 @@ from typing import IO
 
 from .. import _protocol as P
 from .. import errors
+from .._producer.journal_replay import peek_content_type
 from ..producer import IdempotentProducer
 from ..stream import DurableStream, StreamInfo
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_JOURNALED,
     EXIT_OK,
     Commands,
     UsageError,
@@ -172,7 +174,17 @@ def cmd_append(args: argparse.Namespace) -> int:
     url = resolve_url(args.url)
     handle = handle_for(args, url)
     with handle:
-        info = handle.head()
+        try:
+            info = handle.head()
+        except (errors.TransportError, errors.ServerError) as exc:
+            # With a journal, a server that cannot be reached is not the end: journal the
+            # input (its content type is known from an earlier run) and exit 75.
+            known = peek_content_type(args.journal) if args.journal else None
+            if known is None:
+                raise
+            note(f"{url} cannot be reached ({exc}); journaling the input in {args.journal}")
+            info = StreamInfo(offset="", content_type=known, closed=False, ttl_seconds=None,
+                              expires_at=None, etag=None, cache_control=None)
         if info.closed:
             raise errors.StreamClosedError(
                 f"the stream {shown(url)} is closed; appends are refused", url=url,
@@ -197,10 +209,18 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
         state.failed_early.set()
 
     stable_id = args.producer_id is not None
+    if args.journal and not stable_id:
+        raise UsageError("--journal needs --producer-id (the journal belongs to one writer id)")
     producer_id = args.producer_id or (
         f"durable-streams-cli-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     )
     delivery_ms = args.delivery_timeout * 1000.0
+    journal_opts: dict[str, object] = {}
+    if args.journal:
+        # Messages still pending when the wait ends stay journaled (exit 75) instead of
+        # failing at the delivery timeout: the producer's own timeout is pushed back.
+        journal_opts = {"journal": args.journal}
+        delivery_ms = max(delivery_ms * 10, 3_600_000.0)
     producer = IdempotentProducer(
         handle,
         producer_id,
@@ -214,6 +234,7 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
         validate_json=False,  # validated line by line above, with line numbers
         on_error=on_error,
         flush_at_exit=False,
+        **journal_opts,  # type: ignore[arg-type]
     )
     show_progress = args.progress == "always" or (args.progress == "auto" and stderr_is_tty())
     progress = _Progress(producer, sys.stderr).start() if show_progress else None
@@ -245,7 +266,8 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
         flush_error: BaseException | None = None
         try:
             # On Ctrl-C, give what was read a short chance to land; a second Ctrl-C ends it.
-            producer.flush(timeout=min(5.0, args.delivery_timeout) if interrupted else None)
+            producer.flush(timeout=min(5.0, args.delivery_timeout) if interrupted
+                           else args.delivery_timeout if args.journal else None)
             if args.close and not interrupted and terminal is None:
                 close_offset = producer.close_stream()
         except (errors.DurableStreamError, TimeoutError) as exc:
@@ -264,6 +286,14 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
              f"{fmt_count(undelivered)} not delivered")
         return EXIT_INTERRUPTED
     cause: BaseException | None = terminal or flush_error or state.first_failure
+    abandoned = state.first_failure is None or isinstance(state.first_failure,
+                                                          errors.ProducerClosedError)
+    if args.journal and undelivered and abandoned and terminal is None and isinstance(
+            flush_error, (TimeoutError, errors.DeliveryError)):
+        err(f"{fmt_count(undelivered)} of {fmt_count(stats.messages_appended)} messages are "
+            f"not delivered to {url} yet: they are kept in the journal {args.journal}, and "
+            "the next run with this journal delivers them first")
+        return EXIT_JOURNALED
     if undelivered or terminal is not None or flush_error is not None:
         first = cause
         if isinstance(first, errors.DeliveryError) and first.errors:
@@ -302,6 +332,11 @@ def register(commands: Commands) -> None:
                         "at a time per id): each run claims a new epoch under it, so a run "
                         "is never taken for a retry of the previous one (default: a unique "
                         "id per run)")
+    p.add_argument("--journal", metavar="DIR",
+                   help="journal accepted messages in DIR (crash-safe; needs --producer-id): "
+                        "if they cannot all be delivered within --delivery-timeout, the run "
+                        f"exits {EXIT_JOURNALED} once its input is journaled, and the next run "
+                        "with this journal delivers it first")
     p.add_argument("--close", action="store_true",
                    help="close the stream (EOF) once everything was delivered")
     p.add_argument("--delivery-timeout", type=positive_float, default=120.0,

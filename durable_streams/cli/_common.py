@@ -38,6 +38,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
+#: append --journal: not all delivered yet, but every message is journaled (EX_TEMPFAIL)
+EXIT_JOURNALED = 75
 EXIT_INTERRUPTED = 130
 
 EPILOG = f"""\

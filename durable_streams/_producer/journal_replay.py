@@ -1,0 +1,252 @@
+"""What a producer journal holds that is still pending (:class:`Replay`), folded from its
+records (:class:`ReplayBuilder`), and how a new producer takes it over (:func:`attach`):
+sealed batches are resent first with their journaled (epoch, seq, body), then the unsealed
+messages are batched anew."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .. import _protocol as P
+from . import journal_format as F
+from .batch import Batch, BatchState
+
+if TYPE_CHECKING:
+    from .accumulator import Accumulator
+    from .journal import Journal
+    from .sender import SenderPool
+    from .sequencer import Sequencer
+
+
+@dataclass
+class PendingBatch:
+    """A sealed, unresolved batch found in the journal."""
+
+    epoch: int
+    seq: int
+    json_body: bool
+    indexes: list[int]
+    messages: list[bytes]
+
+    @property
+    def body(self) -> bytes:
+        if self.json_body:
+            return b"[" + b",".join(self.messages) + b"]"
+        return b"".join(self.messages)
+
+
+@dataclass
+class Replay:
+    """What a journal holds that is not resolved yet, in message order."""
+
+    batches: list[PendingBatch] = field(default_factory=list)
+    unsealed: list[tuple[int, bytes]] = field(default_factory=list)
+    epoch: int | None = None  # the epoch of the latest seal (None: nothing ever sealed)
+    next_seq: int = 0  # the seq after the latest seal at that epoch
+    probe: str | None = None  # that epoch's tail probe, if one was recorded
+    content_type: str | None = None  # the stream's, as the batches were sealed with it
+    next_index: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(len(b.messages) for b in self.batches) + len(self.unsealed)
+
+
+class ReplayBuilder:
+    """Folds the records of the journal, in order, into what is still pending."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, bytes] = {}
+        self.where: dict[int, int] = {}  # index -> segment number
+        self.seal_of: dict[int, tuple[int, int]] = {}
+        self.members: dict[tuple[int, int], list[int]] = {}
+        self.json_of: dict[tuple[int, int], bool] = {}
+        self.epoch: int | None = None
+        self.next_seq = 0
+        self.probes: dict[int, str] = {}
+        self.low = -1  # the first index the journal still has
+        self.pending_per_segment: dict[int, int] = {}
+        self.content_type: str | None = None
+
+    def segment(self, info: F.SegmentInfo) -> None:
+        if self.low < 0:
+            self.low = info.first_index
+            self.epoch, self.next_seq = info.epoch, info.next_seq
+            if info.epoch is not None and info.probe is not None:
+                self.probes[info.epoch] = info.probe
+            self.content_type = info.content_type
+
+    def message(self, index: int, payload: bytes, segment: int) -> None:
+        self.pending[index] = payload
+        self.where[index] = segment
+
+    def control(self, rtype: int, payload: bytes) -> None:
+        if rtype == F.T_SEAL:
+            epoch, entries = F.decode_seal(payload)
+            for e in entries:
+                key = (epoch, e.seq)
+                new = [i for i in F.from_runs(e.runs) if i in self.pending]
+                old = self.members.get(key)
+                if old is not None:  # a reseal after invalid JSON was split off
+                    keep = set(new)
+                    for i in old:
+                        if i not in keep:
+                            self._resolve(i)
+                for i in new:
+                    prev = self.seal_of.get(i)
+                    if prev is not None and prev != key:
+                        with contextlib.suppress(ValueError):
+                            self.members[prev].remove(i)
+                    self.seal_of[i] = key
+                self.members[key] = new
+                self.json_of[key] = e.json_body
+                if self.epoch != epoch:
+                    self.epoch, self.next_seq = epoch, 0
+                self.next_seq = max(self.next_seq, e.seq + 1)
+        elif rtype == F.T_DONE:
+            _, runs = F.decode_done(payload)
+            for i in F.from_runs(runs):
+                self._resolve(i)
+        elif rtype == F.T_PROBE:
+            epoch, offset = F.decode_probe(payload)
+            self.probes[epoch] = offset
+        elif rtype == F.T_META:
+            meta = json.loads(payload)
+            if meta.get("content_type"):
+                self.content_type = str(meta["content_type"])
+        elif rtype == F.T_SEGMENT:
+            raise ValueError("a segment header inside a segment")
+
+    def _resolve(self, i: int) -> None:
+        if self.pending.pop(i, None) is not None:
+            self.seal_of.pop(i, None)
+
+    def result(self, next_index: int) -> Replay:
+        r = Replay(epoch=self.epoch, next_seq=self.next_seq, next_index=next_index,
+                   content_type=self.content_type)
+        if self.epoch is not None:
+            r.probe = self.probes.get(self.epoch)
+        batches = []
+        for key, idx in self.members.items():
+            live = [i for i in idx if i in self.pending and self.seal_of.get(i) == key]
+            if live:
+                batches.append(PendingBatch(key[0], key[1], self.json_of[key], live,
+                                            [self.pending[i] for i in live]))
+        batches.sort(key=lambda b: b.indexes[0])
+        r.batches = batches
+        r.unsealed = [(i, self.pending[i]) for i in sorted(self.pending)
+                      if i not in self.seal_of]
+        for i in self.pending:
+            seg = self.where[i]
+            self.pending_per_segment[seg] = self.pending_per_segment.get(seg, 0) + 1
+        return r
+
+
+def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPool,
+           delivery_timeout: float) -> int:
+    """(lock held) Make ``journal`` part of a new producer and take over what it holds:
+    the sequencer resumes at the journal's epoch and seq (it knows its own past: a 204 for
+    a journaled batch is ours), pending sealed batches are queued for resending with
+    their journaled (epoch, seq, body) ahead of anything new, and the unsealed messages
+    go back into the buffer. Returns the number of messages replayed."""
+    acc.journal = journal
+    seq.journal = journal
+    transport = pool.transport
+    journal.content_type_of = lambda: transport.content_type
+    r = journal.replay
+    if r.content_type and not transport.content_type:
+        # the replayed bodies were built for it: no HEAD needed before resending them
+        transport.content_type = r.content_type
+        transport.json_mode = P.is_json(r.content_type)
+        seq.json_mode = bool(transport.json_mode)
+    if r.epoch is not None:
+        seq.epoch = r.epoch
+        seq.next_seq = r.next_seq
+        seq.fresh_epoch = False
+        seq.highest_sent[0] = r.next_seq - 1
+        seq.stored_gen = 0  # every seq below next_seq at this epoch was sealed by us
+        seq.early_probe_gen = 0  # a tail read now could postdate our own data
+        if r.probe is not None:
+            seq.probes[0] = r.probe
+    now = time.monotonic()
+    pending_bytes = 0
+    for pb in r.batches:
+        nbytes = sum(len(m) for m in pb.messages)
+        b = Batch(list(pb.messages), nbytes, pb.indexes[0], pb.body, now + delivery_timeout)
+        b.epoch, b.seq = pb.epoch, pb.seq
+        # A batch of an older epoch (cannot happen: renumberings are atomic) is parked
+        # at its first check and looked for in the stream, or reported in doubt.
+        b.gen = 0 if pb.epoch == r.epoch else -1
+        b.maybe_stored = b.ambiguous = True  # it may be stored from before the crash
+        b.move(BatchState.QUEUED)
+        seq.batches[b.id] = b
+        seq.resend.append(b)
+        if b.gen == 0:
+            seq.unwritten.add(b.seq)
+        seq.counters.batches += 1
+        journal.adopt(b, pb.indexes)
+        pending_bytes += nbytes
+    k = len(r.unsealed)
+    start = r.next_index - k
+    acc.start = start
+    acc.buf = [m for _, m in r.unsealed]
+    acc.nbytes = sum(len(m) for m in acc.buf)
+    acc.first_ts = now
+    acc.seal_upto = r.next_index  # sent at once, without lingering
+    journal.set_remap({start + n: i for n, (i, _) in enumerate(r.unsealed) if start + n != i})
+    # Replayed bytes count against the buffer (they may exceed it: appends then wait).
+    acc.room -= pending_bytes + acc.nbytes
+    if r.batches or acc.buf:
+        with contextlib.suppress(Exception):
+            pool.wake()  # deliver the backlog without waiting for an append
+    return r.count
+
+
+def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: str,
+                 fsync: bool, max_bytes: int | None, max_buffer_bytes: int,
+                 max_batch_bytes: int) -> Journal | None:
+    """The producer's journal option checks, then :meth:`Journal.open` (None: no journal).
+    ``journal_max_bytes`` defaults to 4 x ``max_buffer_bytes`` (at least 64 MiB)."""
+    from .journal import RESERVE, SEGMENT_BYTES, Journal
+
+    if path is None:
+        if fsync or max_bytes is not None:
+            raise ValueError("journal_fsync and journal_max_bytes need journal=DIRECTORY")
+        return None
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"journal must be a directory path (str or os.PathLike), got "
+                        f"{type(path).__name__}")
+    if not isinstance(fsync, bool):
+        raise TypeError(f"journal_fsync must be True or False, got {fsync!r}")
+    segment = max(SEGMENT_BYTES, 2 * max_batch_bytes)
+    floor = 4 * (segment + RESERVE)
+    if max_bytes is None:
+        max_bytes = max(4 * max_buffer_bytes, 64 * 1024 * 1024, floor)
+    elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"journal_max_bytes must be an int, got {max_bytes!r}")
+    elif max_bytes < floor:
+        raise ValueError(f"journal_max_bytes must be >= {floor} (four segments of "
+                         f"{segment} bytes), got {max_bytes}")
+    return Journal.open(path, stream=url, producer_id=producer_id, max_bytes=max_bytes,
+                        fsync=fsync, segment_bytes=segment)
+
+
+def peek_content_type(directory: str) -> str | None:
+    """The stream content type a journal recorded (read only, no lock; None: unknown),
+    for a command line that must parse its input before the server can be reached."""
+    ct: str | None = None
+    with contextlib.suppress(OSError, ValueError):
+        for _, path in F.list_segments(directory):
+            with open(path, "rb") as fh:
+                data = fh.read()
+            for _, rtype, payload in F.scan(data, path, last=True)[0]:
+                if rtype == F.T_SEGMENT:
+                    ct = F.decode_segment(payload).content_type or ct
+                elif rtype == F.T_META:
+                    ct = json.loads(payload).get("content_type") or ct
+    return ct
