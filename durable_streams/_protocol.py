@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import errors
+from . import _json, errors
 
 # Header names, as the protocol spells them. HTTP header names are case-insensitive;
 # ``requests`` gives case-insensitive mappings for responses.
@@ -138,15 +138,17 @@ def encode_json_value(value: Any) -> bytes:
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return text.encode()
+    except RecursionError:
+        raise ValueError(
+            f"cannot serialise this {type(value).__name__} as JSON: it is nested too deeply "
+            "for json.dumps; pass pre-serialised JSON text (str) instead, which is accepted "
+            "at any depth"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"cannot serialise {type(value).__name__} as JSON for a JSON-mode stream: {exc}; "
             "pass JSON-serialisable data or pre-serialised JSON text (str)"
         ) from exc
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def check_json_text(data: bytes) -> None:
@@ -156,10 +158,11 @@ def check_json_text(data: bytes) -> None:
 
 def load_json(data: bytes | str) -> Any:
     """Parse JSON as the server does: UTF-8 only (``json.loads`` on bytes would also accept
-    UTF-16/32 and skip a byte-order mark, which the server rejects), no NaN/Infinity."""
+    UTF-16/32 and skip a byte-order mark, which the server rejects), no NaN/Infinity, and
+    no nesting limit (a deeply nested value is valid JSON: no ``RecursionError``)."""
     if not isinstance(data, str):
         data = bytes(data).decode("utf-8")
-    return json.loads(data, parse_constant=_reject_constant)
+    return _json.loads(data)
 
 
 # -- mapping responses to exceptions ---------------------------------------------------------
