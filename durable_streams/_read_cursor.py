@@ -32,8 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import _protocol as P
 from . import _json, errors
+from . import _protocol as P
 from ._redact import redact_url
 
 __all__ = [

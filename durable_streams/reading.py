@@ -219,8 +219,12 @@ class StreamResponse:
         return _events(chunks)
 
     def iter_bytes(self) -> Iterator[bytes]:
-        """Yield the data of each non-empty chunk (for JSON streams: JSON array texts)."""
-        chunks = self._consume("iter_bytes", until_up_to_date=False)
+        """Yield the data of each non-empty chunk (for JSON streams: JSON array texts).
+
+        For a byte stream, a large response is yielded in pieces as it arrives (at most
+        1 MiB each), so memory stays bounded whatever the server sends in one response.
+        """
+        chunks = self._consume("iter_bytes", until_up_to_date=False, pieces=True)
         return _data(chunks)
 
     def iter_text(self) -> Iterator[str]:
@@ -229,7 +233,7 @@ class StreamResponse:
         A multi-byte character split across chunks is kept whole. Bytes that are not UTF-8
         raise :class:`ParseError` (use :meth:`iter_bytes` for binary streams).
         """
-        chunks = self._consume("iter_text", until_up_to_date=False)
+        chunks = self._consume("iter_text", until_up_to_date=False, pieces=True)
         return _text(chunks, self)
 
     def iter_json(self) -> Iterator[Any]:
@@ -309,7 +313,7 @@ class StreamResponse:
                 "iter_bytes()/iter_text()/read_bytes()"
             )
 
-    def _consume(self, method: str, *, until_up_to_date: bool) -> Chunks:
+    def _consume(self, method: str, *, until_up_to_date: bool, pieces: bool = False) -> Chunks:
         with self._stop.lock:
             if self._consumer is not None:
                 raise RuntimeError(
@@ -323,7 +327,7 @@ class StreamResponse:
         stop_when_current = (
             self._session.transport is None or until_up_to_date or self._stop_at_up_to_date
         )
-        return self._session.chunks(stop_when_current, self._deadline)
+        return self._session.chunks(stop_when_current, self._deadline, pieces)
 
 
 # -- consumption adapters (generators, so that the consumption guard runs at call time) ----

@@ -78,7 +78,7 @@ def test_reader_parses_a_deep_message_and_refuses_garbage_with_parse_error() -> 
     assert len(items) == 2 and items[1] == 1
     cursor = ReadCursor("http://h/s", "-1", json_mode=True)
     chunk = cursor.apply_control('{"streamNextOffset":"1_1","upToDate":true}', [deep], False)
-    assert chunk is not None and chunk.items is not None and _depth(chunk.items[0]) == 4998  # the event is the array
+    assert chunk is not None and chunk.items is not None and _depth(chunk.items[0]) == 4998
     with pytest.raises(ParseError):
         parse_json_array(b"[" * 5000, where="read")
     with pytest.raises(ParseError):
