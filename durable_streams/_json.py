@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # public since 2.6
 from typing import Any
 
 __all__ = ["loads", "loads_iterative"]
@@ -64,7 +64,8 @@ def _scalar(text: str, pos: int) -> tuple[Any, int]:
         raise _fail("Expecting value", text, pos)
     char = text[pos]
     if char == '"':
-        return scanstring(text, pos + 1, True)
+        string, after = scanstring(text, pos + 1, True)
+        return str(string), int(after)
     for word, value in _LITERALS.items():
         if text.startswith(word, pos):
             return value, pos + len(word)

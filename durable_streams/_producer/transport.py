@@ -27,6 +27,7 @@ from .._http import (
     resolve,
 )
 from .._redact import redact_url
+from .._response import Response
 from ..stream import DurableStream
 from .outcome import Outcome, classify, transport_failure
 
@@ -77,7 +78,7 @@ class Transport:
 
     # -- POST ------------------------------------------------------------------------------
     def _post(self, body: bytes | MarkedBody | None, extra: dict[str, str], operation: str
-              ) -> requests.Response:
+              ) -> Response:
         user = merge_headers(resolve(self.stream_headers), resolve(self.headers))
         headers = merge_headers(
             {k: v for k, v in user.items() if k.lower() not in P.PROTECTED_PRODUCER_HEADERS},
@@ -94,7 +95,7 @@ class Transport:
             P.PRODUCER_SEQ: str(seq),
         }
 
-    def _outcome(self, response: requests.Response, seq: int, operation: str) -> Outcome:
+    def _outcome(self, response: Response, seq: int, operation: str) -> Outcome:
         return classify(
             response.status_code, response.headers, seq, self.retry.is_retryable_status,
             lambda: error_from(response, url=self.url, operation=operation),
