@@ -415,6 +415,11 @@ class HttpClient:
         for _ in range(_MAX_REDIRECTS + 1):
             location = r.headers.get("Location") if r.status_code in _REDIRECTS else None
             if not location or method not in ("GET", "HEAD"):
+                if not callable(getattr(r.raw, "read", None)):
+                    # An adapter that returns the body already read (raw is None).
+                    return Response.from_bytes(r.status_code, r.headers, r.content or b"",
+                                               current, reason=r.reason or "",
+                                               on_close=r.close)
                 return Response(r.raw, current, status=r.status_code, headers=r.headers,
                                 reason=r.reason, on_close=r.close)
             r.close()

@@ -13,6 +13,7 @@ the server sends: past the limit the rest is not read and the connection is drop
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +33,27 @@ def _charset(headers: Mapping[str, str]) -> str:
         if name.strip().lower() == "charset" and value.strip():
             return value.strip().strip("\"'")
     return "utf-8"
+
+
+class _Buffered:
+    """A body already in memory, with the part of urllib3's response interface used here."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes,
+                 reason: str) -> None:
+        self.status, self.headers, self.reason = status, headers, reason
+        self._body = io.BytesIO(body)
+
+    def read(self, amt: int | None = None, decode_content: bool = True) -> bytes:
+        return self._body.read(amt)
+
+    def read1(self, amt: int = -1, decode_content: bool = True) -> bytes:
+        return self._body.read1(amt)
+
+    def close(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
 
 
 class Response:
@@ -55,6 +77,13 @@ class Response:
         self.truncated = False
         self._content: bytes | None = None
         self._on_close = on_close
+
+    @classmethod
+    def from_bytes(cls, status: int, headers: Mapping[str, str], body: bytes, url: str, *,
+                   reason: str = "", on_close: Callable[[], None] | None = None) -> Response:
+        """A response whose body is already in memory (a transport adapter that read it,
+        or a test double)."""
+        return cls(_Buffered(status, headers, body, reason), url, on_close=on_close)
 
     # -- the whole body -------------------------------------------------------------------
     def load(self, limit: int | None = None, deadline: float | None = None) -> bytes:

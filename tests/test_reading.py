@@ -548,7 +548,8 @@ def test_cursor_is_echoed_and_offsets_follow_next_offset() -> None:
         return status, {"Content-Type": "text/plain", **headers}, body
 
     responses.add_callback(responses.GET, FAKE, callback=reply)
-    with stream(FAKE, live="long-poll", params={"offset": "ignored", "tenant": "t1"}, session=requests.Session()) as res:
+    with stream(FAKE, live="long-poll", params={"offset": "ignored", "tenant": "t1"},
+                session=requests.Session()) as res:
         assert res.read_text() == "a"  # read_* stop at the first up-to-date
     seen.clear()
     with stream(FAKE, live="long-poll", params={"tenant": "t1"}, session=requests.Session()) as res:
