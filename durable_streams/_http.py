@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 # requests imports netrc lazily inside each request; importing it here, before any sender
 # thread exists, keeps a fork during a request from leaving that import's lock held in the
@@ -475,8 +476,10 @@ class HttpClient:
             query = build_query(resolve(params), extra_params or {})
             attempt_timeout: tuple[float, float] = (connect, read)
             if deadline is not None:
-                left = max(deadline - _monotonic(), 0.001)
-                attempt_timeout = (min(connect, left), min(read, left))
+                # Whole seconds (rounded up) keep the transport's per-timeout cache warm.
+                left = max(float(math.ceil(deadline - _monotonic())), 1.0)
+                if left < read or left < connect:
+                    attempt_timeout = (min(connect, left), min(read, left))
             try:
                 response = self.send(
                     method, url, operation=operation, headers=all_headers, params=query,

@@ -94,7 +94,8 @@ class Response:
         :class:`TimeoutError`, however slowly the server drips it.
         """
         if self._content is None:
-            if deadline is None:
+            # No body to wait for (HEAD, 204, Content-Length: 0): one plain read.
+            if deadline is None or getattr(self._raw, "length_remaining", None) == 0:
                 data = self._raw.read(None if limit is None else limit + 1,
                                       decode_content=True) or b""
             else:
