@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _json, errors
+from ._redact import escape_text
 
 # Header names, as the protocol spells them. HTTP header names are case-insensitive;
 # ``requests`` gives case-insensitive mappings for responses.
@@ -168,17 +169,11 @@ def load_json(data: bytes | str) -> Any:
 # -- mapping responses to exceptions ---------------------------------------------------------
 
 
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\ud7ff\ue000-\ufffd]")
-
-
 def server_words(text: str, limit: int = 300) -> str:
-    """The server's explanation, fit for a message: whitespace runs as one space, anything
-    unprintable (control characters, undecodable bytes) escaped, cut at ``limit``
-    characters with an ellipsis."""
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[:limit] + "\u2026"
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """The server's explanation, fit for a message: whitespace runs as one space, cut at
+    ``limit`` characters, anything outside printable ASCII escaped (no control characters,
+    no undecodable bytes reach a terminal or a log)."""
+    return escape_text(" ".join(text.split()), limit)
 
 
 def error_for_response(
