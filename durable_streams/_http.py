@@ -144,7 +144,9 @@ class RetryPolicy:
         _check_number("multiplier", "multiplier", self.multiplier, minimum=1.0, strict=False)
 
     def is_retryable_status(self, status: int) -> bool:
-        return status in self.retry_statuses or status >= 500
+        """True for ``retry_statuses`` and for every status whose error class is
+        ``retryable`` (5xx, 429: :func:`durable_streams.errors.class_for`)."""
+        return status in self.retry_statuses or errors.class_for(status).retryable
 
     def delay(self, retry_number: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry ``retry_number`` (0 for the first retry)."""

@@ -208,6 +208,11 @@ def error_for_response(
             extra["final_offset"] = final
             message = (f"{operation} failed: the stream at {url} is closed"
                        + (f" (final offset {final})" if final else ""))
+        elif operation == "create" and "deleted" in lowered and "fork" in lowered:
+            cls = errors.StreamSoftDeletedError
+            message = (f"create failed: the stream at {url} was deleted but still has forks "
+                       f"(409){detail}; its URL cannot be used again until every fork is "
+                       "deleted")
         elif operation == "create":
             cls = errors.StreamExistsError
             message = (f"create failed: a stream already exists at {url} with a different "

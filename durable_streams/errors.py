@@ -412,7 +412,10 @@ CODE_CLASSES: dict[str, type[DurableStreamError]] = {
     "SUBSCRIPTION_NOT_FOUND": SubscriptionNotFoundError,
     "SUBSCRIPTION_ALREADY_EXISTS": SubscriptionExistsError,
     "FENCED": FencedError,
+    "INVALID_OFFSET": InvalidOffsetError,
     "WEBHOOK_URL_REJECTED": WebhookURLRejectedError,
+    "TOKEN_INVALID": UnauthorizedError,
+    "TOKEN_EXPIRED": UnauthorizedError,
 }
 
 

@@ -207,11 +207,10 @@ class DurableStream:
                      session=session, timeout=timeout, retry=retry,
                      total_timeout=total_timeout)
         try:
-            with _fork.mapping_soft_delete(operation, url):
-                response = handle._client.request(
-                    "PUT", url, operation=operation, headers=headers, extra_headers=extra,
-                    params=params, data=data, retry=handle.retry,
-                )
+            response = handle._client.request(
+                "PUT", url, operation=operation, headers=headers, extra_headers=extra,
+                params=params, data=data, retry=handle.retry,
+            )
         except BaseException:
             handle.close()
             raise
@@ -317,11 +316,10 @@ class DurableStream:
         """Stream metadata (HEAD, §5.5): the tail offset, content type, closed flag, expiry;
         also refreshes :attr:`content_type`. Retried per ``retry``, within ``total_timeout``.
         Raises :class:`StreamNotFoundError` (404), :class:`StreamSoftDeletedError` (410)."""
-        with _fork.mapping_soft_delete("head", self.url):
-            response = self._client.request(
-                "HEAD", self.url, operation="head", headers=self.headers,
-                params=self.params, retry=self.retry,
-            )
+        response = self._client.request(
+            "HEAD", self.url, operation="head", headers=self.headers,
+            params=self.params, retry=self.retry,
+        )
         h = response.headers
         ttl = P.parse_int_header(h, P.STREAM_TTL)
         info = StreamInfo(
@@ -388,12 +386,11 @@ class DurableStream:
         extra = {P.CONTENT_TYPE: self._known_content_type()}
         if seq is not None:
             extra[P.STREAM_SEQ] = str(seq)
-        with _fork.mapping_soft_delete("append", self.url):
-            response = self._client.request(
-                "POST", self.url, operation="append", headers=self.headers,
-                extra_headers=extra, params=self.params, data=body, retry=self.retry,
-                idempotent=seq is not None,
-            )
+        response = self._client.request(
+            "POST", self.url, operation="append", headers=self.headers,
+            extra_headers=extra, params=self.params, data=body, retry=self.retry,
+            idempotent=seq is not None,
+        )
         return self._next_offset(response, "append")
 
     def close_stream(self, *, body: Any = None) -> str:
@@ -414,23 +411,21 @@ class DurableStream:
             extra[P.CONTENT_TYPE] = self._known_content_type()
         elif self.content_type:
             extra[P.CONTENT_TYPE] = self.content_type
-        with _fork.mapping_soft_delete("close", self.url):
-            response = self._client.request(
-                "POST", self.url, operation="close", headers=self.headers,
-                extra_headers=extra, params=self.params, data=data, retry=self.retry,
-                idempotent=body is None,
-            )
+        response = self._client.request(
+            "POST", self.url, operation="close", headers=self.headers,
+            extra_headers=extra, params=self.params, data=data, retry=self.retry,
+            idempotent=body is None,
+        )
         return response.headers.get(P.STREAM_NEXT_OFFSET, "")
 
     def delete(self) -> None:
         """Delete the stream and its data (DELETE, §5.4). Retried per ``retry`` within
         ``total_timeout``; raises :class:`StreamNotFoundError` if there is none and
         :class:`StreamSoftDeletedError` (410) if it was already deleted but has forks."""
-        with _fork.mapping_soft_delete("delete", self.url):
-            self._client.request(
-                "DELETE", self.url, operation="delete", headers=self.headers,
-                params=self.params, retry=self.retry,
-            )
+        self._client.request(
+            "DELETE", self.url, operation="delete", headers=self.headers,
+            params=self.params, retry=self.retry,
+        )
 
     def stream(
         self,
