@@ -57,12 +57,6 @@ def is_json(content_type: str | None) -> bool:
     return media_type(content_type) == "application/json"
 
 
-def is_text(content_type: str | None) -> bool:
-    """True for content types whose SSE data is sent as UTF-8 text (§5.8)."""
-    mt = media_type(content_type)
-    return mt.startswith("text/") or mt == "application/json"
-
-
 def header_true(value: str | None) -> bool:
     """The protocol's boolean headers are true only when exactly ``true`` (any case)."""
     return value is not None and value.strip().lower() == "true"
