@@ -12,37 +12,24 @@ import math
 import netrc  # noqa: F401
 import random
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from time import monotonic as _monotonic
-from typing import Any, Union
-from urllib.parse import urljoin, urlsplit
+from typing import Union
 
 import requests
 import requests.adapters
 import requests.auth
 import requests.utils
-import urllib3
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from . import _protocol as P
 from . import errors
 from ._redact import INSIDE_REQUEST, install_log_filters, redact_text, redact_url
 from ._response import ERROR_BODY_LIMIT, Response
-from ._transport import (
-    _MAX_REDIRECTS,
-    _REDIRECTS,
-    SENT_HOOK,
-    DefaultSession,
-    DirectTransport,
-    Route,
-    cross_origin_headers,
-    default_transport,
-    read_now,
-    same_origin,
-)
+from ._session_transport import SessionTransport
+from ._transport import DefaultSession, DefaultTransport, Transport
 from ._transport_errors import describe_failure, is_timeout
 
 log = logging.getLogger("durable_streams")
@@ -209,27 +196,6 @@ def transport_error(exc: BaseException, *, url: str, operation: str,
     )
 
 
-def new_session(pool_size: int = 10) -> requests.Session:
-    """A ``requests.Session`` with a connection pool sized for ``pool_size`` concurrent calls."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0
-    )
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    # Compression costs more than it saves for stream bodies on fast links; the protocol
-    # payloads are usually already compact. Ask for identity encoding by default.
-    session.headers["Accept-Encoding"] = "identity"
-    return session
-
-
-class _NoAuth(requests.auth.AuthBase):
-    """Stands for "no credentials" so that requests does not look for ~/.netrc again."""
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        return r
-
-
 class HttpClient:
     """The transport plus the retry loop; shared by handles, producers and readers.
 
@@ -250,75 +216,31 @@ class HttpClient:
         total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
     ) -> None:
         self.owns_session = session is None
-        self._direct: DirectTransport | None = None
+        self.transport: Transport
         if session is None or type(session) is DefaultSession:
-            # No user session: the shared urllib3 transport (a DefaultSession is what
-            # another client's .session returned on this path; keep the fast path).
-            self._direct = default_transport()
-            self._direct.ensure_pool_size(pool_size)
-        elif session is None:
-            session = new_session(pool_size)
-        self._session = session
+            # No user session: the shared urllib3 pools (a DefaultSession is what another
+            # client's .session returned on this path; it keeps the fast path).
+            self.transport = DefaultTransport(pool_size, session)
+        else:
+            self.transport = SessionTransport(session)
         self.timeout = normalize_timeout(timeout)
         self.total_timeout = check_total_timeout(total_timeout)
-        self._closed = False
-        self._lock = threading.Lock()
-        self._env_cache: dict[tuple[str, str, bool], dict[str, Any]] = {}
-        self._netrc_cache: dict[tuple[str, str], requests.auth.AuthBase] = {}
-
-    def interruptible(self, url: str) -> bool:
-        """True when :meth:`send` to ``url`` will call ``on_sent``: the default (urllib3)
-        transport, and no SOCKS proxy for ``url`` (that route goes through ``requests``)."""
-        direct = self._direct
-        if direct is None:
-            return False
-        try:
-            return not direct.route_for(url).fallback
-        except ValueError:  # send() reports the bad URL
-            return False
 
     @property
     def session(self) -> requests.Session:
         """The user's session, or (default path) a working ``requests.Session`` that, given
         to another ``HttpClient``, keeps it on the shared urllib3 transport."""
-        session = self._session
-        if session is None:
-            with self._lock:
-                if self._session is None:
-                    self._session = DefaultSession()
-                session = self._session
-        return session
+        return self.transport.session
 
-    def _netrc_auth(self, url: str) -> Any:
-        """``~/.netrc`` credentials for the origin, looked up once (requests would stat the
-        file on every request). A no-op auth when there are none or trust_env is off."""
-        if not self.session.trust_env:
-            return None
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        cached = self._netrc_cache.get(key)
-        if cached is None:
-            found = requests.utils.get_netrc_auth(url)
-            cached = requests.auth.HTTPBasicAuth(*found) if found else _NoAuth()
-            self._netrc_cache[key] = cached
-        return cached
-
-    def _environment_settings(self, url: str, stream: bool) -> dict[str, Any]:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc, stream)
-        cached = self._env_cache.get(key)
-        if cached is None:
-            cached = dict(self.session.merge_environment_settings(url, {}, stream, None, None))
-            self._env_cache[key] = cached
-        return cached
+    def interruptible(self, url: str) -> bool:
+        """True when :meth:`send` to ``url`` calls ``on_sent`` (the default transport, no
+        SOCKS proxy for ``url``); otherwise a live read waits on a helper thread."""
+        return self.transport.interruptible(url)
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self.owns_session and self._session is not None:
-            self._session.close()
+        """Release what this client owns (idempotent): a user's session is never closed."""
+        if self.owns_session:
+            self.transport.close()
 
     def send(
         self,
@@ -334,7 +256,8 @@ class HttpClient:
         on_sent: Callable[[socket.socket], None] | None = None,
         deadline: float | None = None,
     ) -> Response:
-        """One HTTP exchange; transport failures become :class:`TransportError`.
+        """One HTTP exchange through the transport; its failures become
+        :class:`TransportError` (and a header or URL HTTP cannot carry, ``ValueError``).
 
         Unless ``stream``, the body is read before returning: all of a success, at most
         :data:`ERROR_BODY_LIMIT` bytes of an error. ``on_sent`` (see :meth:`interruptible`)
@@ -346,99 +269,22 @@ class HttpClient:
         """
         req_timeout = normalize_timeout(timeout) if timeout is not None else self.timeout
         query = list(params) if params else None
+        transport = self.transport
         # Failures are raised outside the except clauses so that they carry no implicit
         # __context__ (whose text names the path with its query).
         failure: Exception
-        direct = self._direct
-        route: Route | None = None
-        if direct is not None:
-            try:
-                route = direct.route_for(url)
-            except ValueError as exc:  # e.g. a port out of range
-                failure = _malformed(exc, url=url, operation=operation)
-                raise failure from None
-        if direct is not None and route is not None and not route.fallback:
-            INSIDE_REQUEST.active = True
-            SENT_HOOK.fn = on_sent
-            try:
-                return direct.send(method, url, headers=headers, params=query, data=data,
-                                   timeout=req_timeout, stream=stream, route=route,
-                                   deadline=deadline)
-            except ValueError as exc:  # http.client refuses a header or the URL
-                failure = _malformed(exc, url=url, operation=operation)
-            except Exception as exc:  # urllib3 and socket errors
-                failure = transport_error(exc, url=url, operation=operation, params=query)
-            finally:
-                INSIDE_REQUEST.active = False
-                SENT_HOOK.fn = None
-            raise failure
         INSIDE_REQUEST.active = True
         try:
-            response = self._send_session(method, url, headers=headers, params=query,
-                                          data=data, timeout=req_timeout)
-            if not stream:
-                read_now(response, deadline)
-        except requests.exceptions.InvalidHeader as exc:
+            return transport.send(method, url, headers=headers, params=query, data=data,
+                                  timeout=req_timeout, stream=stream, deadline=deadline,
+                                  on_sent=on_sent)
+        except ValueError as exc:  # http.client/requests refuse a header, or a bad URL
             failure = _malformed(exc, url=url, operation=operation)
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-                OSError) as exc:
+        except transport.failures as exc:
             failure = transport_error(exc, url=url, operation=operation, params=query)
-        else:
-            return response
         finally:
             INSIDE_REQUEST.active = False
         raise failure
-
-    def _send_session(self, method: str, url: str, *, headers: Mapping[str, str] | None,
-                      params: list[tuple[str, str]] | None, data: Any,
-                      timeout: tuple[float, float]) -> Response:
-        """Through the ``requests.Session``: body streamed, redirects followed here (GET and
-        HEAD only) so that a redirect to another origin carries none of the application's
-        headers, nor the session's own headers, auth or cookies."""
-        session = self.session
-        if type(session).request is not requests.Session.request:
-            # A session subclass that customises request(): go through it.
-            r = session.request(
-                method, url, headers=dict(headers) if headers else None, params=params,
-                data=data, timeout=timeout, stream=True, allow_redirects=False,
-            )
-        else:
-            # What Session.request() does, minus re-reading the environment for proxy
-            # and TLS settings on every call (about 0.1 ms each): they are looked up
-            # once per origin, which matters on the producer's and reader's hot paths.
-            prepared = session.prepare_request(requests.Request(
-                method, url, headers=dict(headers) if headers else None, params=params,
-                data=data, auth=self._netrc_auth(url) if session.auth is None else None,
-            ))
-            r = session.send(prepared, timeout=timeout, allow_redirects=False,
-                             **self._environment_settings(prepared.url or url, True))
-        current = r.url or url
-        kept = dict(headers or {})
-        foreign = False
-        for _ in range(_MAX_REDIRECTS + 1):
-            location = r.headers.get("Location") if r.status_code in _REDIRECTS else None
-            if not location or method not in ("GET", "HEAD"):
-                if not callable(getattr(r.raw, "read", None)):
-                    # An adapter that returns the body already read (raw is None).
-                    return Response.from_bytes(r.status_code, r.headers, r.content or b"",
-                                               current, reason=r.reason or "",
-                                               on_close=r.close)
-                return Response(r.raw, current, status=r.status_code, headers=r.headers,
-                                reason=r.reason, on_close=r.close)
-            r.close()
-            target = urljoin(current, location)
-            if foreign or not same_origin(current, target):
-                foreign = True
-                kept = cross_origin_headers(kept)
-                prepared = requests.Request(method, target, headers=kept).prepare()
-            else:
-                prepared = session.prepare_request(
-                    requests.Request(method, target, headers=kept))
-            r = session.send(prepared, timeout=timeout, allow_redirects=False,
-                             **self._environment_settings(target, True))
-            current = r.url or target
-        r.close()
-        raise requests.exceptions.TooManyRedirects(f"more than {_MAX_REDIRECTS} redirects")
 
     def request(
         self,

@@ -1,4 +1,10 @@
-"""The default transport: urllib3 directly, with the environment handling of ``requests``.
+"""The transport seam, and the default transport: urllib3 directly, with the environment
+handling of ``requests``.
+
+:class:`Transport` is the whole interface between the library and HTTP: send one request,
+get one :class:`~durable_streams._response.Response`. Two implementations: the default
+:class:`DefaultTransport` (below) and ``_session_transport.SessionTransport`` for a user's
+``requests.Session``; ``HttpClient`` picks one when it is made, never per request.
 
 Used when the caller passes no ``requests.Session``. Every request goes straight to a
 kept-alive urllib3 connection pool shared by the whole process (handles, producers and
@@ -21,9 +27,9 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -46,8 +52,8 @@ except Exception:  # noqa: BLE001 - not installed (a source checkout)
 # would cost more than it saves on fast links) and urllib3 adds no Accept.
 _DEFAULT_HEADERS = {"User-Agent": USER_AGENT}
 _DEFAULT_LOWER = {k.lower(): k for k in _DEFAULT_HEADERS}
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 30  # as requests
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 30  # as requests
 _ENV_NAMES = tuple(
     name
     for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -337,11 +343,11 @@ class DirectTransport:
             else:
                 chunked = True
         t = self._timeout(timeout)
-        for _ in range(_MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS + 1):
             response = self._urlopen(route, method, full, out, data, t, chunked)
             result = Response(response, full)
-            location = response.headers.get("Location") if response.status in _REDIRECTS \
-                else None
+            location = response.headers.get("Location") \
+                if response.status in REDIRECT_STATUSES else None
             if not location or method not in ("GET", "HEAD"):
                 if not stream:
                     read_now(result, deadline)
@@ -359,7 +365,7 @@ class DirectTransport:
                 if route.auth is not None and not has_auth:
                     out["Authorization"] = route.auth
             full = nxt
-        raise requests.exceptions.TooManyRedirects(f"more than {_MAX_REDIRECTS} redirects")
+        raise requests.exceptions.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
     def _urlopen(self, route: Route, method: str, url: str, headers: dict[str, str],
                  data: Any, timeout: urllib3.Timeout, chunked: bool
@@ -383,6 +389,92 @@ class DirectTransport:
             route = self.route_for(url)
             response = route.pool.urlopen(method, target, assert_same_host=False, **kw)
         return response
+
+
+class Transport(Protocol):
+    """Send one request, get one response (the seam every request goes through)."""
+
+    #: The exceptions a failed exchange raises (the caller makes a TransportError of them).
+    failures: tuple[type[BaseException], ...]
+
+    @property
+    def session(self) -> requests.Session: ...
+
+    def send(self, method: str, url: str, *, headers: Mapping[str, str] | None,
+             params: list[tuple[str, str]] | None, data: bytes | Iterable[bytes] | None,
+             timeout: tuple[float, float], stream: bool, deadline: float | None,
+             on_sent: Callable[[Any], None] | None = None) -> Response:
+        """One exchange (redirects followed for GET/HEAD); unless ``stream`` the body is
+        read before returning (:func:`read_now`). ``on_sent`` receives the socket once the
+        request is written, where :meth:`interruptible` says so."""
+
+    def interruptible(self, url: str) -> bool:
+        """True when :meth:`send` to ``url`` calls ``on_sent``."""
+
+    def close(self) -> None:
+        """Release what the transport holds."""
+
+
+class DefaultTransport:
+    """The shared urllib3 pools (:func:`default_transport`) for one client. An origin behind
+    a SOCKS proxy goes through ``requests`` (which supports it) instead."""
+
+    failures: tuple[type[BaseException], ...] = (Exception,)
+
+    def __init__(self, pool_size: int, session: requests.Session | None = None) -> None:
+        self._direct = default_transport()
+        self._direct.ensure_pool_size(pool_size)
+        self._session = session
+        self._fallback: Any = None  # a SessionTransport, made for a SOCKS route
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        """A working ``requests.Session`` (a :class:`DefaultSession`, made on first use)."""
+        with self._lock:
+            if self._session is None:
+                self._session = DefaultSession()
+            return self._session
+
+    def _session_transport(self) -> Any:
+        from ._session_transport import SessionTransport
+
+        with self._lock:
+            if self._fallback is None:
+                if self._session is None:
+                    self._session = DefaultSession()
+                self._fallback = SessionTransport(self._session)
+            return self._fallback
+
+    def interruptible(self, url: str) -> bool:
+        try:
+            return not self._direct.route_for(url).fallback
+        except ValueError:  # send() reports the bad URL
+            return False
+
+    def send(self, method: str, url: str, *, headers: Mapping[str, str] | None,
+             params: list[tuple[str, str]] | None, data: bytes | Iterable[bytes] | None,
+             timeout: tuple[float, float], stream: bool, deadline: float | None,
+             on_sent: Callable[[Any], None] | None = None) -> Response:
+        route = self._direct.route_for(url)  # ValueError for a URL HTTP cannot carry
+        if route.fallback:
+            response: Response = self._session_transport().send(
+                method, url, headers=headers, params=params, data=data, timeout=timeout,
+                stream=stream, deadline=deadline)
+            return response
+        SENT_HOOK.fn = on_sent
+        try:
+            return self._direct.send(method, url, headers=headers, params=params, data=data,
+                                     timeout=timeout, stream=stream, route=route,
+                                     deadline=deadline)
+        finally:
+            SENT_HOOK.fn = None
+
+    def close(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
 _default: DirectTransport | None = None

@@ -91,10 +91,13 @@ def _http_error(exc: BaseException) -> http.client.HTTPException | None:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, http.client.HTTPException):
+        # RemoteDisconnected is a BadStatusLine too, but means "closed", not "not HTTP".
+        if isinstance(cur, http.client.HTTPException) and not isinstance(
+                cur, http.client.RemoteDisconnected):
             return cur
         for arg in getattr(cur, "args", ()):
-            if isinstance(arg, http.client.HTTPException):
+            if isinstance(arg, http.client.HTTPException) and not isinstance(
+                    arg, http.client.RemoteDisconnected):
                 return arg
         cur = cur.__cause__ or cur.__context__
     return None

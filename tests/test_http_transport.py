@@ -29,6 +29,8 @@ import urllib3
 
 from durable_streams import DurableStream, IdempotentProducer, stream
 from durable_streams._response import Response
+from durable_streams._session_transport import SessionTransport
+from durable_streams._transport import DefaultTransport
 from durable_streams.testing import ReferenceServer
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection",
@@ -140,13 +142,13 @@ def basic(user: str, password: str) -> str:
 
 def test_default_path_is_urllib3_and_shared(clean_env: Path, url: str) -> None:
     with DurableStream.create(url, content_type="text/plain") as handle:
-        assert handle._client._direct is not None
+        assert isinstance(handle._client.transport, DefaultTransport)
         response = handle._client.request("HEAD", url, operation="head")
         assert isinstance(response, Response)
         assert response.headers.get("stream-next-offset") == response.headers[
             "Stream-Next-Offset"]
         with IdempotentProducer(handle, "p") as producer:  # the handle's transport
-            assert producer._transport.client._direct is handle._client._direct
+            assert isinstance(producer._transport.client.transport, DefaultTransport)
             producer.append("a")
         assert stream(url).read_text() == "a"
 
@@ -223,7 +225,8 @@ def test_user_session_auth_and_proxies(clean_env: Path, proxy: RecordingProxy,
     session.proxies = {"http": proxy.url}
     path = urlsplit(url).path
     with DurableStream.create(url, content_type="text/plain", session=session) as handle:
-        assert handle._client.session is session and handle._client._direct is None
+        assert handle._client.session is session
+        assert isinstance(handle._client.transport, SessionTransport)
         handle.append("x")
         with IdempotentProducer(handle, "p") as producer:
             assert producer._transport.client.session is session
