@@ -74,7 +74,7 @@ def parse_int_header(headers: Mapping[str, str], name: str) -> int | None:
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (RFC 9110 §10.2.3: delta-seconds, digits
-    only, or an HTTP-date), capped at one day; ``None`` when absent or malformed (the
+    only, or an HTTP-date), capped at one hour; ``None`` when absent or malformed (the
     retry policy's own backoff then applies)."""
     if value is None:
         return None
@@ -93,7 +93,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:  # "-0000" zone: UTC by RFC 5322, not local time
             when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), 86400.0)
+    return min(max(seconds, 0.0), 3600.0)
 
 
 def validate_ttl(ttl_seconds: int | None) -> str | None:
