@@ -1,12 +1,10 @@
-"""Fork creation (PROTOCOL §4.2) and soft-deleted streams: headers, checks, error mapping.
+"""Fork creation (PROTOCOL §4.2): headers, checks, and what a failed fork PUT means.
 
 Pure code, no HTTP: :meth:`DurableStream.fork` sends the PUT through the shared create path.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from . import errors
@@ -73,34 +71,6 @@ def _kwargs(exc: errors.DurableStreamError) -> dict[str, object]:
 def _is_soft_deleted_conflict(exc: errors.DurableStreamError) -> bool:
     body = (exc.body or "").lower()
     return exc.status == 409 and "deleted" in body and "fork" in body
-
-
-def soft_deleted(exc: errors.DurableStreamError, operation: str,
-                 url: str) -> errors.DurableStreamError:
-    """410 on a stream operation, or 409 "deleted but still has forks" on create, becomes
-    :class:`StreamSoftDeletedError`; anything else is returned unchanged."""
-    if isinstance(exc, errors.StreamSoftDeletedError):
-        return exc
-    if exc.status == 410 or (operation == "create" and _is_soft_deleted_conflict(exc)):
-        return errors.StreamSoftDeletedError(
-            f"{operation} failed: the stream at {redact_url(url)} was deleted but still has "
-            f"forks ({exc.status}); its data lives on only in the forks, and its URL cannot be "
-            "used again until every fork is deleted",
-            **_kwargs(exc),  # type: ignore[arg-type]
-        )
-    return exc
-
-
-@contextlib.contextmanager
-def mapping_soft_delete(operation: str, url: str) -> Iterator[None]:
-    """Re-raise 410 (and 409 on create) for a soft-deleted stream as StreamSoftDeletedError."""
-    try:
-        yield
-    except errors.DurableStreamError as exc:
-        mapped = soft_deleted(exc, operation, url)
-        if mapped is exc:
-            raise
-        raise mapped from exc
 
 
 def fork_error(exc: errors.DurableStreamError, source_url: str,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 # requests imports netrc lazily inside each request; importing it here, before any sender
 # thread exists, keeps a fork during a request from leaving that import's lock held in the
@@ -11,13 +12,11 @@ import logging
 import netrc  # noqa: F401
 import random
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from time import monotonic as _monotonic
-from typing import Any, Union
-from urllib.parse import urlsplit
+from typing import Union
 
 import requests
 import requests.adapters
@@ -28,27 +27,13 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from . import _protocol as P
 from . import errors
 from ._redact import INSIDE_REQUEST, install_log_filters, redact_text, redact_url
-from ._transport import SENT_HOOK, DefaultSession, DirectTransport, default_transport
+from ._response import ERROR_BODY_LIMIT, Response
+from ._session_transport import SessionTransport
+from ._transport import DefaultSession, DefaultTransport, Transport
 from ._transport_errors import describe_failure, is_timeout
 
 log = logging.getLogger("durable_streams")
 install_log_filters()
-
-#: Use the shared urllib3 transport when no session is given (False: always requests).
-_DIRECT = True
-
-# What requests-mocking libraries replace (``responses`` patches HTTPAdapter.send,
-# ``requests_mock`` Session.get_adapter): while one is active, the default path goes through
-# requests too, so tests that mock requests keep seeing the library's calls.
-_ADAPTER_SEND = requests.adapters.HTTPAdapter.send
-_GET_ADAPTER = requests.Session.get_adapter
-_SESSION_SEND = requests.Session.send
-
-
-def _requests_mocked() -> bool:
-    return (requests.adapters.HTTPAdapter.send is not _ADAPTER_SEND
-            or requests.Session.get_adapter is not _GET_ADAPTER
-            or requests.Session.send is not _SESSION_SEND)
 
 HeaderValue = Union[str, Callable[[], "str | None"], None]  # noqa: UP007
 #: Headers or query parameters: a mapping whose values are strings or zero-argument
@@ -62,6 +47,19 @@ ParamsLike = HeadersLike
 #: ``(connect, read)`` timeouts in seconds used when none is given.
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
 TimeoutLike = Union[float, tuple[float, float], None]  # noqa: UP007
+#: The most one blocking call (connect, read and every retry) may take by default, seconds.
+DEFAULT_TOTAL_TIMEOUT = 60.0
+
+
+def check_total_timeout(value: float | None) -> float | None:
+    """``total_timeout``: a positive finite number of seconds, or ``None`` (no total bound)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 < value < float("inf")):
+        raise ValueError(
+            f"total_timeout must be a positive number of seconds or None, got {value!r}")
+    return float(value)
 
 
 def resolve(values: HeadersLike) -> dict[str, str]:
@@ -133,7 +131,9 @@ class RetryPolicy:
         _check_number("multiplier", "multiplier", self.multiplier, minimum=1.0, strict=False)
 
     def is_retryable_status(self, status: int) -> bool:
-        return status in self.retry_statuses or status >= 500
+        """True for ``retry_statuses`` and for every status whose error class is
+        ``retryable`` (5xx, 429: :func:`durable_streams.errors.class_for`)."""
+        return status in self.retry_statuses or errors.class_for(status).retryable
 
     def delay(self, retry_number: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry ``retry_number`` (0 for the first retry)."""
@@ -190,32 +190,10 @@ def transport_error(exc: BaseException, *, url: str, operation: str,
     if params:
         shown += ("&" if "?" in url else "?") + "&".join(f"{name}=" for name, _ in params)
     what = describe_failure(exc, url)
-    err = errors.TransportError(
-        f"{operation} of {redact_url(shown)} failed: {what}", url=url, timeout=is_timeout(exc)
+    return errors.TransportError(
+        f"{operation} of {redact_url(shown)} failed: {what}", url=url, timeout=is_timeout(exc),
+        reached_server=_reached_server(exc),
     )
-    err.reached_server = _reached_server(exc)  # type: ignore[attr-defined]
-    return err
-
-
-def new_session(pool_size: int = 10) -> requests.Session:
-    """A ``requests.Session`` with a connection pool sized for ``pool_size`` concurrent calls."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0
-    )
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    # Compression costs more than it saves for stream bodies on fast links; the protocol
-    # payloads are usually already compact. Ask for identity encoding by default.
-    session.headers["Accept-Encoding"] = "identity"
-    return session
-
-
-class _NoAuth(requests.auth.AuthBase):
-    """Stands for "no credentials" so that requests does not look for ~/.netrc again."""
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        return r
 
 
 class HttpClient:
@@ -223,8 +201,10 @@ class HttpClient:
 
     Without a session (or with the :class:`DefaultSession` another client's :attr:`session`
     returned) requests go through the process-wide urllib3 transport (``_transport``); a
-    user's ``requests.Session`` is used exactly as given. Responses are
-    ``requests.Response`` objects either way.
+    user's ``requests.Session`` is used exactly as given (so that code mocking ``requests``,
+    with ``responses`` or ``requests_mock``, sees every request: pass a session). The choice
+    is made once, here. Responses are :class:`~durable_streams._response.Response` objects
+    either way.
     """
 
     def __init__(
@@ -233,82 +213,34 @@ class HttpClient:
         *,
         pool_size: int = 10,
         timeout: TimeoutLike = None,
+        total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
     ) -> None:
         self.owns_session = session is None
-        self._direct: DirectTransport | None = None
-        if _DIRECT and (session is None or type(session) is DefaultSession):
-            # No user session: the shared urllib3 transport (a DefaultSession is what
-            # another client's .session returned on this path; keep the fast path).
-            self._direct = default_transport()
-            self._direct.ensure_pool_size(pool_size)
-        elif session is None:
-            session = new_session(pool_size)
-        self._session = session
+        self.transport: Transport
+        if session is None or type(session) is DefaultSession:
+            # No user session: the shared urllib3 pools (a DefaultSession is what another
+            # client's .session returned on this path; it keeps the fast path).
+            self.transport = DefaultTransport(pool_size, session)
+        else:
+            self.transport = SessionTransport(session)
         self.timeout = normalize_timeout(timeout)
-        self._closed = False
-        self._lock = threading.Lock()
-        self._env_cache: dict[tuple[str, str, bool], dict[str, Any]] = {}
-        self._netrc_cache: dict[tuple[str, str], requests.auth.AuthBase] = {}
-
-    @property
-    def can_interrupt(self) -> bool:
-        """True when :meth:`send` honours ``on_sent`` (the default urllib3 path; a SOCKS
-        proxy route also goes through requests and is not interruptible this way)."""
-        return self._direct is not None
-
-    def interruptible(self, url: str) -> bool:
-        """True when :meth:`send` to ``url`` will call ``on_sent`` right now: the default
-        path, ``requests`` not patched by a mocking library, no SOCKS proxy for ``url``."""
-        direct = self._direct
-        if direct is None or _requests_mocked():
-            return False
-        try:
-            return not direct.route_for(url).fallback
-        except ValueError:  # send() reports the bad URL
-            return False
+        self.total_timeout = check_total_timeout(total_timeout)
 
     @property
     def session(self) -> requests.Session:
         """The user's session, or (default path) a working ``requests.Session`` that, given
         to another ``HttpClient``, keeps it on the shared urllib3 transport."""
-        session = self._session
-        if session is None:
-            with self._lock:
-                if self._session is None:
-                    self._session = DefaultSession()
-                session = self._session
-        return session
+        return self.transport.session
 
-    def _netrc_auth(self, url: str) -> Any:
-        """``~/.netrc`` credentials for the origin, looked up once (requests would stat the
-        file on every request). A no-op auth when there are none or trust_env is off."""
-        if not self.session.trust_env:
-            return None
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        cached = self._netrc_cache.get(key)
-        if cached is None:
-            found = requests.utils.get_netrc_auth(url)
-            cached = requests.auth.HTTPBasicAuth(*found) if found else _NoAuth()
-            self._netrc_cache[key] = cached
-        return cached
-
-    def _environment_settings(self, url: str, stream: bool) -> dict[str, Any]:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc, stream)
-        cached = self._env_cache.get(key)
-        if cached is None:
-            cached = dict(self.session.merge_environment_settings(url, {}, stream, None, None))
-            self._env_cache[key] = cached
-        return cached
+    def interruptible(self, url: str) -> bool:
+        """True when :meth:`send` to ``url`` calls ``on_sent`` (the default transport, no
+        SOCKS proxy for ``url``); otherwise a live read waits on a helper thread."""
+        return self.transport.interruptible(url)
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self.owns_session and self._session is not None:
-            self._session.close()
+        """Release what this client owns (idempotent): a user's session is never closed."""
+        if self.owns_session:
+            self.transport.close()
 
     def send(
         self,
@@ -322,74 +254,34 @@ class HttpClient:
         timeout: TimeoutLike = None,
         stream: bool = False,
         on_sent: Callable[[socket.socket], None] | None = None,
-    ) -> requests.Response:
-        """One HTTP exchange; transport failures become :class:`TransportError`.
+        deadline: float | None = None,
+    ) -> Response:
+        """One HTTP exchange through the transport; its failures become
+        :class:`TransportError` (and a header or URL HTTP cannot carry, ``ValueError``).
 
-        ``on_sent`` (default path only; see :attr:`can_interrupt`) is called in this thread
-        with the connection's socket once the request is written, before the response is
-        awaited: shutting that socket down from another thread ends the wait at once (the
-        call then raises :class:`TransportError`), with no helper thread per request.
+        Unless ``stream``, the body is read before returning: all of a success, at most
+        :data:`ERROR_BODY_LIMIT` bytes of an error. ``on_sent`` (see :meth:`interruptible`)
+        is called in this thread with the connection's socket once the request is written,
+        before the response is awaited: shutting that socket down from another thread ends
+        the wait at once (the call then raises :class:`TransportError`), with no helper
+        thread per request. ``deadline`` (a ``time.monotonic()`` value) bounds the reading
+        of a non-streamed body, however slowly the server drips it.
         """
         req_timeout = normalize_timeout(timeout) if timeout is not None else self.timeout
-        direct = self._direct
-        if direct is not None and not _requests_mocked():
-            bad_url: ValueError | None = None
-            try:
-                route = direct.route_for(url)
-            except ValueError as exc:  # e.g. a port out of range
-                bad_url = _malformed(exc, url=url, operation=operation)
-            if bad_url is not None:
-                raise bad_url
-            if not route.fallback:
-                query = list(params) if params else None
-                # The failure is raised outside the except clause so that it carries no
-                # implicit __context__ (whose text names the path with its query).
-                failure: Exception
-                INSIDE_REQUEST.active = True
-                SENT_HOOK.fn = on_sent
-                try:
-                    return direct.send(method, url, headers=headers, params=query, data=data,
-                                       timeout=req_timeout, stream=stream, route=route)
-                except ValueError as exc:  # http.client refuses a header or the URL
-                    failure = _malformed(exc, url=url, operation=operation)
-                except Exception as exc:  # urllib3 and socket errors
-                    failure = transport_error(exc, url=url, operation=operation, params=query)
-                finally:
-                    INSIDE_REQUEST.active = False
-                    SENT_HOOK.fn = None
-                raise failure
-        session = self.session
+        query = list(params) if params else None
+        transport = self.transport
+        # Failures are raised outside the except clauses so that they carry no implicit
+        # __context__ (whose text names the path with its query).
+        failure: Exception
         INSIDE_REQUEST.active = True
         try:
-            if type(session).request is not requests.Session.request:
-                # A session subclass that customises request(): go through it.
-                response = session.request(
-                    method, url, headers=dict(headers) if headers else None,
-                    params=list(params) if params else None, data=data, timeout=req_timeout,
-                    stream=stream, allow_redirects=method in ("GET", "HEAD"),
-                )
-            else:
-                # What Session.request() does, minus re-reading the environment for proxy
-                # and TLS settings on every call (about 0.1 ms each): they are looked up
-                # once per origin, which matters on the producer's and reader's hot paths.
-                prepared = session.prepare_request(requests.Request(
-                    method, url, headers=dict(headers) if headers else None,
-                    params=list(params) if params else None, data=data,
-                    auth=self._netrc_auth(url) if session.auth is None else None,
-                ))
-                response = session.send(
-                    prepared, timeout=req_timeout, allow_redirects=method in ("GET", "HEAD"),
-                    **self._environment_settings(prepared.url or url, stream),
-                )
-            if not stream:
-                _ = response.content  # read now so a broken body is a transport error
-        except requests.exceptions.InvalidHeader as exc:
+            return transport.send(method, url, headers=headers, params=query, data=data,
+                                  timeout=req_timeout, stream=stream, deadline=deadline,
+                                  on_sent=on_sent)
+        except ValueError as exc:  # http.client/requests refuse a header, or a bad URL
             failure = _malformed(exc, url=url, operation=operation)
-        except requests.exceptions.RequestException as exc:
-            failure = transport_error(exc, url=url, operation=operation,
-                                      params=list(params) if params else None)
-        else:
-            return response
+        except transport.failures as exc:
+            failure = transport_error(exc, url=url, operation=operation, params=query)
         finally:
             INSIDE_REQUEST.active = False
         raise failure
@@ -408,60 +300,83 @@ class HttpClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         idempotent: bool = True,
         timeout: TimeoutLike = None,
-        ok: Callable[[requests.Response], bool] | None = None,
-        stop: threading.Event | None = None,
-    ) -> requests.Response:
+        ok: Callable[[Response], bool] | None = None,
+    ) -> Response:
         """Send with retries; return a successful response or raise the mapped error.
 
         ``headers``/``params`` are resolved again for every attempt. ``extra_*`` are the
         protocol's own values and win over user ones. When ``idempotent`` is false, a
         transport failure after the request may have reached the server is not retried.
+
+        The whole call (every attempt, its connect and read, and the waits between them)
+        ends within :attr:`total_timeout` seconds: each attempt's timeouts are cut to what
+        is left, and no wait runs past it. A ``Retry-After`` longer than the policy's
+        ``max_retry_after``, or than what is left, is not slept through: the error is raised
+        at once with the server's hint in its message and ``retry_after``.
         """
         attempt = 0
         started = _monotonic()
+        total = self.total_timeout
+        deadline = started + total if total is not None else None
+        connect, read = normalize_timeout(timeout) if timeout is not None else self.timeout
         while True:
             all_headers = merge_headers(resolve(headers), extra_headers or {})
             query = build_query(resolve(params), extra_params or {})
+            attempt_timeout: tuple[float, float] = (connect, read)
+            if deadline is not None:
+                # Whole seconds (rounded up) keep the transport's per-timeout cache warm.
+                left = max(float(math.ceil(deadline - _monotonic())), 1.0)
+                if left < read or left < connect:
+                    attempt_timeout = (min(connect, left), min(read, left))
             try:
                 response = self.send(
                     method, url, operation=operation, headers=all_headers, params=query,
-                    data=data, timeout=timeout,
+                    data=data, timeout=attempt_timeout, deadline=deadline,
                 )
             except errors.TransportError as exc:
-                retryable = idempotent or not getattr(exc, "reached_server", True)
+                retryable = idempotent or not exc.reached_server
                 if not retryable or attempt >= retry.max_retries:
-                    if attempt:
-                        _note_attempts(exc, attempt + 1, _monotonic() - started)
-                    raise
+                    if not attempt:
+                        raise
+                    raise exc.with_note(_attempts_note(attempt + 1, started)) from None
                 wait = retry.delay(attempt)
+                if deadline is not None and _monotonic() + wait >= deadline:
+                    raise exc.with_note(_attempts_note(attempt + 1, started, total)) from None
                 log.debug("%s %s: %s; retry %d in %.3fs", method, redact_url(url), exc,
                           attempt + 1, wait)
             else:
                 status = response.status_code
                 if ok(response) if ok is not None else status < 300:
                     return response
+                attempts = attempt + 1
                 if not retry.is_retryable_status(status) or attempt >= retry.max_retries:
-                    failure = error_from(response, url=url, operation=operation)
-                    if attempt:
-                        _note_attempts(failure, attempt + 1, _monotonic() - started)
-                    raise failure
+                    raise error_from(response, url=url, operation=operation,
+                                     note=_attempts_note(attempts, started) if attempt else "")
                 retry_after = P.parse_retry_after(response.headers.get(P.RETRY_AFTER))
+                if retry_after is not None and retry_after > retry.max_retry_after:
+                    raise error_from(response, url=url, operation=operation, note=(
+                        f"; the server asked to retry after {retry_after:g} s, longer than "
+                        f"the retry policy's max_retry_after ({retry.max_retry_after:g} s): "
+                        "not waiting; try again later"))
                 wait = retry.delay(attempt, retry_after)
+                if deadline is not None and _monotonic() + wait >= deadline:
+                    hint = (f"; the server asked to retry after {retry_after:g} s"
+                            if retry_after is not None else "")
+                    raise error_from(response, url=url, operation=operation,
+                                     note=hint + _attempts_note(attempts, started, total))
+                response.close()
                 log.debug("%s %s: HTTP %d; retry %d in %.3fs", method, redact_url(url), status,
                           attempt + 1, wait)
             attempt += 1
-            if stop is not None:
-                if stop.wait(wait):
-                    raise errors.TransportError(f"{operation} cancelled for {redact_url(url)}",
-                                                url=url)
-            else:
-                time.sleep(wait)
+            time.sleep(wait)
 
 
-def _note_attempts(exc: errors.DurableStreamError, attempts: int, seconds: float) -> None:
-    """Say how hard we tried: "...; 6 attempts over 3.1 s"."""
-    exc.message = f"{exc.message}; {attempts} attempts over {seconds:.1f} s"
-    exc.args = (exc.message,)
+def _attempts_note(attempts: int, started: float, total: float | None = None) -> str:
+    """Say how hard we tried: "; 6 attempts over 3.1 s"."""
+    text = f"; {attempts} attempt{'s' if attempts != 1 else ''} over {_monotonic() - started:.1f} s"
+    if total is not None:
+        text += f" (the call's total_timeout of {total:g} s leaves no time for another)"
+    return text
 
 
 def _malformed(exc: Exception, *, url: str, operation: str) -> ValueError:
@@ -476,14 +391,17 @@ def _malformed(exc: Exception, *, url: str, operation: str) -> ValueError:
                       "fix the header or URL")
 
 
-def error_from(response: requests.Response, *, url: str, operation: str
+def error_from(response: Response, *, url: str, operation: str, note: str = ""
                ) -> errors.DurableStreamError:
+    """The exception for a non-success ``response`` (its body read up to
+    :data:`ERROR_BODY_LIMIT`); ``note`` is appended to the message."""
     try:
-        body = response.text if response.content else ""
-    except Exception:  # pragma: no cover - body already consumed or broken
+        body = response.load(ERROR_BODY_LIMIT).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - a broken body: the status still says what happened
         body = ""
+    response.close()
     return P.error_for_response(
-        response.status_code, response.headers, body, url=url, operation=operation
+        response.status_code, response.headers, body, url=url, operation=operation, note=note
     )
 
 
@@ -497,13 +415,16 @@ def build_query(user: Mapping[str, str], protocol: Mapping[str, str]) -> list[tu
 def normalize_timeout(timeout: TimeoutLike) -> tuple[float, float]:
     if timeout is None:
         return DEFAULT_TIMEOUT
-    if isinstance(timeout, tuple):
-        connect, read = timeout
-        return (float(connect), float(read))
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return (float(timeout), float(timeout))
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        return (_seconds(timeout[0], timeout), _seconds(timeout[1], timeout))
+    return (_seconds(timeout, timeout), _seconds(timeout, timeout))
 
 
-def header_map(response: requests.Response) -> Mapping[str, Any]:
-    return response.headers
+def _seconds(value: object, given: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 < value < float("inf")):
+        raise ValueError(
+            "timeout must be a positive finite number of seconds or a (connect, read) pair "
+            f"of them, got {given!r}")
+    return float(value)
+

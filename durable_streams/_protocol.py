@@ -10,7 +10,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import errors
+from . import _json, errors
+from ._redact import escape_text
 
 # Header names, as the protocol spells them. HTTP header names are case-insensitive;
 # ``requests`` gives case-insensitive mappings for responses.
@@ -56,12 +57,6 @@ def is_json(content_type: str | None) -> bool:
     return media_type(content_type) == "application/json"
 
 
-def is_text(content_type: str | None) -> bool:
-    """True for content types whose SSE data is sent as UTF-8 text (§5.8)."""
-    mt = media_type(content_type)
-    return mt.startswith("text/") or mt == "application/json"
-
-
 def header_true(value: str | None) -> bool:
     """The protocol's boolean headers are true only when exactly ``true`` (any case)."""
     return value is not None and value.strip().lower() == "true"
@@ -78,15 +73,17 @@ def parse_int_header(headers: Mapping[str, str], name: str) -> int | None:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), capped at 1 h."""
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 §10.2.3: delta-seconds, digits
+    only, or an HTTP-date), capped at one hour; ``None`` when absent or malformed (the
+    retry policy's own backoff then applies)."""
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
+    if value.isascii() and value.isdigit():
+        seconds = float(value[:9]) if len(value) > 9 else float(value)
+    else:
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
@@ -96,9 +93,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:  # "-0000" zone: UTC by RFC 5322, not local time
             when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds or seconds < 0:  # NaN or negative
-        return 0.0
-    return min(seconds, 3600.0)
+    return min(max(seconds, 0.0), 3600.0)
 
 
 def validate_ttl(ttl_seconds: int | None) -> str | None:
@@ -138,15 +133,17 @@ def encode_json_value(value: Any) -> bytes:
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return text.encode()
+    except RecursionError:
+        raise ValueError(
+            f"cannot serialise this {type(value).__name__} as JSON: it is nested too deeply "
+            "for json.dumps; pass pre-serialised JSON text (str) instead, which is accepted "
+            "at any depth"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"cannot serialise {type(value).__name__} as JSON for a JSON-mode stream: {exc}; "
             "pass JSON-serialisable data or pre-serialised JSON text (str)"
         ) from exc
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def check_json_text(data: bytes) -> None:
@@ -156,13 +153,21 @@ def check_json_text(data: bytes) -> None:
 
 def load_json(data: bytes | str) -> Any:
     """Parse JSON as the server does: UTF-8 only (``json.loads`` on bytes would also accept
-    UTF-16/32 and skip a byte-order mark, which the server rejects), no NaN/Infinity."""
+    UTF-16/32 and skip a byte-order mark, which the server rejects), no NaN/Infinity, and
+    no nesting limit (a deeply nested value is valid JSON: no ``RecursionError``)."""
     if not isinstance(data, str):
         data = bytes(data).decode("utf-8")
-    return json.loads(data, parse_constant=_reject_constant)
+    return _json.loads(data)
 
 
 # -- mapping responses to exceptions ---------------------------------------------------------
+
+
+def server_words(text: str, limit: int = 300) -> str:
+    """The server's explanation, fit for a message: whitespace runs as one space, cut at
+    ``limit`` characters, anything outside printable ASCII escaped (no control characters,
+    no undecodable bytes reach a terminal or a log)."""
+    return escape_text(" ".join(text.split()), limit)
 
 
 def error_for_response(
@@ -172,74 +177,80 @@ def error_for_response(
     *,
     url: str,
     operation: str,
+    note: str = "",
 ) -> errors.DurableStreamError:
-    """Build the exception for a non-success response of ``operation`` on ``url``."""
+    """Build the exception for a non-success response of ``operation`` on ``url``.
+
+    The class comes from :data:`errors.STATUS_CLASSES`, refined by context for 409 and
+    400/410 on reads; ``note`` ends the message (attempt counts, a Retry-After hint).
+    """
     reason = body.strip()
-    short = reason[:300]
+    short = server_words(reason)
     detail = f": {short}" if short else ""
-    kwargs: dict[str, Any] = {"status": status, "url": url, "headers": headers, "body": body[:4000]}
+    kwargs: dict[str, Any] = {"status": status, "url": url, "headers": headers,
+                              "body": body[:4000]}
+    lowered = reason.lower()
+    cls = errors.class_for(status)
+    message: str
+    extra: dict[str, Any] = {}
     if status == 404:
-        return errors.StreamNotFoundError(
-            f"{operation} failed: no stream at {url} (404)", **kwargs
-        )
-    if status == 409:
+        message = f"{operation} failed: no stream at {url} (404)"
+    elif status == 409:
         if header_true(headers.get(STREAM_CLOSED)):
             final = headers.get(STREAM_NEXT_OFFSET)
-            return errors.StreamClosedError(
-                f"{operation} failed: the stream at {url} is closed"
-                + (f" (final offset {final})" if final else ""),
-                final_offset=final,
-                **kwargs,
-            )
-        lowered = reason.lower()
-        if operation == "create":
-            return errors.StreamExistsError(
-                f"create failed: a stream already exists at {url} with a different "
-                f"configuration (409){detail}",
-                **kwargs,
-            )
-        if "content-type" in lowered or "content type" in lowered:
-            return errors.ContentTypeMismatchError(
-                f"{operation} failed: content type does not match the stream at {url} "
-                f"(409){detail}",
-                **kwargs,
-            )
-        if "sequence" in lowered or "seq" in lowered:
-            return errors.SeqConflictError(
-                f"{operation} failed: Stream-Seq is not greater than the last one accepted "
-                f"by {url} (409){detail}",
-                **kwargs,
-            )
-        return errors.ConflictError(f"{operation} failed: conflict at {url} (409){detail}",
-                                    **kwargs)
-    if status == 400:
-        if operation == "read" and ("offset" in reason.lower() or "invalid" in reason.lower()):
-            return errors.InvalidOffsetError(
-                f"read failed: the server rejected the offset for {url} (400){detail}", **kwargs
-            )
-        return errors.BadRequestError(f"{operation} failed: bad request for {url} (400){detail}",
-                                      **kwargs)
-    if status == 401:
-        return errors.UnauthorizedError(f"{operation} failed: unauthorized for {url} (401){detail}",
-                                        **kwargs)
-    if status == 403:
-        return errors.ForbiddenError(f"{operation} failed: forbidden for {url} (403){detail}",
-                                     **kwargs)
-    if status == 410:
-        return errors.RetentionGoneError(
-            f"{operation} failed: {url} is gone (deleted, or the offset is no longer "
-            f"retained) (410){detail}",
-            **kwargs,
-        )
-    if status == 429:
-        return errors.RateLimitedError(
-            f"{operation} failed: rate limited by the server for {url} (429){detail}",
-            retry_after=parse_retry_after(headers.get(RETRY_AFTER)),
-            **kwargs,
-        )
-    if status >= 500:
-        return errors.ServerError(f"{operation} failed: server error {status} for {url}{detail}",
-                                  **kwargs)
-    return errors.DurableStreamError(
-        f"{operation} failed: unexpected HTTP status {status} for {url}{detail}", **kwargs
-    )
+            cls = errors.StreamClosedError
+            extra["final_offset"] = final
+            message = (f"{operation} failed: the stream at {url} is closed"
+                       + (f" (final offset {final})" if final else ""))
+        elif operation == "create" and "deleted" in lowered and "fork" in lowered:
+            cls = errors.StreamSoftDeletedError
+            message = (f"create failed: the stream at {url} was deleted but still has forks "
+                       f"(409){detail}; its URL cannot be used again until every fork is "
+                       "deleted")
+        elif operation == "create":
+            cls = errors.StreamExistsError
+            message = (f"create failed: a stream already exists at {url} with a different "
+                       f"configuration (409){detail}")
+        elif "content-type" in lowered or "content type" in lowered:
+            cls = errors.ContentTypeMismatchError
+            message = (f"{operation} failed: content type does not match the stream at {url} "
+                       f"(409){detail}")
+        elif "sequence" in lowered or "seq" in lowered:
+            cls = errors.SeqConflictError
+            message = (f"{operation} failed: Stream-Seq is not greater than the last one "
+                       f"accepted by {url} (409){detail}")
+        else:
+            message = f"{operation} failed: conflict at {url} (409){detail}"
+    elif status == 400:
+        if operation == "read" and ("offset" in lowered or "invalid" in lowered):
+            cls = errors.InvalidOffsetError
+            message = f"read failed: the server rejected the offset for {url} (400){detail}"
+        else:
+            message = f"{operation} failed: bad request for {url} (400){detail}"
+    elif status == 401:
+        message = f"{operation} failed: unauthorized for {url} (401){detail}"
+    elif status == 403:
+        message = f"{operation} failed: forbidden for {url} (403){detail}"
+    elif status == 410:
+        if operation == "read" and ("offset" in lowered or "retain" in lowered
+                                    or "retention" in lowered):
+            cls = errors.RetentionGoneError
+            message = (f"read failed: the offset is before the data {url} still retains "
+                       f"(410){detail}; read from offset '-1' (the oldest retained data)")
+        else:
+            message = (f"{operation} failed: the stream at {url} is gone (410){detail}: by "
+                       "PROTOCOL §5 it was deleted but still has forks (soft-deleted); its data "
+                       "lives on only in the forks, and the URL cannot be used again until "
+                       "every fork is deleted")
+    elif status == 413:
+        message = (f"{operation} failed: the request body is too large for the server at "
+                   f"{url} (413){detail}; send smaller messages or batches")
+    elif status == 429:
+        extra["retry_after"] = parse_retry_after(headers.get(RETRY_AFTER))
+        message = f"{operation} failed: rate limited by the server for {url} (429){detail}"
+    elif status >= 500:
+        extra["retry_after"] = parse_retry_after(headers.get(RETRY_AFTER))
+        message = f"{operation} failed: server error {status} for {url}{detail}"
+    else:
+        message = f"{operation} failed: unexpected HTTP status {status} for {url}{detail}"
+    return cls(message + note, **extra, **kwargs)

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _json, errors
 from . import _protocol as P
-from . import errors
 from ._redact import redact_url
 
 __all__ = [
@@ -101,17 +100,10 @@ class RetryableRead(Exception):
         self.retry_after = retry_after
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def parse_json_array(data: bytes, *, where: str, url: str | None = None) -> list[Any]:
     """Decode a JSON-mode body (§9.1.5): exactly one JSON array. Raise :class:`ParseError`."""
     try:
-        value = _JSON_DECODER.decode(data.decode("utf-8"))
+        value = _json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise errors.ParseError(
             f"{where}: the server sent JSON that does not parse ({exc}); "
@@ -238,7 +230,7 @@ class ReadCursor:
         """
         where = self.where()
         try:
-            control = json.loads(text)
+            control = _json.loads(text)
         except ValueError as exc:
             raise errors.ParseError(
                 f"{where}: SSE control event is not JSON ({exc}): {text[:200]!r}", url=self.url

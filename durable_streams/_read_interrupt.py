@@ -11,8 +11,9 @@ once wherever it may be blocked:
   is reachable before the response headers arrive: the request runs on a short-lived helper
   thread (:meth:`StopSignal.call`); the reader stops waiting and the abandoned response is
   closed when it comes;
-- reading an SSE body: the socket of the watched response (:meth:`StopSignal.watch`) is
-  shut down, which wakes a blocked ``recv`` (closing it from another thread does not);
+- reading an SSE body: the watched response (:meth:`StopSignal.watch`) is shut down
+  (urllib3's ``HTTPResponse.shutdown()``), which wakes a blocked ``recv`` (closing it from
+  another thread does not);
 - sleeping between retries (:meth:`StopSignal.sleep`).
 
 Lock order: :attr:`StopSignal.lock` is the only lock of a read and is never held while a
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import requests
+from ._response import Response
 
 __all__ = ["OnSent", "StopSignal", "Stopped"]
 
@@ -54,29 +55,13 @@ class _Call:
         self.abandoned = False
 
 
-def shutdown_socket(response: requests.Response) -> None:
-    """Wake a thread blocked reading ``response`` by shutting its socket down.
-
-    Closing a socket from another thread does not interrupt a blocked ``recv`` on Linux;
-    ``shutdown`` does. Only the socket is touched here; the reading thread closes the response.
-    """
-    raw = getattr(response, "raw", None)
-    conn = getattr(raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is None:  # fall back to the socket behind the body's file object
-        fp = getattr(getattr(raw, "_fp", None), "fp", None)
-        sock = getattr(getattr(fp, "raw", None), "_sock", None)
-    if isinstance(sock, socket.socket):
-        _shutdown(sock)
-
-
 def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):  # already closed by the reading thread: nothing to do
         sock.shutdown(socket.SHUT_RDWR)
 
 
 def _close_if_response(value: Any) -> None:
-    if isinstance(value, requests.Response):
+    if isinstance(value, Response):
         value.close()
 
 
@@ -95,7 +80,7 @@ class StopSignal:
         self._event = threading.Event()
         self._waiter: _Call | None = None
         self._sock: socket.socket | None = None  # of the pending request (send())
-        self._watched: requests.Response | None = None
+        self._watched: Response | None = None
         self._timer: threading.Timer | None = None
         self._done = False  # no deadline timer may start any more
 
@@ -114,7 +99,7 @@ class StopSignal:
         if sock is not None:
             _shutdown(sock)
         if watched is not None:
-            shutdown_socket(watched)
+            watched.shutdown()
 
     def start_deadline(self, deadline: float) -> None:
         """Interrupt with ``"deadline"`` at ``deadline`` (a ``time.monotonic()`` value)."""
@@ -143,11 +128,6 @@ class StopSignal:
     def stopping(self) -> bool:
         return self.reason is not None
 
-    @property
-    def blocked(self) -> bool:
-        """True while the reader waits for a live answer or reads a watched SSE body."""
-        return self._waiter is not None or self._sock is not None or self._watched is not None
-
     def check(self) -> None:
         """Raise :class:`Stopped` once the read was interrupted."""
         if self.reason is not None:
@@ -158,7 +138,7 @@ class StopSignal:
         if self._event.wait(seconds):
             raise Stopped
 
-    def watch(self, response: requests.Response) -> None:
+    def watch(self, response: Response) -> None:
         """Let :meth:`interrupt` wake a read of ``response``'s body (closed if stopping)."""
         with self.lock:
             if self.reason is not None:
@@ -170,7 +150,7 @@ class StopSignal:
         with self.lock:
             self._watched = None
 
-    def call(self, fn: Callable[[], requests.Response]) -> requests.Response:
+    def call(self, fn: Callable[[], Response]) -> Response:
         """Run ``fn`` on a helper thread and wait for it unless :meth:`interrupt` intervenes.
 
         A live request blocks until the server answers (up to the long-poll hold) and no
@@ -221,10 +201,10 @@ class StopSignal:
         if self.reason is not None:
             value.close()
             raise Stopped
-        response: requests.Response = value
+        response: Response = value
         return response
 
-    def send(self, fn: Callable[[OnSent], requests.Response]) -> requests.Response:
+    def send(self, fn: Callable[[OnSent], Response]) -> Response:
         """Run ``fn(on_sent)`` on this thread; :meth:`interrupt` ends the wait for its answer.
 
         ``fn`` makes one request and passes ``on_sent`` to a transport that calls it with

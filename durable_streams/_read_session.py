@@ -6,8 +6,8 @@ response or SSE control event to the pure :class:`~durable_streams._read_cursor.
 which decides what it means. Stopping from another thread goes through the
 :class:`~durable_streams._read_interrupt.StopSignal` (on the default transport, through the
 socket of the pending request: ``HttpClient.send(on_sent=...)``). The only parts of a
-response used are ``status_code``, ``headers``, ``raw`` (``read``/``read1``),
-``iter_content``/``content`` as a fallback, and ``close()``.
+response used are ``status_code``, ``headers``, ``read``/``read1``/``load``, ``shutdown()``
+and ``close()`` (:class:`~durable_streams._response.Response`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator, Iterator
 from typing import Any, Literal
-
-import requests
 
 from . import _protocol as P
 from . import errors
@@ -33,9 +31,10 @@ from ._http import (
     resolve,
     transport_error,
 )
-from ._read_cursor import Chunk, ReadCursor, RetryableRead
+from ._read_cursor import Chunk, ReadCursor, RetryableRead, StreamEvent
 from ._read_interrupt import OnSent, Stopped, StopSignal
-from ._sse import SSEParser
+from ._response import Response
+from ._sse import DEFAULT_MAX_SSE_BYTES, SSELimitExceeded, SSEParser
 
 __all__ = ["LIVE_READ_TIMEOUT", "Chunks", "LiveMode", "ReadSession", "normalize_live"]
 
@@ -51,6 +50,8 @@ LiveMode = bool | Literal["auto", "long-poll", "sse"]
 LIVE_READ_TIMEOUT = 90.0
 
 _SSE_READ_SIZE = 64 * 1024
+#: The largest piece of a body ``iter_bytes()`` holds at once (1 MiB).
+BODY_PIECE = 1024 * 1024
 _SSE_HEADERS = {"Accept": "text/event-stream"}
 
 Chunks = Generator[Chunk, None, None]
@@ -85,8 +86,10 @@ class ReadSession:
         retry: RetryPolicy,
         timeout: TimeoutLike,
         content_type: str | None,
+        max_sse_bytes: int = DEFAULT_MAX_SSE_BYTES,
     ) -> None:
         self.cursor = cursor
+        self._max_sse = max_sse_bytes
         self.stop = stop
         self.url = cursor.url
         self.transport, self.auto = normalize_live(live)
@@ -107,8 +110,12 @@ class ReadSession:
         self._sse_idle_connections = 0
         self._sse_worked = False
         self._stop_when_current = False  # set when the loop starts
+        self._pieces = False
+        # iter_bytes pieces already delivered from the offset _delivered_at (see _take_pieces)
+        self._delivered_at: str | None = None
+        self._delivered = 0
         # Cross-thread (guarded by stop.lock): the first response, and release.
-        self._pending: requests.Response | None = None
+        self._pending: Response | None = None
         self.released = False
 
     def set_content_type(self, content_type: str | None) -> None:
@@ -160,14 +167,23 @@ class ReadSession:
         if self._owns_client:
             self._client.close()
 
-    def _take_pending(self) -> requests.Response | None:
+    def _take_pending(self) -> Response | None:
         response, self._pending = self._pending, None
         return response
 
     # -- the read loop --------------------------------------------------------------------
-    def chunks(self, stop_when_current: bool, deadline: float | None) -> Chunks:
-        """The read loop shared by every consumption method."""
+    def chunks(self, stop_when_current: bool, deadline: float | None,
+               pieces: bool = False) -> Chunks:
+        """The read loop shared by every consumption method.
+
+        With ``pieces`` (``iter_bytes``/``iter_text`` of a byte stream) a catch-up or
+        long-poll body is delivered as it arrives, in pieces of at most
+        :data:`BODY_PIECE` bytes, instead of being held whole: memory stays bounded
+        whatever the size of one response. Only the last piece of a response carries its
+        offset and flags.
+        """
         self._stop_when_current = stop_when_current
+        self._pieces = pieces
         cursor = self.cursor
         try:
             if deadline is not None:
@@ -182,15 +198,11 @@ class ReadSession:
                         response = self._take_pending()
                         if response is None:
                             response = self._fetch(None)
-                        chunk = self._take_http(response)
+                        yield from self._take(response)
                         if cursor.up_to_date:
                             self.live_phase = True
-                        if chunk is not None:
-                            yield chunk
                     elif self.transport == "long-poll":
-                        chunk = self._take_http(self._fetch("long-poll"))
-                        if chunk is not None:
-                            yield chunk
+                        yield from self._take(self._fetch("long-poll"))
                     else:
                         yield from self._sse_connection()
                     continue
@@ -198,7 +210,7 @@ class ReadSession:
                     failure = exc
                 except RetryableRead as exc:
                     failure, retry_after = exc.error, exc.retry_after
-                except errors.ParseError:
+                except (errors.ParseError, errors.ResponseTooLargeError):
                     raise
                 except errors.DurableStreamError as exc:
                     if not self._can_fall_back(exc):
@@ -219,6 +231,13 @@ class ReadSession:
         self.stop.check()
         if self._failures >= self._retry.max_retries:
             raise failure
+        if retry_after is not None and retry_after > self._retry.max_retry_after:
+            raise type(failure)(
+                f"{failure.message}; the server asked to retry after {retry_after:g} s, longer "
+                f"than the retry policy's max_retry_after ({self._retry.max_retry_after:g} s): "
+                "not waiting; try again later",
+                status=failure.status, url=failure.url, headers=failure.headers,
+                body=failure.body) from None
         wait = self._retry.delay(self._failures, retry_after)
         self._failures += 1
         log.debug("%s: %s; retry %d/%d in %.3fs", self.cursor.where(), failure,
@@ -237,7 +256,7 @@ class ReadSession:
                 and exc.status != 404)
 
     # -- requests -------------------------------------------------------------------------
-    def _fetch(self, live: str | None) -> requests.Response:
+    def _fetch(self, live: str | None) -> Response:
         """One GET from the current offset; a 2xx response with its body unread.
 
         Raises :class:`TransportError` or :class:`RetryableRead` for transient failures,
@@ -254,7 +273,7 @@ class ReadSession:
         else:
             timeout = self._live_timeout
 
-            def send(on_sent: OnSent | None = None) -> requests.Response:
+            def send(on_sent: OnSent | None = None) -> Response:
                 return self._client.send(
                     "GET", self.url, operation="read", headers=headers, params=query,
                     timeout=timeout, stream=True, on_sent=on_sent,
@@ -276,14 +295,9 @@ class ReadSession:
             raise RetryableRead(error, P.parse_retry_after(response.headers.get(P.RETRY_AFTER)))
         raise error
 
-    def _read_body(self, response: requests.Response) -> bytes:
+    def _read_body(self, response: Response) -> bytes:
         try:
-            raw = response.raw
-            read = getattr(raw, "read", None)
-            if read is not None:
-                data: bytes = read(decode_content=True)
-            else:  # pragma: no cover - an adapter without a urllib3 response
-                data = response.content
+            data = response.load()
         except Exception as exc:
             if self.stop.reason is not None:
                 raise Stopped from None
@@ -292,7 +306,57 @@ class ReadSession:
             response.close()
         return data
 
-    def _take_http(self, response: requests.Response) -> Chunk | None:
+    def _take(self, response: Response) -> Iterator[Chunk]:
+        if self._pieces and not self.cursor.json_mode and response.status_code != 204:
+            yield from self._take_pieces(response)
+            return
+        chunk = self._take_http(response)
+        if chunk is not None:
+            yield chunk
+
+    def _take_pieces(self, response: Response) -> Iterator[Chunk]:
+        """A body delivered as it arrives (see :meth:`chunks`). If the connection breaks
+        midway, the retry from the same offset skips what was already delivered (the data
+        at an offset never changes, PROTOCOL §8), so nothing is repeated."""
+        status, headers = response.status_code, response.headers
+        cursor = self.cursor
+        skip = self._delivered if self._delivered_at == cursor.offset else 0
+        self._delivered_at, self._delivered = cursor.offset, skip
+        held = b""
+        try:
+            while True:
+                try:
+                    piece = response.read(BODY_PIECE)
+                except Exception as exc:
+                    if self.stop.reason is not None:
+                        raise Stopped from None
+                    raise transport_error(exc, url=self.url, operation="read") from exc
+                self.stop.check()
+                if not piece:
+                    break
+                if skip:
+                    cut = min(skip, len(piece))
+                    piece, skip = piece[cut:], skip - cut
+                    if not piece:
+                        continue
+                if held:
+                    self._delivered += len(held)
+                    yield Chunk(StreamEvent(held, cursor.offset, False, False, cursor.cursor),
+                                None)
+                held = piece
+        finally:
+            response.close()
+        if skip:
+            raise RetryableRead(errors.DurableStreamError(
+                f"{cursor.where()}: the answer is shorter than the data already delivered "
+                "from this offset; asking again", code="PROTOCOL_ERROR", url=self.url), None)
+        chunk = cursor.apply_response(status, headers, held)
+        self._delivered_at, self._delivered = None, 0
+        self._failures = 0
+        if chunk is not None:
+            yield chunk
+
+    def _take_http(self, response: Response) -> Chunk | None:
         """Read a catch-up or long-poll response and apply it to the cursor (§5.6, §5.7)."""
         status = response.status_code
         if status == 204:
@@ -306,15 +370,15 @@ class ReadSession:
         self._failures = 0
         return chunk
 
+    def _too_large(self, what: str) -> errors.ResponseTooLargeError:
+        return errors.ResponseTooLargeError(
+            f"{self.cursor.where()}: {what} (max_sse_bytes); the server sent more than this "
+            "reader holds in memory: raise max_sse_bytes, or read with live='long-poll'",
+            url=self.url)
+
     # -- SSE ------------------------------------------------------------------------------
-    def _sse_bytes(self, response: requests.Response) -> Iterator[bytes]:
-        read1 = getattr(response.raw, "read1", None)
-        if read1 is None:  # pragma: no cover - urllib3 < 2 has no read1()
-            pieces = response.iter_content(chunk_size=None)
-
-            def read1(_size: int) -> bytes:
-                return next(pieces, b"")
-
+    def _sse_bytes(self, response: Response) -> Iterator[bytes]:
+        read1 = response.read1
         stop = self.stop
         while True:
             try:
@@ -347,20 +411,31 @@ class ReadSession:
         base64_data = encoding == "base64"
         status = response.status_code
         self.stop.watch(response)
-        parser = SSEParser()
+        parser = SSEParser(self._max_sse)
         parts: list[str] = []
+        pending = 0
         controls = 0
         try:
             for raw in self._sse_bytes(response):
-                for event in parser.feed(raw):
+                try:
+                    events = parser.feed(raw)
+                except SSELimitExceeded as exc:
+                    raise self._too_large(str(exc)) from None
+                for event in events:
                     self.stop.check()
                     if event.event == "data":
+                        pending += len(event.data)
+                        if pending > self._max_sse:
+                            raise self._too_large(
+                                f"the SSE data events before a control event add up to more "
+                                f"than {self._max_sse} bytes")
                         parts.append(event.data)
                     elif event.event == "control":
                         chunk = cursor.apply_control(event.data, parts, base64_data,
                                                      status=status)
                         self._failures = 0
                         parts = []
+                        pending = 0
                         controls += 1
                         self._sse_idle_connections = 0
                         self._sse_worked = True

@@ -82,6 +82,19 @@ def redact_text(text: str, *, url: str | None = None) -> str:
     return text
 
 
+_NOT_PLAIN = re.compile(r"[^\x20-\x7e]")
+
+
+def escape_text(text: str, limit: int = 200) -> str:
+    """``text`` fit for a message whatever a server put in it: cut at ``limit`` characters
+    (with an ellipsis), then every character outside printable ASCII escaped
+    (``\\x00``, ``\\xff``, ``\\u2028``), so nothing raw reaches a terminal or a log."""
+    cut = len(text) > limit
+    text = text[:limit]
+    text = _NOT_PLAIN.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text + "..." if cut else text
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter that redacts a record's message and its traceback text.
 

@@ -22,9 +22,17 @@ import codecs
 import re
 from dataclasses import dataclass
 
-__all__ = ["ServerSentEvent", "SSEParser"]
+__all__ = ["DEFAULT_MAX_SSE_BYTES", "SSELimitExceeded", "SSEParser", "ServerSentEvent"]
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+
+#: The longest SSE line, and the most data one event may carry, by default (64 MiB).
+DEFAULT_MAX_SSE_BYTES = 64 * 1024 * 1024
+
+
+class SSELimitExceeded(Exception):
+    """A line or an event is longer than the parser's limit (the reader turns this into a
+    :class:`~durable_streams.errors.ResponseTooLargeError` that names the URL)."""
 
 
 @dataclass(frozen=True)
@@ -38,35 +46,36 @@ class ServerSentEvent:
 
 
 class SSEParser:
-    """Turns a byte stream into :class:`ServerSentEvent` objects, incrementally."""
+    """Turns a byte stream into :class:`ServerSentEvent` objects, incrementally.
 
-    __slots__ = ("_decoder", "_partial", "_after_cr", "_started", "_event", "_data",
-                 "_has_data", "_last_id", "_retry")
+    The work is linear in the input: each character is looked at once when its chunk
+    arrives (the text of an unfinished line is kept in pieces and joined once, when the
+    line ends). ``max_bytes`` bounds the memory a server can make it hold: a line longer
+    than that, or an event whose data lines add up to more, raises
+    :class:`SSELimitExceeded`. Lengths are counted in decoded characters, which are bytes
+    for the ASCII of JSON and base64 data.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_decoder", "_partial", "_partial_len", "_after_cr", "_started", "_event",
+                 "_data", "_data_len", "_has_data", "_last_id", "_retry", "_max")
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_SSE_BYTES) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._partial = ""  # text of the line being received
+        self._partial: list[str] = []  # pieces of the line being received
+        self._partial_len = 0
         self._after_cr = False  # the previous chunk ended with CR: skip one leading LF
         self._started = False  # the BOM check has been done
         self._event = ""
         self._data: list[str] = []
+        self._data_len = 0
         self._has_data = False
         self._last_id: str | None = None
         self._retry: int | None = None
-
-    @property
-    def last_event_id(self) -> str | None:
-        """The last ``id:`` seen, as a reconnecting client would send in ``Last-Event-ID``."""
-        return self._last_id
+        self._max = max_bytes
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Consume ``chunk`` and return the events it completed (possibly none)."""
-        text = self._decoder.decode(chunk)
-        return self._feed_text(text)
-
-    def feed_text(self, text: str) -> list[ServerSentEvent]:
-        """Like :meth:`feed` for text that is already decoded."""
-        return self._feed_text(text)
+        return self._feed_text(self._decoder.decode(chunk))
 
     def _feed_text(self, text: str) -> list[ServerSentEvent]:
         if not text:
@@ -79,17 +88,33 @@ class SSEParser:
                     return []
         if self._after_cr:
             self._after_cr = False
-            if text.startswith("\n"):
+            if text[0] == "\n":
                 text = text[1:]
                 if not text:
                     return []
-        buffer = self._partial + text if self._partial else text
-        lines = _LINE_END.split(buffer)
-        self._partial = lines.pop()
-        self._after_cr = buffer.endswith("\r")
         events: list[ServerSentEvent] = []
-        for line in lines:
+        start = 0
+        for match in _LINE_END.finditer(text):
+            piece = text[start:match.start()]
+            if self._partial:
+                self._partial.append(piece)
+                line = "".join(self._partial)
+                self._partial = []
+                self._partial_len = 0
+            else:
+                line = piece
+            if len(line) > self._max:
+                raise SSELimitExceeded(f"an SSE line is longer than {self._max} bytes")
             self._line(line, events)
+            start = match.end()
+        if start < len(text):
+            rest = text[start:]
+            self._partial_len += len(rest)
+            if self._partial_len > self._max:
+                self._partial = []
+                raise SSELimitExceeded(f"an SSE line is longer than {self._max} bytes")
+            self._partial.append(rest)
+        self._after_cr = text[-1] == "\r"
         return events
 
     def _line(self, line: str, out: list[ServerSentEvent]) -> None:
@@ -102,6 +127,9 @@ class SSEParser:
         if sep and value[:1] == " ":
             value = value[1:]
         if name == "data":
+            self._data_len += len(value) + 1
+            if self._data_len > self._max:
+                raise SSELimitExceeded(f"an SSE event carries more than {self._max} bytes")
             self._data.append(value)
             self._has_data = True
         elif name == "event":
@@ -125,6 +153,7 @@ class SSEParser:
             )
         self._event = ""
         self._data = []
+        self._data_len = 0
         self._has_data = False
 
     def close(self) -> list[ServerSentEvent]:
@@ -132,8 +161,10 @@ class SSEParser:
         tail = self._decoder.decode(b"", final=True)
         if tail:
             self._feed_text(tail)
-        self._partial = ""
+        self._partial = []
+        self._partial_len = 0
         self._event = ""
         self._data = []
+        self._data_len = 0
         self._has_data = False
         return []

@@ -1,4 +1,10 @@
-"""The default transport: urllib3 directly, with the environment handling of ``requests``.
+"""The transport seam, and the default transport: urllib3 directly, with the environment
+handling of ``requests``.
+
+:class:`Transport` is the whole interface between the library and HTTP: send one request,
+get one :class:`~durable_streams._response.Response`. Two implementations: the default
+:class:`DefaultTransport` (below) and ``_session_transport.SessionTransport`` for a user's
+``requests.Session``; ``HttpClient`` picks one when it is made, never per request.
 
 Used when the caller passes no ``requests.Session``. Every request goes straight to a
 kept-alive urllib3 connection pool shared by the whole process (handles, producers and
@@ -12,38 +18,37 @@ looked up once per origin and looked up again when the relevant variables change
 - ``~/.netrc`` (or ``$NETRC``) credentials, and ``user:password@`` in the URL, sent as Basic
   auth unless the request carries its own ``Authorization`` header.
 
-Responses are :class:`requests.Response` objects, so callers see one type on both paths.
+Responses are :class:`~durable_streams._response.Response` objects, as on the other path.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 import requests.utils
 import urllib3
 import urllib3.connection
-from requests.auth import _basic_auth_str
-from requests.cookies import RequestsCookieJar
 from urllib3.exceptions import ClosedPoolError
+from urllib3.util import make_headers
 from urllib3.util.ssl_ import create_urllib3_context
 
+from ._response import ERROR_BODY_LIMIT, Response
 from ._version import USER_AGENT
 
 # http.client adds "Accept-Encoding: identity" itself (stream bodies are compact; compression
 # would cost more than it saves on fast links) and urllib3 adds no Accept.
 _DEFAULT_HEADERS = {"User-Agent": USER_AGENT}
 _DEFAULT_LOWER = {k.lower(): k for k in _DEFAULT_HEADERS}
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 30  # as requests
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 30  # as requests
 _ENV_NAMES = tuple(
     name
     for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -51,46 +56,30 @@ _ENV_NAMES = tuple(
 ) + ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC", "HOME")
 DEFAULT_POOL_SIZE = 16
 _NO_RETRIES = urllib3.Retry(total=False, redirect=False)  # the retry loop is HttpClient's
+#: The only headers a redirect to another origin keeps: the library's own, which say nothing
+#: about the application (every header it supplied, credentials included, is dropped).
+CROSS_ORIGIN_KEPT = frozenset({"accept", "user-agent"})
 
 
-class DirectResponse(requests.Response):
-    """A ``requests.Response`` built from a urllib3 response without the adapter's work.
+def basic_auth(user: str | None, password: str | None) -> str:
+    """An ``Authorization`` value for HTTP Basic credentials (urllib3's public helper)."""
+    return make_headers(basic_auth=f"{user or ''}:{password or ''}")["authorization"]
 
-    ``raw`` is the urllib3 response (streamed bodies are read from it, and its socket can be
-    shut down from another thread); ``headers`` is urllib3's case-insensitive header dict.
-    """
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, elapsed: float) -> None:
-        # requests.Response.__init__ builds a cookie jar and more that nothing here uses.
-        self._content: Any = False
-        self._content_consumed = False
-        self._next = None
-        self.status_code = raw.status
-        self.headers = raw.headers  # type: ignore[assignment]
-        self.raw = raw
-        self.url = url
-        self.encoding = requests.utils.get_encoding_from_headers(raw.headers)
-        self.history = []
-        self.reason = raw.reason or ""
-        self.elapsed = datetime.timedelta(seconds=elapsed)
-        self.request = None  # type: ignore[assignment]
-        self.connection = None  # type: ignore[assignment]
-        self._jar: RequestsCookieJar | None = None
+def same_origin(a: str, b: str) -> bool:
+    old, new = urlsplit(a), urlsplit(b)
+    return (old.scheme, old.hostname, old.port) == (new.scheme, new.hostname, new.port)
 
-    def preload(self) -> None:
-        """Take the body urllib3 has already read (``preload_content=True``)."""
-        self._content = self.raw.data or b""
-        self._content_consumed = True
 
-    @property
-    def cookies(self) -> RequestsCookieJar:
-        if self._jar is None:
-            self._jar = RequestsCookieJar()
-        return self._jar
+def cross_origin_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """What a request redirected to another origin may still carry (see CROSS_ORIGIN_KEPT)."""
+    return {k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_KEPT}
 
-    @cookies.setter
-    def cookies(self, jar: RequestsCookieJar) -> None:
-        self._jar = jar
+
+def read_now(response: Response, deadline: float | None = None) -> None:
+    """Read a non-streamed body at once: all of a success, at most ERROR_BODY_LIMIT bytes
+    of an error (the server's explanation; the rest is never read), by ``deadline``."""
+    response.load(None if response.status_code < 400 else ERROR_BODY_LIMIT, deadline)
 
 
 #: ``fn`` (a callable taking the socket), set by the caller for the duration of one request.
@@ -165,7 +154,6 @@ def _tls_context(verify: object) -> ssl.SSLContext:
     return ctx
 
 
-_ENV_KEYS_BYTES = tuple(os.fsencode(name) for name in _ENV_NAMES)
 _netrc_seen: tuple[str, float, object] = ("", 0.0, None)
 _NETRC_RECHECK = 1.0  # seconds between looks at the netrc file's size and mtime
 
@@ -174,15 +162,9 @@ def _env_key() -> tuple[object, ...]:
     """What the per-origin settings depend on: the relevant variables, and the netrc file
     (looked at again at most once a second; a changed path is looked at at once)."""
     global _netrc_seen
-    data = getattr(os.environ, "_data", None)  # POSIX: bytes keys, no decoding per lookup
-    if isinstance(data, dict) and os.name == "posix":
-        values: list[object] = [data.get(key) for key in _ENV_KEYS_BYTES]
-        netrc_env, home = data.get(b"NETRC"), data.get(b"HOME")
-        path = os.fsdecode(netrc_env) if netrc_env else (
-            os.path.join(os.fsdecode(home), ".netrc") if home else "~/.netrc")
-    else:  # pragma: no cover - other platforms
-        values = [os.environ.get(name) for name in _ENV_NAMES]
-        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    environ = os.environ
+    values: list[object] = [environ.get(name) for name in _ENV_NAMES]
+    path = environ.get("NETRC") or os.path.join(environ.get("HOME") or "~", ".netrc")
     seen_path, checked, stamp = _netrc_seen
     now = time.monotonic()
     if path != seen_path or now - checked > _NETRC_RECHECK:
@@ -242,11 +224,11 @@ class DirectTransport:
         auth = None
         found = requests.utils.get_netrc_auth(url)
         if found:
-            auth = _basic_auth_str(*found)
+            auth = basic_auth(*found)
         elif "@" in netloc:
             user, password = requests.utils.get_auth_from_url(url)
             if user or password:
-                auth = _basic_auth_str(user, password)
+                auth = basic_auth(user, password)
         pool_kw: dict[str, Any] = {}
         if scheme == "https":
             verify = settings.get("verify", True)
@@ -265,7 +247,7 @@ class DirectTransport:
                     headers: dict[str, str] = {}
                     p_user, p_password = requests.utils.get_auth_from_url(proxy)
                     if p_user:
-                        headers["Proxy-Authorization"] = _basic_auth_str(p_user, p_password)
+                        headers["Proxy-Authorization"] = basic_auth(p_user, p_password)
                     manager = urllib3.ProxyManager(
                         requests.utils.prepend_scheme_if_needed(  # type: ignore[no-untyped-call]
                             proxy, "http"),
@@ -320,9 +302,12 @@ class DirectTransport:
         timeout: tuple[float, float],
         stream: bool,
         route: Route,
-    ) -> DirectResponse:
-        """One exchange (following redirects for GET/HEAD as requests does). urllib3's
-        exceptions propagate; the caller turns them into TransportError."""
+        deadline: float | None = None,
+    ) -> Response:
+        """One exchange, following redirects for GET/HEAD (to another origin with none of
+        the application's headers: :data:`CROSS_ORIGIN_KEPT`). urllib3's exceptions
+        propagate; the caller turns them into TransportError. Unless ``stream``, the body
+        is read before returning (:func:`read_now`)."""
         full = url
         if "@" in url:  # user-info travels as Authorization, never in the request target
             parts = urlsplit(url)
@@ -353,21 +338,21 @@ class DirectTransport:
             else:
                 chunked = True
         t = self._timeout(timeout)
-        for _ in range(_MAX_REDIRECTS + 1):
-            started = time.perf_counter()
-            response = self._urlopen(route, method, full, out, data, t, stream, chunked)
-            result = DirectResponse(response, full, time.perf_counter() - started)
-            location = response.headers.get("Location") if response.status in _REDIRECTS \
-                else None
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._urlopen(route, method, full, out, data, t, chunked)
+            result = Response(response, full)
+            location = response.headers.get("Location") \
+                if response.status in REDIRECT_STATUSES else None
             if not location or method not in ("GET", "HEAD"):
                 if not stream:
-                    result.preload()
+                    read_now(result, deadline)
                 return result
             result.close()
             nxt = urljoin(full, location)
-            old, new = urlsplit(full), urlsplit(nxt)
-            if (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port):
-                out.pop("Authorization", None)  # credentials stay with their origin
+            if not same_origin(full, nxt):
+                # Nothing the application sent goes to another origin.
+                out = cross_origin_headers(out)
+                has_auth = False
                 route = self.route_for(nxt)
                 if route.fallback:
                     raise urllib3.exceptions.ProxySchemeUnknown(
@@ -375,14 +360,14 @@ class DirectTransport:
                 if route.auth is not None and not has_auth:
                     out["Authorization"] = route.auth
             full = nxt
-        raise requests.exceptions.TooManyRedirects(f"more than {_MAX_REDIRECTS} redirects")
+        raise requests.exceptions.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
 
     def _urlopen(self, route: Route, method: str, url: str, headers: dict[str, str],
-                 data: Any, timeout: urllib3.Timeout, stream: bool, chunked: bool
+                 data: Any, timeout: urllib3.Timeout, chunked: bool
                  ) -> urllib3.BaseHTTPResponse:
         kw: dict[str, Any] = {
             "body": data, "headers": headers, "retries": _NO_RETRIES, "redirect": False,
-            "preload_content": not stream, "decode_content": True, "timeout": timeout,
+            "preload_content": False, "decode_content": True, "timeout": timeout,
             "chunked": chunked,
         }
         if route.proxied:
@@ -399,6 +384,92 @@ class DirectTransport:
             route = self.route_for(url)
             response = route.pool.urlopen(method, target, assert_same_host=False, **kw)
         return response
+
+
+class Transport(Protocol):
+    """Send one request, get one response (the seam every request goes through)."""
+
+    #: The exceptions a failed exchange raises (the caller makes a TransportError of them).
+    failures: tuple[type[BaseException], ...]
+
+    @property
+    def session(self) -> requests.Session: ...
+
+    def send(self, method: str, url: str, *, headers: Mapping[str, str] | None,
+             params: list[tuple[str, str]] | None, data: bytes | Iterable[bytes] | None,
+             timeout: tuple[float, float], stream: bool, deadline: float | None,
+             on_sent: Callable[[Any], None] | None = None) -> Response:
+        """One exchange (redirects followed for GET/HEAD); unless ``stream`` the body is
+        read before returning (:func:`read_now`). ``on_sent`` receives the socket once the
+        request is written, where :meth:`interruptible` says so."""
+
+    def interruptible(self, url: str) -> bool:
+        """True when :meth:`send` to ``url`` calls ``on_sent``."""
+
+    def close(self) -> None:
+        """Release what the transport holds."""
+
+
+class DefaultTransport:
+    """The shared urllib3 pools (:func:`default_transport`) for one client. An origin behind
+    a SOCKS proxy goes through ``requests`` (which supports it) instead."""
+
+    failures: tuple[type[BaseException], ...] = (Exception,)
+
+    def __init__(self, pool_size: int, session: requests.Session | None = None) -> None:
+        self._direct = default_transport()
+        self._direct.ensure_pool_size(pool_size)
+        self._session = session
+        self._fallback: Any = None  # a SessionTransport, made for a SOCKS route
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        """A working ``requests.Session`` (a :class:`DefaultSession`, made on first use)."""
+        with self._lock:
+            if self._session is None:
+                self._session = DefaultSession()
+            return self._session
+
+    def _session_transport(self) -> Any:
+        from ._session_transport import SessionTransport
+
+        with self._lock:
+            if self._fallback is None:
+                if self._session is None:
+                    self._session = DefaultSession()
+                self._fallback = SessionTransport(self._session)
+            return self._fallback
+
+    def interruptible(self, url: str) -> bool:
+        try:
+            return not self._direct.route_for(url).fallback
+        except ValueError:  # send() reports the bad URL
+            return False
+
+    def send(self, method: str, url: str, *, headers: Mapping[str, str] | None,
+             params: list[tuple[str, str]] | None, data: bytes | Iterable[bytes] | None,
+             timeout: tuple[float, float], stream: bool, deadline: float | None,
+             on_sent: Callable[[Any], None] | None = None) -> Response:
+        route = self._direct.route_for(url)  # ValueError for a URL HTTP cannot carry
+        if route.fallback:
+            response: Response = self._session_transport().send(
+                method, url, headers=headers, params=params, data=data, timeout=timeout,
+                stream=stream, deadline=deadline)
+            return response
+        SENT_HOOK.fn = on_sent
+        try:
+            return self._direct.send(method, url, headers=headers, params=params, data=data,
+                                     timeout=timeout, stream=stream, route=route,
+                                     deadline=deadline)
+        finally:
+            SENT_HOOK.fn = None
+
+    def close(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
 _default: DirectTransport | None = None

@@ -9,13 +9,14 @@ made. :func:`describe_failure` finds the underlying cause and says it plainly.
 from __future__ import annotations
 
 import errno
+import http.client
 import socket
 from urllib.parse import urlsplit
 
 import requests
 from urllib3 import exceptions as u3
 
-from ._redact import redact_text
+from ._redact import escape_text, redact_text
 
 try:  # urllib3 >= 2
     from urllib3.exceptions import NameResolutionError
@@ -76,11 +77,30 @@ def _plain(exc: BaseException | None) -> str:
     if exc is None:
         return ""
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+        return escape_text(exc.strerror)
     text = str(exc)
     if "Max retries exceeded" in text:  # urllib3's wording hides what happened
         text = text.split("(Caused by", 1)[-1].rstrip(")")
-    return redact_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+    return escape_text(redact_text(f"{type(exc).__name__}: {text}" if text
+                                   else type(exc).__name__))
+
+
+def _http_error(exc: BaseException) -> http.client.HTTPException | None:
+    """The ``http.client`` exception behind ``exc``: the server's answer was not HTTP."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        # RemoteDisconnected is a BadStatusLine too, but means "closed", not "not HTTP".
+        if isinstance(cur, http.client.HTTPException) and not isinstance(
+                cur, http.client.RemoteDisconnected):
+            return cur
+        for arg in getattr(cur, "args", ()):
+            if isinstance(arg, http.client.HTTPException) and not isinstance(
+                    arg, http.client.RemoteDisconnected):
+                return arg
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def describe_failure(exc: BaseException, url: str) -> str:
@@ -105,6 +125,14 @@ def describe_failure(exc: BaseException, url: str) -> str:
         return f"the proxy failed the request to {where}: {_plain(root.original_error)}"
     if isinstance(root, u3.SSLError) or isinstance(exc, requests.exceptions.SSLError):
         return f"TLS with {where} failed: {_plain(_os_error(root) or root)}"
+    not_http = _http_error(root)
+    if isinstance(not_http, http.client.LineTooLong):
+        return (f"the server at {where} sent a status or header line longer than HTTP allows; "
+                "is this URL a Durable Streams server?")
+    if isinstance(not_http, (http.client.BadStatusLine, http.client.UnknownProtocol)):
+        sample = escape_text(str(not_http.args[0]) if not_http.args else "", 40)
+        return (f"the server at {where} answered with something that is not HTTP "
+                f'(it began "{sample}"); is this URL a Durable Streams server?')
     if isinstance(root, u3.ProtocolError):
         inner = _os_error(root)
         if inner is None:

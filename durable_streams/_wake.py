@@ -110,22 +110,11 @@ def error_code(body: str) -> tuple[str | None, dict[str, Any]]:
     return (str(code) if code is not None else None), err
 
 
-_BY_CODE: dict[str, type[errors.DurableStreamError]] = {
-    "SUBSCRIPTION_NOT_FOUND": errors.SubscriptionNotFoundError,
-    "SUBSCRIPTION_ALREADY_EXISTS": errors.SubscriptionExistsError,
-    "FENCED": errors.FencedError,
-    "INVALID_OFFSET": errors.InvalidOffsetError,
-    "WEBHOOK_URL_REJECTED": errors.WebhookURLRejectedError,
-    "TOKEN_INVALID": errors.UnauthorizedError,
-    "TOKEN_EXPIRED": errors.UnauthorizedError,
-}
-
-
 def subscription_error(status: int, headers: Mapping[str, str], body: str, *, url: str,
                        operation: str, hint: str = "") -> errors.DurableStreamError:
     """The exception for a failed subscription API call; ``hint`` is appended (what to do)."""
     code, err = error_code(body)
-    cls = _BY_CODE.get(code or "")
+    cls = errors.CODE_CLASSES.get(code or "")
     if cls is None:
         cls = {400: errors.BadRequestError, 401: errors.UnauthorizedError,
                404: errors.SubscriptionNotFoundError, 409: errors.ConflictError}.get(

@@ -25,10 +25,12 @@ __all__ = [
     "InvalidOffsetError",
     "JournalError",
     "ParseError",
+    "PayloadTooLargeError",
     "ProducerClosedError",
     "ProducerError",
     "ProducerForkedError",
     "RateLimitedError",
+    "ResponseTooLargeError",
     "RetentionGoneError",
     "SeqConflictError",
     "SequenceGapError",
@@ -65,6 +67,9 @@ class DurableStreamError(Exception):
     """
 
     default_code = "UNEXPECTED_STATUS"
+    #: Whether repeating the same request may succeed (transport failures, 5xx, 429):
+    #: a property of the class, never of one instance.
+    retryable = False
 
     def __init__(
         self,
@@ -95,15 +100,40 @@ class DurableStreamError(Exception):
 
 
 class TransportError(DurableStreamError):
-    """No usable HTTP response: connection refused or reset, timeout, broken body."""
+    """No usable HTTP response: connection refused or reset, timeout, broken body, or an
+    answer that is not HTTP. ``timeout`` is True for timeouts (``code`` ``"TIMEOUT"``);
+    ``reached_server`` is False only when the request certainly never reached the server."""
 
     default_code = "NETWORK_ERROR"
+    retryable = True
 
-    def __init__(self, message: str, *, timeout: bool = False, **kwargs: object) -> None:
+    def __init__(self, message: str, *, timeout: bool = False, reached_server: bool = True,
+                 **kwargs: object) -> None:
+        if timeout and kwargs.get("code") is None:
+            kwargs["code"] = "TIMEOUT"
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.timeout = timeout
-        if timeout and self.code == "NETWORK_ERROR":
-            self.code = "TIMEOUT"
+        self.reached_server = reached_server
+
+    def with_note(self, note: str) -> TransportError:
+        """A new error of the same kind whose message ends with ``note``."""
+        return type(self)(self.message + note, timeout=self.timeout,
+                          reached_server=self.reached_server, status=self.status,
+                          code=self.code, url=self.url, headers=self.headers, body=self.body)
+
+
+class ResponseTooLargeError(DurableStreamError):
+    """The server sent more than the client's limit allows in one piece (an SSE line or
+    event longer than ``max_sse_bytes``): reading stops instead of holding it in memory."""
+
+    default_code = "RESPONSE_TOO_LARGE"
+
+
+class PayloadTooLargeError(DurableStreamError):
+    """413: the server refused the request body as too large; send smaller messages or
+    batches (``IdempotentProducer(max_batch_bytes=...)``)."""
+
+    default_code = "PAYLOAD_TOO_LARGE"
 
 
 class ParseError(DurableStreamError):
@@ -193,6 +223,7 @@ class RateLimitedError(DurableStreamError):
     """429: too many requests; ``retry_after`` is the server's hint in seconds, if any."""
 
     default_code = "RATE_LIMITED"
+    retryable = True
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object):
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
@@ -200,9 +231,15 @@ class RateLimitedError(DurableStreamError):
 
 
 class ServerError(DurableStreamError):
-    """5xx from the server (after any retries)."""
+    """5xx from the server (after any retries); ``retry_after`` is the server's
+    ``Retry-After`` hint in seconds, if it gave one."""
 
     default_code = "SERVER_ERROR"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
 
 
 # -- producer errors ----------------------------------------------------------------------
@@ -367,3 +404,45 @@ class WebhookSignatureError(DurableStreamError):
     def __init__(self, message: str, *, reason: str = "bad_signature", **kwargs: object):
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.reason = reason
+
+
+# -- the error table: status and server error code -> class ----------------------------------
+
+#: The exception class for each HTTP status the protocol gives a meaning to (PROTOCOL §5).
+#: Refinements by context (409 + ``Stream-Closed``, 409 on create, 410 on a read with an
+#: offset...) are made by the code building the error; everything else uses this table.
+STATUS_CLASSES: dict[int, type[DurableStreamError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: StreamNotFoundError,
+    409: ConflictError,
+    410: StreamSoftDeletedError,
+    413: PayloadTooLargeError,
+    429: RateLimitedError,
+}
+
+#: The exception class for each machine-readable server error code
+#: (``{"error": {"code": ...}}`` bodies of the subscription APIs, PROTOCOL §6-§7).
+CODE_CLASSES: dict[str, type[DurableStreamError]] = {
+    "SUBSCRIPTION_NOT_FOUND": SubscriptionNotFoundError,
+    "SUBSCRIPTION_ALREADY_EXISTS": SubscriptionExistsError,
+    "FENCED": FencedError,
+    "INVALID_OFFSET": InvalidOffsetError,
+    "WEBHOOK_URL_REJECTED": WebhookURLRejectedError,
+    "TOKEN_INVALID": UnauthorizedError,
+    "TOKEN_EXPIRED": UnauthorizedError,
+}
+
+
+def class_for(status: int | None, code: str | None = None) -> type[DurableStreamError]:
+    """The exception class for a response: by server error code first, then by status
+    (5xx: :class:`ServerError`; anything else unknown: :class:`DurableStreamError`).
+    ``class_for(...).retryable`` says whether the request may be repeated."""
+    if code is not None and code in CODE_CLASSES:
+        return CODE_CLASSES[code]
+    if status is None:
+        return TransportError
+    if status >= 500:
+        return ServerError
+    return STATUS_CLASSES.get(status, DurableStreamError)

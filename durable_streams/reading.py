@@ -102,6 +102,7 @@ from ._read_cursor import (
 from ._read_interrupt import StopSignal
 from ._read_session import LIVE_READ_TIMEOUT, Chunks, LiveMode, ReadSession, normalize_live
 from ._redact import redact_url
+from ._sse import DEFAULT_MAX_SSE_BYTES
 
 __all__ = [
     "LIVE_READ_TIMEOUT",
@@ -149,6 +150,7 @@ class StreamResponse:
         content_type: str | None,
         stop_after: float | None,
         stop_at_up_to_date: bool,
+        max_sse_bytes: int = DEFAULT_MAX_SSE_BYTES,
     ) -> None:
         self._url = url
         self._live = live
@@ -157,7 +159,7 @@ class StreamResponse:
         self._session = ReadSession(
             self._cursor, self._stop, live=live, headers=headers, params=params,
             client=client, owns_client=owns_client, retry=retry, timeout=timeout,
-            content_type=content_type,
+            content_type=content_type, max_sse_bytes=max_sse_bytes,
         )
         self._deadline = time.monotonic() + stop_after if stop_after is not None else None
         self._stop_at_up_to_date = stop_at_up_to_date
@@ -219,8 +221,12 @@ class StreamResponse:
         return _events(chunks)
 
     def iter_bytes(self) -> Iterator[bytes]:
-        """Yield the data of each non-empty chunk (for JSON streams: JSON array texts)."""
-        chunks = self._consume("iter_bytes", until_up_to_date=False)
+        """Yield the data of each non-empty chunk (for JSON streams: JSON array texts).
+
+        For a byte stream, a large response is yielded in pieces as it arrives (at most
+        1 MiB each), so memory stays bounded whatever the server sends in one response.
+        """
+        chunks = self._consume("iter_bytes", until_up_to_date=False, pieces=True)
         return _data(chunks)
 
     def iter_text(self) -> Iterator[str]:
@@ -229,7 +235,7 @@ class StreamResponse:
         A multi-byte character split across chunks is kept whole. Bytes that are not UTF-8
         raise :class:`ParseError` (use :meth:`iter_bytes` for binary streams).
         """
-        chunks = self._consume("iter_text", until_up_to_date=False)
+        chunks = self._consume("iter_text", until_up_to_date=False, pieces=True)
         return _text(chunks, self)
 
     def iter_json(self) -> Iterator[Any]:
@@ -309,7 +315,7 @@ class StreamResponse:
                 "iter_bytes()/iter_text()/read_bytes()"
             )
 
-    def _consume(self, method: str, *, until_up_to_date: bool) -> Chunks:
+    def _consume(self, method: str, *, until_up_to_date: bool, pieces: bool = False) -> Chunks:
         with self._stop.lock:
             if self._consumer is not None:
                 raise RuntimeError(
@@ -323,7 +329,7 @@ class StreamResponse:
         stop_when_current = (
             self._session.transport is None or until_up_to_date or self._stop_at_up_to_date
         )
-        return self._session.chunks(stop_when_current, self._deadline)
+        return self._session.chunks(stop_when_current, self._deadline, pieces)
 
 
 # -- consumption adapters (generators, so that the consumption guard runs at call time) ----
@@ -401,6 +407,7 @@ def stream(
     content_type: str | None = None,
     stop_after: float | None = None,
     stop_at_up_to_date: bool = False,
+    max_sse_bytes: int = DEFAULT_MAX_SSE_BYTES,
     _client: HttpClient | None = None,
 ) -> StreamResponse:
     """Read the stream at ``url`` from ``offset``; returns a one-shot :class:`StreamResponse`.
@@ -415,17 +422,29 @@ def stream(
             (the stream was closed), at ``stop_after``, or on :meth:`StreamResponse.close`.
         headers, params: extra request headers / query parameters; values may be callables,
             evaluated for every request (token refresh).
-        session: a ``requests.Session`` to use (never closed here).
+        session: a ``requests.Session`` to send the requests through, used as given and
+            never closed here (pass one when your tests mock ``requests``). Default: the
+            shared urllib3 pools; a live request is then stopped through its socket.
         timeout: ``(connect, read)`` seconds or one number. Live requests use a read timeout
             of at least :data:`LIVE_READ_TIMEOUT` so that an idle stream is not taken for a
             dead connection.
-        retry: the :class:`RetryPolicy` for transient failures (default: 5 retries).
+        retry: the :class:`RetryPolicy` for transient failures (default: 5 retries); the
+            count is reset by every response processed. A ``Retry-After`` beyond its
+            ``max_retry_after`` raises at once.
         content_type: the stream's content type if already known (a catch-up response's
             own ``Content-Type`` wins); spares ``live="sse"`` its ``HEAD`` request.
         stop_after: stop following after this many seconds (counted from this call); the
             iteration then ends normally with what was delivered.
         stop_at_up_to_date: end the iteration at the first up-to-date signal even in a live
             mode.
+        max_sse_bytes: the most SSE data held in memory before it can be delivered: one
+            line, one event, and the data events awaiting their control event (characters
+            of decoded text, i.e. bytes for JSON and base64 data). Default 64 MiB. Past it
+            the read raises :class:`ResponseTooLargeError` (not retried).
+
+    Memory: ``iter_bytes()``/``iter_text()`` of a byte stream deliver a large response in
+    pieces of at most 1 MiB as it arrives; the other methods hold one response (or one SSE
+    chunk) whole. Error bodies are read up to 64 KiB.
 
     The first request is sent before this function returns: a missing stream raises
     :class:`StreamNotFoundError`, a malformed offset :class:`InvalidOffsetError`.
@@ -444,6 +463,9 @@ def stream(
         raise ValueError(f"stop_after must be a positive number of seconds, got {stop_after!r}")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+    if isinstance(max_sse_bytes, bool) or not isinstance(max_sse_bytes, int) \
+            or max_sse_bytes < 1024:
+        raise ValueError(f"max_sse_bytes must be an int >= 1024, got {max_sse_bytes!r}")
     if _client is not None and session is not None:
         raise ValueError("pass session= to DurableStream(...), not to its stream() method")
     client = _client if _client is not None else HttpClient(session, timeout=timeout)
@@ -460,6 +482,7 @@ def stream(
         content_type=content_type,
         stop_after=float(stop_after) if stop_after is not None else None,
         stop_at_up_to_date=bool(stop_at_up_to_date),
+        max_sse_bytes=max_sse_bytes,
     )
     try:
         response._open()

@@ -11,6 +11,7 @@ from . import _fork, errors
 from . import _protocol as P
 from ._http import (
     DEFAULT_RETRY,
+    DEFAULT_TOTAL_TIMEOUT,
     HeadersLike,
     HttpClient,
     ParamsLike,
@@ -18,6 +19,7 @@ from ._http import (
     TimeoutLike,
 )
 from ._redact import redact_url
+from ._response import Response
 
 if TYPE_CHECKING:
     from .reading import LiveMode, StreamResponse
@@ -42,7 +44,14 @@ def _as_bytes(data: Any, what: str) -> bytes:
     if isinstance(data, bytes):
         return data
     if isinstance(data, str):
-        return data.encode("utf-8")
+        try:
+            return data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{what} is not valid Unicode text: {exc.reason} at position {exc.start} "
+                f"({data[exc.start:exc.end]!r}, a lone surrogate cannot be sent as UTF-8); "
+                "fix the string, or pass bytes"
+            ) from None
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     raise TypeError(
@@ -61,8 +70,31 @@ class DurableStream:
     carries ``seq=`` (then the server rejects a repeat); for exactly-once writes under any
     failure use :class:`~durable_streams.IdempotentProducer`.
 
-    ``headers`` and ``params`` take values or zero-argument callables evaluated on every
-    request (token refresh). A ``session`` you pass is used as given and never closed here.
+    Args:
+        url: the stream's ``http://`` or ``https://`` URL. User-info (``user:pw@``) is sent
+            as Basic auth; it and query values never appear in messages or logs.
+        content_type: the stream's content type, if known (``create`` sets it; otherwise the
+            first ``append`` learns it with a ``HEAD``). ``application/json`` means JSON mode
+            (PROTOCOL §9.1): each ``append`` is one JSON message.
+        headers: extra request headers: a mapping whose values are strings or zero-argument
+            callables evaluated on every request (token refresh), or a callable returning
+            such a mapping. They never follow a redirect to another origin.
+        params: extra query parameters, in the same forms as ``headers``.
+        session: a ``requests.Session`` to send every request through, used as given (its
+            auth, adapters, proxies and hooks apply) and never closed here. Default: the
+            library's shared urllib3 connection pools. Pass one when your tests mock
+            ``requests`` (``responses``, ``requests_mock``): the default path does not go
+            through ``requests``.
+        timeout: ``(connect, read)`` seconds for each attempt, or one number for both.
+            Default ``(10, 60)``.
+        retry: the :class:`RetryPolicy` for transient failures (connection errors, timeouts,
+            5xx, 429). Default: 5 retries, 0.1 s growing to 10 s, ``Retry-After`` honoured
+            up to ``max_retry_after`` (60 s); a longer ``Retry-After`` raises at once with
+            the server's hint (``retry_after`` on the error).
+        total_timeout: the most one blocking call may take in seconds, every attempt and
+            wait included (default 60; ``None``: only ``timeout`` and ``retry`` bound it).
+            Each attempt's timeouts are cut to what is left, and no wait runs past it.
+            Reads (:meth:`stream`) are not bounded by it; see ``stop_after`` there.
     """
 
     def __init__(
@@ -75,6 +107,7 @@ class DurableStream:
         session: requests.Session | None = None,
         timeout: TimeoutLike = None,
         retry: RetryPolicy | None = None,
+        total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             shown = redact_url(url) if isinstance(url, str) else type(url).__name__
@@ -84,7 +117,9 @@ class DurableStream:
         self.headers = headers
         self.params = params
         self.retry = retry if retry is not None else DEFAULT_RETRY
-        self._client = HttpClient(session, timeout=timeout)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        self._client = HttpClient(session, timeout=timeout, total_timeout=total_timeout)
         #: True when :meth:`create` made a new stream, False when it already existed
         #: with the same configuration, None when the handle was not made by create().
         self.created: bool | None = None
@@ -105,12 +140,26 @@ class DurableStream:
         session: requests.Session | None = None,
         timeout: TimeoutLike = None,
         retry: RetryPolicy | None = None,
+        total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
     ) -> DurableStream:
         """Create the stream (PUT, §5.1), or confirm that it exists with the same config.
 
-        ``body`` is the initial content: str/bytes as-is; in JSON mode any other value is
-        serialised (a list is stored as several messages, as the server flattens one level).
-        Raises :class:`StreamExistsError` if a stream with a different config is there.
+        Args:
+            url, content_type, headers, params, session, timeout, retry, total_timeout: as
+                for :class:`DurableStream` (``content_type`` defaults to
+                ``application/octet-stream`` on the server).
+            ttl_seconds: expire the stream this many whole seconds after its last use
+                (``Stream-TTL``); exclusive with ``expires_at``. Default: no expiry.
+            expires_at: expire it at this moment: an aware ``datetime`` or an RFC 3339
+                string (``Stream-Expires-At``).
+            closed: create it already closed (EOF after ``body``). Default ``False``.
+            body: the initial content: str/bytes as-is; in JSON mode any other value is
+                serialised (a list is stored as several messages, as the server flattens
+                one level). Default: empty.
+
+        Returns the handle, whose ``created`` is True for a new stream, False when an
+        identical one was already there. Raises :class:`StreamExistsError` if a stream with
+        a different configuration is there.
         """
         if ttl_seconds is not None and expires_at is not None:
             raise ValueError("give ttl_seconds or expires_at, not both (PROTOCOL §5.1)")
@@ -135,7 +184,7 @@ class DurableStream:
             extra[P.STREAM_CLOSED] = "true"
         return cls._put(url, extra, data, operation="create", content_type=content_type,
                         headers=headers, params=params, session=session, timeout=timeout,
-                        retry=retry)
+                        retry=retry, total_timeout=total_timeout)
 
     @classmethod
     def _put(
@@ -151,16 +200,17 @@ class DurableStream:
         session: requests.Session | None,
         timeout: TimeoutLike,
         retry: RetryPolicy | None,
+        total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
     ) -> DurableStream:
         """The PUT behind :meth:`create` and :meth:`fork`: a new handle with ``.created``."""
         handle = cls(url, content_type=content_type, headers=headers, params=params,
-                     session=session, timeout=timeout, retry=retry)
+                     session=session, timeout=timeout, retry=retry,
+                     total_timeout=total_timeout)
         try:
-            with _fork.mapping_soft_delete(operation, url):
-                response = handle._client.request(
-                    "PUT", url, operation=operation, headers=headers, extra_headers=extra,
-                    params=params, data=data, retry=handle.retry,
-                )
+            response = handle._client.request(
+                "PUT", url, operation=operation, headers=headers, extra_headers=extra,
+                params=params, data=data, retry=handle.retry,
+            )
         except BaseException:
             handle.close()
             raise
@@ -178,10 +228,15 @@ class DurableStream:
         session: requests.Session | None = None,
         timeout: TimeoutLike = None,
         retry: RetryPolicy | None = None,
+        total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
     ) -> DurableStream:
-        """A handle on an existing stream; raises :class:`StreamNotFoundError` if none."""
+        """A handle on an existing stream, checked with one ``HEAD`` (which also learns its
+        content type); raises :class:`StreamNotFoundError` if there is none.
+
+        The arguments are those of :class:`DurableStream`.
+        """
         handle = cls(url, headers=headers, params=params, session=session, timeout=timeout,
-                     retry=retry)
+                     retry=retry, total_timeout=total_timeout)
         try:
             handle.head()
         except BaseException:
@@ -199,6 +254,17 @@ class DurableStream:
         expires_at: Any = None,
     ) -> DurableStream:
         """Create a fork of this stream at ``url`` (PUT with fork headers, PROTOCOL §4.2).
+
+        Args:
+            url: the fork's URL, on this stream's server (same scheme, host and port).
+            offset: the fork point: an offset the server returned (``append()``'s result,
+                ``StreamResponse.offset``); ``None`` (default): the current tail.
+            sub_offset: JSON messages (JSON mode) or bytes (otherwise) past ``offset`` that
+                the fork also inherits; an int >= 0, default none.
+            ttl_seconds, expires_at: the fork's expiry, as for :meth:`create`; default: the
+                source's.
+
+        The fork uses this handle's headers, params, session, timeouts and retry policy.
 
         The fork inherits this stream's data up to ``offset`` (``None``: the current tail)
         plus ``sub_offset`` JSON messages (JSON mode) or bytes (otherwise) past it, then
@@ -237,6 +303,7 @@ class DurableStream:
                 url, extra, None, operation="fork", content_type=content_type,
                 headers=self.headers, params=self.params, session=session,
                 timeout=self._client.timeout, retry=self.retry,
+                total_timeout=self._client.total_timeout,
             )
         except errors.DurableStreamError as exc:
             mapped = _fork.fork_error(exc, self.url, url)
@@ -246,12 +313,13 @@ class DurableStream:
 
     # -- operations ---------------------------------------------------------------------
     def head(self) -> StreamInfo:
-        """Stream metadata (HEAD, §5.5); also refreshes :attr:`content_type`."""
-        with _fork.mapping_soft_delete("head", self.url):
-            response = self._client.request(
-                "HEAD", self.url, operation="head", headers=self.headers,
-                params=self.params, retry=self.retry,
-            )
+        """Stream metadata (HEAD, §5.5): the tail offset, content type, closed flag, expiry;
+        also refreshes :attr:`content_type`. Retried per ``retry``, within ``total_timeout``.
+        Raises :class:`StreamNotFoundError` (404), :class:`StreamSoftDeletedError` (410)."""
+        response = self._client.request(
+            "HEAD", self.url, operation="head", headers=self.headers,
+            params=self.params, retry=self.retry,
+        )
         h = response.headers
         ttl = P.parse_int_header(h, P.STREAM_TTL)
         info = StreamInfo(
@@ -301,27 +369,40 @@ class DurableStream:
         JSON mode: ``str``/bytes are JSON text, any other value is serialised with
         :func:`json.dumps`; either way one call stores one message (JSON text that is not
         exactly one JSON value raises ``ValueError`` before any request). Byte mode: str
-        (UTF-8) or bytes-like. ``seq`` is sent as ``Stream-Seq``; the server then refuses a
-        value that is not greater than the last one (:class:`SeqConflictError`).
+        (UTF-8; a lone surrogate raises ``ValueError``) or bytes-like.
+
+        Args:
+            data: the message.
+            seq: an optional writer sequence, sent as ``Stream-Seq`` (compared as a string
+                by the server, which refuses a value not greater than the last one:
+                :class:`SeqConflictError`). With ``seq`` the append is retried like any
+                idempotent request; without it only when the server certainly did nothing.
+
+        Bounded by ``total_timeout``. Raises :class:`StreamClosedError` (409, closed),
+        :class:`PayloadTooLargeError` (413), :class:`StreamSoftDeletedError` (410),
+        :class:`ContentTypeMismatchError`, :class:`TransportError`...
         """
         body = self._encode_message(data, "data")
         extra = {P.CONTENT_TYPE: self._known_content_type()}
         if seq is not None:
             extra[P.STREAM_SEQ] = str(seq)
-        with _fork.mapping_soft_delete("append", self.url):
-            response = self._client.request(
-                "POST", self.url, operation="append", headers=self.headers,
-                extra_headers=extra, params=self.params, data=body, retry=self.retry,
-                idempotent=seq is not None,
-            )
+        response = self._client.request(
+            "POST", self.url, operation="append", headers=self.headers,
+            extra_headers=extra, params=self.params, data=body, retry=self.retry,
+            idempotent=seq is not None,
+        )
         return self._next_offset(response, "append")
 
     def close_stream(self, *, body: Any = None) -> str:
         """Close the stream for every reader and writer (EOF, §5.3); return the final offset.
 
-        With ``body`` the final message is appended atomically with the close. Closing an
-        already closed stream without a body succeeds again; with a body it raises
-        :class:`StreamClosedError`.
+        Args:
+            body: an optional final message (encoded as for :meth:`append`), appended
+                atomically with the close. Default: none.
+
+        Closing an already closed stream without a body succeeds again (and is retried
+        like any idempotent request); with a body it raises :class:`StreamClosedError`.
+        Bounded by ``total_timeout``.
         """
         extra = {P.STREAM_CLOSED: "true"}
         data: bytes | None = None
@@ -330,21 +411,21 @@ class DurableStream:
             extra[P.CONTENT_TYPE] = self._known_content_type()
         elif self.content_type:
             extra[P.CONTENT_TYPE] = self.content_type
-        with _fork.mapping_soft_delete("close", self.url):
-            response = self._client.request(
-                "POST", self.url, operation="close", headers=self.headers,
-                extra_headers=extra, params=self.params, data=data, retry=self.retry,
-                idempotent=body is None,
-            )
+        response = self._client.request(
+            "POST", self.url, operation="close", headers=self.headers,
+            extra_headers=extra, params=self.params, data=data, retry=self.retry,
+            idempotent=body is None,
+        )
         return response.headers.get(P.STREAM_NEXT_OFFSET, "")
 
     def delete(self) -> None:
-        """Delete the stream and its data (DELETE, §5.4)."""
-        with _fork.mapping_soft_delete("delete", self.url):
-            self._client.request(
-                "DELETE", self.url, operation="delete", headers=self.headers,
-                params=self.params, retry=self.retry,
-            )
+        """Delete the stream and its data (DELETE, §5.4). Retried per ``retry`` within
+        ``total_timeout``; raises :class:`StreamNotFoundError` if there is none and
+        :class:`StreamSoftDeletedError` (410) if it was already deleted but has forks."""
+        self._client.request(
+            "DELETE", self.url, operation="delete", headers=self.headers,
+            params=self.params, retry=self.retry,
+        )
 
     def stream(
         self,
@@ -353,7 +434,9 @@ class DurableStream:
         live: LiveMode = False,
         **options: Any,
     ) -> StreamResponse:
-        """Read from ``offset``; see :func:`durable_streams.stream`."""
+        """Read from ``offset``; see :func:`durable_streams.stream` for ``live`` and the other
+        options. The handle's session, timeout, headers, params, retry policy and content
+        type are used (``session=``/``timeout=`` here raise ``TypeError``)."""
         from .reading import stream as _stream
 
         if "session" in options or "timeout" in options:
@@ -367,7 +450,7 @@ class DurableStream:
         options.setdefault("retry", self.retry)
         return _stream(self.url, offset=offset, live=live, _client=self._client, **options)
 
-    def _next_offset(self, response: requests.Response, operation: str) -> str:
+    def _next_offset(self, response: Response, operation: str) -> str:
         # Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
         offset = (response.headers.get(P.STREAM_NEXT_OFFSET) or "").strip()
         if not offset:

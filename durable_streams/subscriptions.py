@@ -26,6 +26,7 @@ from . import errors
 from ._claim import Claim
 from ._http import DEFAULT_RETRY, HeadersLike, HttpClient, ParamsLike, RetryPolicy, TimeoutLike
 from ._redact import redact_url
+from ._response import Response
 from ._wake import LinkedStream, parse_streams, subscription_error
 
 if TYPE_CHECKING:
@@ -43,12 +44,12 @@ _WEBHOOK_HINT = (
 _CLAIM_REFUSALS = frozenset({"ALREADY_CLAIMED", "NO_PENDING_WORK"})
 
 
-def _accept(response: requests.Response) -> bool:
+def _accept(response: Response) -> bool:
     """Let the subscription code map 4xx JSON errors itself; 429/5xx go to the retry loop."""
     return response.status_code < 500 and response.status_code != 429
 
 
-def _json(response: requests.Response) -> Any:
+def _json(response: Response) -> Any:
     try:
         return json.loads(response.content) if response.content else None
     except ValueError as exc:
@@ -374,7 +375,7 @@ class Subscription:
     # -- plumbing -------------------------------------------------------------------------
     def _call(self, method: str, suffix: str, *, operation: str, data: bytes | None = None,
               token: str | None = None, idempotent: bool = True, hint: str = ""
-              ) -> requests.Response:
+              ) -> Response:
         url = self.url + suffix
         extra: dict[str, str] = {}
         if data is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 import responses
+from urllib3.util import make_headers
 
 from durable_streams import DurableStream
 
@@ -21,11 +22,11 @@ def test_netrc_credentials_are_still_sent(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("NETRC", str(netrc))
     responses.add(responses.HEAD, "http://streams.example/s", status=200,
                   headers={"Stream-Next-Offset": "0_0", "Content-Type": "text/plain"})
-    with DurableStream("http://streams.example/s") as handle:
+    with DurableStream("http://streams.example/s", session=requests.Session()) as handle:
         handle.head()
         handle.head()
     sent = [call.request.headers.get("Authorization") for call in responses.calls]
-    assert sent == [requests.auth._basic_auth_str("alice", "s3cret")] * 2
+    assert sent == [make_headers(basic_auth="alice:s3cret")["authorization"]] * 2
 
 
 @responses.activate
@@ -33,7 +34,7 @@ def test_no_netrc_means_no_authorization(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
     responses.add(responses.HEAD, "http://streams.example/s", status=200,
                   headers={"Stream-Next-Offset": "0_0"})
-    with DurableStream("http://streams.example/s") as handle:
+    with DurableStream("http://streams.example/s", session=requests.Session()) as handle:
         handle.head()
     assert "Authorization" not in responses.calls[0].request.headers
 
@@ -51,4 +52,4 @@ def test_session_auth_wins_over_netrc(tmp_path: Path, monkeypatch: pytest.Monkey
     with DurableStream("http://streams.example/s", session=session) as handle:
         handle.head()
     assert responses.calls[0].request.headers["Authorization"] == \
-        requests.auth._basic_auth_str("bob", "pw")
+        make_headers(basic_auth="bob:pw")["authorization"]

@@ -36,6 +36,8 @@ from durable_streams._http import DEFAULT_RETRY, NO_RETRY
 from durable_streams.testing import ReferenceServer
 
 FAST = RetryPolicy(max_retries=3, initial_delay_ms=1, max_delay_ms=5)
+#: Mocked tests pass a session: code mocking requests sees the requests it sends.
+SESSION = requests.Session
 
 
 def read_bytes(url: str) -> bytes:
@@ -298,8 +300,7 @@ def _head_ok(rsps: responses.RequestsMock, **headers: str) -> None:
 
 
 @pytest.mark.parametrize("value", ["abc", "", "-5", "1.5", "nan", "inf", "1e400",
-                                   "99999999999", "Wed, 99 Foo 2026 00:00:00 GMT", "\u00b2",
-                                   "5, 6"])
+                                   "Wed, 99 Foo 2026 00:00:00 GMT", "\u00b2", "5, 6"])
 def test_malformed_retry_after_still_retries_with_bounded_wait(
     mock: responses.RequestsMock, sleeps: list[float], value: str
 ) -> None:
@@ -307,7 +308,7 @@ def test_malformed_retry_after_still_retries_with_bounded_wait(
                          max_retry_after=3.0)
     mock.add(responses.HEAD, MOCK, status=503, headers={"Retry-After": value})
     _head_ok(mock)
-    with DurableStream(MOCK, retry=policy) as handle:
+    with DurableStream(MOCK, session=SESSION(), retry=policy) as handle:
         assert handle.head().offset == "0001"
     assert len(mock.calls) == 2
     assert len(sleeps) == 1
@@ -319,7 +320,7 @@ def test_retry_after_http_date(mock: responses.RequestsMock, sleeps: list[float]
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     mock.add(responses.HEAD, MOCK, status=503, headers={"Retry-After": when})
     _head_ok(mock)
-    with DurableStream(MOCK, retry=FAST) as handle:
+    with DurableStream(MOCK, session=SESSION(), retry=FAST) as handle:
         handle.head()
     assert len(sleeps) == 1
     assert 28.0 <= sleeps[0] <= 31.0
@@ -331,19 +332,26 @@ def test_retry_after_http_date_in_the_past_uses_backoff(
     when = email.utils.formatdate(time.time() - 3600, usegmt=True)
     mock.add(responses.HEAD, MOCK, status=503, headers={"Retry-After": when})
     _head_ok(mock)
-    with DurableStream(MOCK, retry=FAST) as handle:
+    with DurableStream(MOCK, session=SESSION(), retry=FAST) as handle:
         handle.head()
     assert 0.0 < sleeps[0] <= FAST.max_delay_ms / 1000
 
 
-def test_retry_after_is_capped_by_policy(mock: responses.RequestsMock,
-                                         sleeps: list[float]) -> None:
-    policy = RetryPolicy(max_retries=1, initial_delay_ms=1, max_delay_ms=2, max_retry_after=0.5)
-    mock.add(responses.POST, MOCK, status=429, headers={"Retry-After": "3600"})
-    mock.add(responses.POST, MOCK, status=204, headers={"Stream-Next-Offset": "0002"})
-    with DurableStream(MOCK, content_type="text/plain", retry=policy) as handle:
-        assert handle.append("x") == "0002"
-    assert sleeps == [0.5]
+@pytest.mark.parametrize(("status", "error"), [(429, RateLimitedError), (503, ServerError)])
+@pytest.mark.parametrize("value", ["3600", "99999999999"])
+def test_retry_after_beyond_the_policy_is_not_slept_through(
+        mock: responses.RequestsMock, sleeps: list[float], status: int,
+        error: type[Exception], value: str) -> None:
+    """A blocking call raises at once with the server's hint instead of sleeping it out."""
+    policy = RetryPolicy(max_retries=3, initial_delay_ms=1, max_delay_ms=2, max_retry_after=0.5)
+    mock.add(responses.POST, MOCK, status=status, headers={"Retry-After": value})
+    with DurableStream(MOCK, session=SESSION(), content_type="text/plain",
+                       retry=policy) as handle, pytest.raises(error) as info:
+        handle.append("x")
+    assert sleeps == []
+    assert len(mock.calls) == 1
+    assert info.value.retry_after is not None and info.value.retry_after >= 3600
+    assert "retry after" in str(info.value) and "max_retry_after" in str(info.value)
 
 
 def test_retry_after_minus_0000_zone_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -367,7 +375,7 @@ def test_retry_after_minus_0000_zone_is_utc(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_rate_limited_error_retry_after_from_garbage(mock: responses.RequestsMock) -> None:
     mock.add(responses.HEAD, MOCK, status=429, headers={"Retry-After": "soon"})
-    with DurableStream(MOCK, retry=NO_RETRY) as handle, \
+    with DurableStream(MOCK, session=SESSION(), retry=NO_RETRY) as handle, \
             pytest.raises(RateLimitedError) as info:
         handle.head()
     assert info.value.retry_after is None
@@ -382,7 +390,8 @@ def test_append_success_without_next_offset_raises(
 ) -> None:
     """§5.2: success must carry Stream-Next-Offset; append never returns ''."""
     mock.add(responses.POST, MOCK, status=status, headers=headers)
-    with DurableStream(MOCK, content_type="application/json", retry=NO_RETRY) as handle, \
+    with DurableStream(MOCK, session=SESSION(), content_type="application/json",
+                       retry=NO_RETRY) as handle, \
             pytest.raises(DurableStreamError, match="Stream-Next-Offset") as info:
         handle.append({"a": 1})
     err = info.value
@@ -402,7 +411,7 @@ def test_head_tolerates_garbage_headers(mock: responses.RequestsMock) -> None:
     })
     mock.add(responses.HEAD, MOCK, status=200, headers={"Stream-TTL": " 42 "},
              content_type=None)
-    with DurableStream(MOCK, retry=NO_RETRY) as handle:
+    with DurableStream(MOCK, session=SESSION(), retry=NO_RETRY) as handle:
         first = handle.head()
         assert (first.ttl_seconds, first.closed, first.content_type) == (None, False, None)
         assert handle.content_type is None
@@ -419,14 +428,14 @@ def test_connection_reset_on_append_not_retried_but_head_is(
 ) -> None:
     mock.add(responses.POST, MOCK, body=requests.exceptions.ConnectionError("reset by peer"))
     mock.add(responses.POST, MOCK, status=204, headers={"Stream-Next-Offset": "0002"})
-    with DurableStream(MOCK, content_type="text/plain", retry=FAST) as handle:
+    with DurableStream(MOCK, session=SESSION(), content_type="text/plain", retry=FAST) as handle:
         with pytest.raises(TransportError, match="reset by peer"):
             handle.append("x")
         assert len(mock.calls) == 1
         assert handle.append("x", seq="01") == "0002"  # the next call gets the 204
     mock.add(responses.HEAD, MOCK, body=requests.exceptions.ConnectionError("reset"))
     _head_ok(mock)
-    with DurableStream(MOCK, retry=FAST) as handle:
+    with DurableStream(MOCK, session=SESSION(), retry=FAST) as handle:
         handle.head()
     assert len(mock.calls) == 4
 
@@ -436,7 +445,7 @@ def test_connect_timeout_on_append_is_retried(mock: responses.RequestsMock,
     """A connect timeout means the request never left: safe to retry even a plain append."""
     mock.add(responses.POST, MOCK, body=requests.exceptions.ConnectTimeout("connect timeout"))
     mock.add(responses.POST, MOCK, status=204, headers={"Stream-Next-Offset": "0003"})
-    with DurableStream(MOCK, content_type="text/plain", retry=FAST) as handle:
+    with DurableStream(MOCK, session=SESSION(), content_type="text/plain", retry=FAST) as handle:
         assert handle.append("x") == "0003"
     assert len(mock.calls) == 2 and len(sleeps) == 1
 
@@ -444,7 +453,7 @@ def test_connect_timeout_on_append_is_retried(mock: responses.RequestsMock,
 def test_max_retries_zero_means_one_attempt(mock: responses.RequestsMock,
                                             sleeps: list[float]) -> None:
     mock.add(responses.HEAD, MOCK, status=503)
-    with DurableStream(MOCK, retry=RetryPolicy(max_retries=0)) as handle, \
+    with DurableStream(MOCK, session=SESSION(), retry=RetryPolicy(max_retries=0)) as handle, \
             pytest.raises(ServerError):
         handle.head()
     assert len(mock.calls) == 1 and sleeps == []
@@ -455,7 +464,8 @@ def test_backoff_grows_and_is_capped(mock: responses.RequestsMock, sleeps: list[
                          multiplier=3, jitter=False)
     for _ in range(7):
         mock.add(responses.HEAD, MOCK, status=502)
-    with DurableStream(MOCK, retry=policy) as handle, pytest.raises(ServerError) as info:
+    with DurableStream(MOCK, session=SESSION(), retry=policy) as handle, \
+            pytest.raises(ServerError) as info:
         handle.head()
     assert info.value.status == 502
     assert sleeps == pytest.approx([0.1, 0.3, 0.9, 1.0, 1.0, 1.0])

@@ -28,7 +28,9 @@ import requests.adapters
 import urllib3
 
 from durable_streams import DurableStream, IdempotentProducer, stream
-from durable_streams._transport import DirectResponse
+from durable_streams._response import Response
+from durable_streams._session_transport import SessionTransport
+from durable_streams._transport import DefaultTransport
 from durable_streams.testing import ReferenceServer
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection",
@@ -140,13 +142,13 @@ def basic(user: str, password: str) -> str:
 
 def test_default_path_is_urllib3_and_shared(clean_env: Path, url: str) -> None:
     with DurableStream.create(url, content_type="text/plain") as handle:
-        assert handle._client._direct is not None
+        assert isinstance(handle._client.transport, DefaultTransport)
         response = handle._client.request("HEAD", url, operation="head")
-        assert isinstance(response, DirectResponse)
+        assert isinstance(response, Response)
         assert response.headers.get("stream-next-offset") == response.headers[
             "Stream-Next-Offset"]
         with IdempotentProducer(handle, "p") as producer:  # the handle's transport
-            assert producer._transport.client._direct is handle._client._direct
+            assert isinstance(producer._transport.client.transport, DefaultTransport)
             producer.append("a")
         assert stream(url).read_text() == "a"
 
@@ -223,7 +225,8 @@ def test_user_session_auth_and_proxies(clean_env: Path, proxy: RecordingProxy,
     session.proxies = {"http": proxy.url}
     path = urlsplit(url).path
     with DurableStream.create(url, content_type="text/plain", session=session) as handle:
-        assert handle._client.session is session and handle._client._direct is None
+        assert handle._client.session is session
+        assert isinstance(handle._client.transport, SessionTransport)
         handle.append("x")
         with IdempotentProducer(handle, "p") as producer:
             assert producer._transport.client.session is session
@@ -380,10 +383,12 @@ def test_forked_child_gets_its_own_connections(url: str) -> None:
         assert handle.stream().read_text() == "abc"
 
 
-def test_redirects_followed_for_reads_without_credentials_across_origins(
+@pytest.mark.parametrize("transport", ["default", "user session"])
+def test_redirects_followed_for_reads_without_any_application_header_across_origins(
         clean_env: Path, monkeypatch: pytest.MonkeyPatch, proxy: RecordingProxy,
-        server: ReferenceServer, url: str) -> None:
-    """GET/HEAD follow redirects as requests does; Authorization stays with its origin."""
+        server: ReferenceServer, url: str, transport: str) -> None:
+    """GET/HEAD follow redirects; to another origin nothing the application sent goes along
+    (Authorization, X-Api-Key, any header given to the handle or set on the session)."""
     target = urlsplit(url)
 
     class Redirect(http.server.BaseHTTPRequestHandler):
@@ -407,15 +412,23 @@ def test_redirects_followed_for_reads_without_credentials_across_origins(
             handle.append("moved")
         monkeypatch.setenv("HTTP_PROXY", proxy.url)  # to see both hops
         front = f"http://127.0.0.1:{redirector.server_address[1]}{target.path}"
-        with DurableStream(front, headers={"Authorization": "Bearer t"}) as moved:
+        session = None
+        if transport == "user session":
+            session = requests.Session()
+            session.headers["X-Session-Secret"] = "s"
+        with DurableStream(front, headers={"Authorization": "Bearer t", "X-Api-Key": "k"},
+                           session=session) as moved:
             assert moved.head().content_type == "text/plain"
             assert moved.stream().read_text() == "moved"
     finally:
         redirector.shutdown()
         redirector.server_close()
-    hops = [(urlsplit(s.target).port, s.headers.get("Authorization")) for s in proxy.seen]
+    names = ("Authorization", "X-Api-Key", "X-Session-Secret")
+    hops = [(urlsplit(s.target).port, tuple(s.headers.get(n) for n in names))
+            for s in proxy.seen]
     first, second = redirector.server_address[1], target.port
-    assert hops == [(first, "Bearer t"), (second, None)] * 2
+    mine = ("Bearer t", "k", "s" if session is not None else None)
+    assert hops == [(first, mine), (second, (None, None, None))] * 2
 
 
 def test_on_sent_socket_ends_a_pending_long_poll(url: str) -> None:
@@ -430,7 +443,7 @@ def test_on_sent_socket_ends_a_pending_long_poll(url: str) -> None:
     with DurableStream.create(url, content_type="text/plain") as handle:
         tail = handle.head().offset
     client = HttpClient()
-    assert client.can_interrupt
+    assert client.interruptible(url)
     sent: list[socket_module.socket] = []
     registered = threading.Event()
     outcome: list[BaseException | int] = []
@@ -462,15 +475,15 @@ def test_on_sent_socket_ends_a_pending_long_poll(url: str) -> None:
         assert again.head().offset == tail
 
 
-def test_requests_mocks_still_see_the_default_path() -> None:
-    """While ``responses`` (or requests_mock) patches requests, the default path goes through
-    requests, so applications that mock requests in their tests keep working."""
+def test_requests_mocks_see_the_requests_of_a_given_session() -> None:
+    """Applications that mock ``requests`` (``responses``, ``requests_mock``) in their tests
+    pass a ``requests.Session``: every request then goes through it (README)."""
     import responses
 
     with responses.RequestsMock() as mock:
         mock.add(responses.HEAD, "http://mocked.test/s", status=200,
                  headers={"Stream-Next-Offset": "0_7", "Content-Type": "text/plain"})
-        with DurableStream("http://mocked.test/s") as handle:
+        with DurableStream("http://mocked.test/s", session=requests.Session()) as handle:
             assert handle.head().offset == "0_7"
         assert len(mock.calls) == 1
 

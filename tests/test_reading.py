@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 import responses
+from blocking_probe import blocked
 
 from durable_streams import (
     BadRequestError,
@@ -383,7 +384,7 @@ def test_close_from_another_thread_unblocks_a_live_read(
     # caught up: the catch-up response, or the first control event of the SSE connection
     reader.wait_for(lambda events: len(events) >= 1)
     # white-box: the reader is inside its blocking request / SSE read
-    wait_until(lambda: res._stop.blocked)
+    wait_until(lambda: blocked(reader._thread))
     started = time.monotonic()
     res.close()
     reader.join(timeout=5)
@@ -408,7 +409,7 @@ def test_live_requests_are_interruptible_on_both_transports(
     handle = DurableStream.create(url, content_type=JSON, session=session)
     res = handle.stream(live=live)
     reader = Collector(res.iter_json())
-    wait_until(lambda: res._stop.blocked)  # caught up, waiting in the first live request
+    wait_until(lambda: blocked(reader._thread))  # caught up, waiting in the first live request
     started_threads: list[str] = []
     real_start = threading.Thread.start
 
@@ -420,7 +421,7 @@ def test_live_requests_are_interruptible_on_both_transports(
     for i in range(3):  # long-poll: each delivery is answered to a new request
         handle.append({"n": i})
         reader.wait_for(has_items(i + 1))
-    wait_until(lambda: res._stop.blocked)
+    wait_until(lambda: blocked(reader._thread))
     monkeypatch.undo()
     if transport == "default" or live == "sse":  # SSE: one request, made before the spy
         assert started_threads == []
@@ -547,10 +548,11 @@ def test_cursor_is_echoed_and_offsets_follow_next_offset() -> None:
         return status, {"Content-Type": "text/plain", **headers}, body
 
     responses.add_callback(responses.GET, FAKE, callback=reply)
-    with stream(FAKE, live="long-poll", params={"offset": "ignored", "tenant": "t1"}) as res:
+    with stream(FAKE, live="long-poll", params={"offset": "ignored", "tenant": "t1"},
+                session=requests.Session()) as res:
         assert res.read_text() == "a"  # read_* stop at the first up-to-date
     seen.clear()
-    with stream(FAKE, live="long-poll", params={"tenant": "t1"}) as res:
+    with stream(FAKE, live="long-poll", params={"tenant": "t1"}, session=requests.Session()) as res:
         assert "".join(res.iter_text()) == "ab" and res.closed
     assert seen == [
         {"offset": "-1", "tenant": "t1"},
@@ -587,7 +589,7 @@ def test_sse_multi_line_json_and_a_cut_between_data_and_control() -> None:
         return bodies[len(seen) - 1]
 
     responses.add_callback(responses.GET, FAKE, callback=reply)
-    with stream(FAKE, live="sse", retry=FAST, content_type=JSON) as res:
+    with stream(FAKE, live="sse", retry=FAST, content_type=JSON, session=requests.Session()) as res:
         batches = list(res.iter_json_batches())
     assert [b.items for b in batches if b.items] == [[{"k": "v"}, {"k": "w"}], [3], [4, 5]]
     assert [b.offset for b in batches if b.items] == ["0_2", "0_3", "0_5"]
@@ -614,6 +616,6 @@ def test_auto_falls_back_to_long_poll_when_sse_is_refused() -> None:
         return 204, {"Stream-Next-Offset": "0_1", "Stream-Closed": "true"}, ""
 
     responses.add_callback(responses.GET, FAKE, callback=reply)
-    with stream(FAKE, live=True) as res:
+    with stream(FAKE, live=True, session=requests.Session()) as res:
         assert b"".join(res.iter_bytes()) == b"x" and res.closed
     assert [q.get("live") for q in seen] == [None, "sse", "long-poll"]

@@ -191,3 +191,69 @@ def test_json_batches_flatten_to_the_messages_in_order(
 def test_bad_json_bodies_are_parse_errors(body: bytes) -> None:
     with pytest.raises(ParseError):
         parse_json_array(body, where="read of test")
+
+
+# -- cost: linear in the input (an endless line must not be re-scanned on every chunk) --------
+
+
+class _CountingPattern:
+    """Stands in for the parser's line-end pattern and counts the characters it is made to
+    scan: the parser's work, independent of the machine's speed."""
+
+    def __init__(self, pattern: Any) -> None:
+        self.pattern = pattern
+        self.scanned = 0
+
+    def finditer(self, text: str, pos: int = 0) -> Any:
+        self.scanned += len(text) - pos
+        return self.pattern.finditer(text, pos)
+
+    def split(self, text: str) -> Any:  # the old, quadratic parser split its whole buffer
+        self.scanned += len(text)
+        return self.pattern.split(text)
+
+
+def _scanned(chunks: list[bytes], monkeypatch: pytest.MonkeyPatch) -> int:
+    from durable_streams import _sse
+
+    counter = _CountingPattern(_sse._LINE_END)
+    monkeypatch.setattr(_sse, "_LINE_END", counter)
+    parser = SSEParser()
+    for chunk in chunks:
+        parser.feed(chunk)
+    monkeypatch.undo()
+    return counter.scanned
+
+
+def test_an_endless_line_fed_in_small_chunks_is_scanned_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    chunks = [b"data:"] + [b"x" * 100] * 2000  # 200 KB, one line, never ended
+    assert _scanned(chunks, monkeypatch) == sum(len(c) for c in chunks)
+
+
+@given(lines=st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=20),
+       size=st.integers(min_value=1, max_value=257))
+def test_parser_work_is_linear_in_its_input(lines: list[int], size: int) -> None:
+    """Whatever the line lengths and chunk size, each character is scanned once."""
+    body = b"".join(b"data:" + b"y" * n + b"\n" + (b"\n" if i % 3 == 0 else b"")
+                    for i, n in enumerate(lines))
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    with pytest.MonkeyPatch.context() as mp:
+        assert _scanned(chunks, mp) <= len(body)
+
+
+def test_a_line_past_the_limit_raises_and_a_line_at_it_passes() -> None:
+    from durable_streams._sse import SSELimitExceeded
+
+    parser = SSEParser(max_bytes=1000)
+    (event,) = parser.feed(b"data:" + b"a" * 995 + b"\n\n")
+    assert len(event.data) == 995
+    with pytest.raises(SSELimitExceeded):
+        for _ in range(20):
+            parser.feed(b"b" * 100)  # never ends
+    with pytest.raises(SSELimitExceeded):
+        SSEParser(max_bytes=1000).feed(b"data:" + b"c" * 2000 + b"\n")
+    many = SSEParser(max_bytes=1000)
+    with pytest.raises(SSELimitExceeded):  # one event's data lines add up past the limit
+        many.feed(b"data:" + b"d" * 400 + b"\n" + b"data:" + b"e" * 400 + b"\n"
+                  + b"data:" + b"f" * 400 + b"\n")

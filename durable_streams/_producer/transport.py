@@ -27,6 +27,7 @@ from .._http import (
 )
 from .._json_text import check_json_text
 from .._redact import redact_url
+from .._response import Response
 from ..stream import DurableStream
 from .outcome import Outcome, classify, client_error, client_failure, transport_failure
 
@@ -81,7 +82,7 @@ class Transport:
 
     # -- POST ------------------------------------------------------------------------------
     def _post(self, body: bytes | MarkedBody | None, extra: dict[str, str], operation: str
-              ) -> requests.Response:
+              ) -> Response:
         user = merge_headers(resolve(self.stream_headers), resolve(self.headers))
         headers = merge_headers(
             {k: v for k, v in user.items() if k.lower() not in P.PROTECTED_PRODUCER_HEADERS},
@@ -98,13 +99,13 @@ class Transport:
             P.PRODUCER_SEQ: str(seq),
         }
 
-    def _outcome(self, response: requests.Response, seq: int, operation: str,
+    def _outcome(self, response: Response, seq: int, operation: str,
                  nbytes: int = 0) -> Outcome:
         return classify(
             response.status_code, response.headers, seq, self.retry.is_retryable_status,
             lambda: self._error(response, operation, nbytes), url=self.url, where=self.where)
 
-    def _error(self, response: requests.Response, operation: str, nbytes: int
+    def _error(self, response: Response, operation: str, nbytes: int
                ) -> errors.DurableStreamError:
         """The error for a refused POST, with the server's words escaped and truncated
         (never raw bytes) and the meaning of 410 and 413 for a producer."""
@@ -230,7 +231,7 @@ class Transport:
             raise client_error(exc, where=self.where, url=self.url) from exc
 
 
-def server_words(response: requests.Response, limit: int = 200) -> str:
+def server_words(response: Response, limit: int = 200) -> str:
     """What the server said in its body: decoded, with every control or unprintable
     character escaped, whitespace collapsed and at most ``limit`` characters."""
     try:

@@ -2,7 +2,7 @@
 PROTOCOL §5.2.1 exactly, with the reference server's responses (as the integration tests observe
 them), and nothing else. Pure Python, no sockets, no threads, no clock.
 
-Answers are real ``requests.Response`` objects, classified by :func:`outcome_of` exactly as
+Answers are the library's ``Response`` objects, classified by :func:`outcome_of` exactly as
 the producer's transport does (``outcome.classify`` with the same arguments), so the tests
 exercise the real classification. Faults (lost answers, dropped requests, 503/429, a proxy
 502 after the commit, server restarts) are applied by the caller through :func:`post_with`;
@@ -24,6 +24,7 @@ from durable_streams import errors
 from durable_streams._http import RetryPolicy, error_from
 from durable_streams._producer.outcome import Outcome, classify, transport_failure
 from durable_streams._redact import redact_url
+from durable_streams._response import Response
 
 URL = "http://sim.invalid/v1/stream/sim"
 #: retries without jitter: the simulation is deterministic for hypothesis
@@ -83,7 +84,7 @@ class SimServer:
 
     # -- appends -------------------------------------------------------------------------
     def post(self, producer: str | None, epoch: int, seq: int, body: bytes
-             ) -> requests.Response:
+             ) -> Response:
         """One producer POST, validated and (maybe) committed as PROTOCOL §5.2.1 says."""
         self.posts += 1
         h: dict[str, str] = {}
@@ -181,17 +182,11 @@ class SimServer:
         return [json.dumps(value, separators=(",", ":")).encode()]
 
 
-def response(status: int, headers: dict[str, str], content: bytes) -> requests.Response:
-    r = requests.Response()
-    r.status_code = status
-    r.headers = CaseInsensitiveDict(headers)
-    r._content = content
-    r.encoding = "utf-8"
-    r.url = URL
-    return r
+def response(status: int, headers: dict[str, str], content: bytes) -> Response:
+    return Response.from_bytes(status, CaseInsensitiveDict(headers), content, URL)
 
 
-def outcome_of(r: requests.Response, seq: int | None) -> Outcome:
+def outcome_of(r: Response, seq: int | None) -> Outcome:
     """Classify an answer exactly as ``Transport._outcome`` does."""
     return classify(r.status_code, r.headers, seq, RETRY.is_retryable_status,
                     lambda: error_from(r, url=URL, operation="append"),
