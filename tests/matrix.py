@@ -82,7 +82,7 @@ def _array(name: str) -> list[str]:
 
 
 def pyproject_floors() -> dict[str, str]:
-    """``{"requests": "2.32", "urllib3": "2.3"}``: the ``>=`` floor of each dependency."""
+    """``{"requests": "2.32.2", "urllib3": "2.3"}``: the ``>=`` floor of each dependency."""
     floors: dict[str, str] = {}
     for spec in _array("dependencies"):
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)", spec.strip())
