@@ -8,6 +8,11 @@ fast C decoder and, only when that runs out of recursion depth, again with
 input's size, never by the interpreter. Both follow the same rules: strict (no control
 characters in strings), no ``NaN``/``Infinity``, duplicate keys keep the last value, errors
 are :class:`json.JSONDecodeError` (a ``ValueError``).
+
+:func:`check_json_text` answers "is this one JSON value?" without building it (the
+producer's check of each message): the C parser first, and when it refuses a text, the
+verdict of :func:`scan`, an iterative scanner with an explicit stack that also overrules
+the integer digit limit of ``sys.set_int_max_str_digits``; its memory is the nesting stack.
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import re
 from json.decoder import scanstring  # type: ignore[attr-defined]  # public since 2.6
 from typing import Any
 
-__all__ = ["loads", "loads_iterative"]
+__all__ = ["check_json_text", "loads", "loads_iterative", "scan"]
 
 _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _LITERALS = {"true": True, "false": False, "null": None}
+_STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"')
+
+# what the scanner expects next
+_VALUE, _AFTER_VALUE, _KEY_OR_END, _KEY, _VALUE_OR_END = range(5)
+_ARRAY, _OBJECT = 0, 1
 
 
 def _reject_constant(name: str) -> Any:
@@ -131,3 +141,103 @@ def loads_iterative(text: str) -> Any:
             containers.pop()
             keys.pop()
             value = parent
+
+
+def check_json_text(data: bytes | bytearray | memoryview | str) -> None:
+    """Raise ``ValueError`` (with the reason and position) unless ``data`` is exactly one
+    JSON value in UTF-8 (``str``: already decoded text). Never ``RecursionError``."""
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 text: {exc}") from None
+    try:
+        json.loads(text, parse_constant=_reject_constant)
+        return
+    except (ValueError, RecursionError):
+        pass
+    scan(text)
+
+
+def scan(text: str) -> None:
+    """The iterative check: raise ``ValueError`` unless ``text`` is one JSON value."""
+    stack: list[int] = []
+    pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    end = len(text)
+    state = _VALUE
+    while True:
+        if state in (_VALUE, _VALUE_OR_END):
+            if pos >= end:
+                raise ValueError(f"a value was expected at character {pos} (end of text)")
+            c = text[pos]
+            if state == _VALUE_OR_END and c == "]":
+                stack.pop()
+                pos += 1
+                state = _AFTER_VALUE
+            elif c == "[":
+                stack.append(_ARRAY)
+                pos += 1
+                state = _VALUE_OR_END
+            elif c == "{":
+                stack.append(_OBJECT)
+                pos += 1
+                state = _KEY_OR_END
+            elif c == '"':
+                m = _STRING.match(text, pos)
+                if m is None:
+                    raise ValueError(f"invalid string at character {pos}")
+                pos = m.end()
+                state = _AFTER_VALUE
+            elif c == "-" or "0" <= c <= "9":
+                m = _NUMBER.match(text, pos)
+                if m is None:
+                    raise ValueError(f"invalid number at character {pos}")
+                pos = m.end()
+                state = _AFTER_VALUE
+            else:
+                for word in _LITERALS:
+                    if text.startswith(word, pos):
+                        pos += len(word)
+                        state = _AFTER_VALUE
+                        break
+                else:
+                    raise ValueError(f"a value was expected at character {pos}, got {c!r}")
+        elif state in (_KEY_OR_END, _KEY):
+            if pos < end and text[pos] == "}" and state == _KEY_OR_END:
+                stack.pop()
+                pos += 1
+                state = _AFTER_VALUE
+            else:
+                m = _STRING.match(text, pos)
+                if m is None:
+                    raise ValueError(f"an object key (a string) was expected at character "
+                                     f"{pos}")
+                pos = _WS.match(text, m.end()).end()  # type: ignore[union-attr]
+                if pos >= end or text[pos] != ":":
+                    raise ValueError(f"':' was expected at character {pos}")
+                pos += 1
+                state = _VALUE
+        else:  # _AFTER_VALUE
+            if not stack:
+                if pos != end:
+                    raise ValueError(f"extra data at character {pos}: one JSON value per "
+                                     "message")
+                return
+            if pos >= end:
+                raise ValueError(f"unterminated {'array' if stack[-1] == _ARRAY else 'object'}"
+                                 f" at the end of the text ({len(stack)} still open)")
+            c = text[pos]
+            top = stack[-1]
+            if c == ",":
+                pos += 1
+                state = _VALUE if top == _ARRAY else _KEY
+            elif (c == "]" and top == _ARRAY) or (c == "}" and top == _OBJECT):
+                stack.pop()
+                pos += 1
+            else:
+                closer = "]" if top == _ARRAY else "}"
+                raise ValueError(f"',' or {closer!r} was expected at character {pos}, got "
+                                 f"{c!r}")
+        pos = _WS.match(text, pos).end()  # type: ignore[union-attr]

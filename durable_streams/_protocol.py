@@ -146,11 +146,6 @@ def encode_json_value(value: Any) -> bytes:
         ) from exc
 
 
-def check_json_text(data: bytes) -> None:
-    """Raise ``ValueError`` unless ``data`` is one valid JSON value (strict: no NaN)."""
-    load_json(data)
-
-
 def load_json(data: bytes | str) -> Any:
     """Parse JSON as the server does: UTF-8 only (``json.loads`` on bytes would also accept
     UTF-16/32 and skip a byte-order mark, which the server rejects), no NaN/Infinity, and

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from .. import _protocol as P
 from .. import errors
-from .._json_text import check_json_text
+from .._json import check_json_text
 from . import lifecycle
 from .accumulator import Accumulator
 from .batch import Batch, Counters
@@ -452,7 +452,7 @@ def build(messages: list[bytes], json_mode: bool, validate: bool
     try:
         # The fast path: one C parse of the whole batch. Any refusal (invalid JSON, or a
         # Python limit: deep nesting, a huge integer) sends each message to the check
-        # that has no such limit (_json_text), which alone decides.
+        # that has no such limit (_json.check_json_text), which alone decides.
         parsed = P.load_json(body)
         if isinstance(parsed, list) and len(parsed) == len(messages):
             return messages, [], body

@@ -25,7 +25,7 @@ from .._http import (
     merge_headers,
     resolve,
 )
-from .._json_text import check_json_text
+from .._json import check_json_text
 from .._redact import redact_url
 from .._response import Response
 from ..stream import DurableStream
@@ -232,15 +232,13 @@ class Transport:
 
 
 def server_words(response: Response, limit: int = 200) -> str:
-    """What the server said in its body: decoded, with every control or unprintable
-    character escaped, whitespace collapsed and at most ``limit`` characters."""
+    """What the server said in its body (read up to the client's error-body cap), fit for a
+    message: see :func:`durable_streams._protocol.server_words`."""
     try:
         raw = response.content[:limit * 4] if response.content else b""
     except Exception:  # pragma: no cover - body already consumed or broken
         return ""
-    text = " ".join(raw.decode("utf-8", errors="backslashreplace").split())
-    escaped = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+    return P.server_words(raw.decode("utf-8", errors="backslashreplace"), limit)
 
 
 def gone_error(where: str, operation: str, **kwargs: object) -> errors.RetentionGoneError:

@@ -13,9 +13,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .. import _protocol as P
+
+if TYPE_CHECKING:
+    from ..reading import StreamResponse
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -171,16 +174,22 @@ def cmd_read(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     finally:
-        # A second Ctrl-C while closing ends the process at once (no traceback).
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-        response.close()
-        if watcher is not None and watcher.fired:
-            silence_stdout()  # the reader went away while we were waiting for data
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(f"offset: {resume}\n")
-            sys.stderr.flush()
+        end_read(response, watcher, resume)
     return code
+
+
+def end_read(response: StreamResponse, watcher: _PipeWatcher | None, resume: str) -> None:
+    """What every reading command does last: close the read, keep quiet if the reader of
+    stdout went away, and print the offset to resume from on stderr."""
+    # A second Ctrl-C while closing ends the process at once (no traceback).
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    response.close()
+    if watcher is not None and watcher.fired:
+        silence_stdout()  # the reader went away while we were waiting for data
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"offset: {resume}\n")
+        sys.stderr.flush()
 
 
 def register(commands: Commands) -> None:
@@ -192,14 +201,22 @@ def register(commands: Commands) -> None:
         "following until EOF (the stream is closed) or Ctrl-C. At exit the offset to "
         "resume from is printed on stderr as 'offset: <token>'.")
     commands.add_url(p)
+    add_read_options(
+        p, offset_help="start here: -1 (the beginning, default), now, or a saved offset",
+        follow_help="keep reading new data (SSE, falling back to long-poll)")
+    p.set_defaults(func=cmd_read)
+
+
+def add_read_options(p: argparse.ArgumentParser, *, offset_help: str, follow_help: str
+                     ) -> None:
+    """The options every reading command takes: --offset, --follow/--sse/--long-poll,
+    --stop-after."""
     p.add_argument("--offset", "-o", default=P.OFFSET_BEGINNING, metavar="OFFSET",
-                   help="start here: -1 (the beginning, default), now, or a saved offset")
-    p.add_argument("--follow", "-f", action="store_true",
-                   help="keep reading new data (SSE, falling back to long-poll)")
+                   help=offset_help)
+    p.add_argument("--follow", "-f", action="store_true", help=follow_help)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--sse", action="store_true", help="follow with SSE (implies --follow)")
     mode.add_argument("--long-poll", action="store_true",
                       help="follow with long-poll requests (implies --follow)")
     p.add_argument("--stop-after", type=positive_float, metavar="SECONDS",
                    help="stop following after this many seconds")
-    p.set_defaults(func=cmd_read)

@@ -11,9 +11,7 @@ refills it, is printed only once complete. The resume offset goes to stderr at e
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 
 from .. import _protocol as P
@@ -24,11 +22,10 @@ from ._common import (
     Commands,
     err,
     headers_of,
-    positive_float,
     resolve_url,
     silence_stdout,
 )
-from ._read import _ClosedPipe, _PipeWatcher, _write_out
+from ._read import _ClosedPipe, _PipeWatcher, _write_out, add_read_options, end_read
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -84,14 +81,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-        response.close()
-        if watcher is not None and watcher.fired:
-            silence_stdout()  # the reader went away while we were waiting for data
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(f"offset: {resume}\n")
-            sys.stderr.flush()
+        end_read(response, watcher, resume)
     return code
 
 
@@ -105,14 +95,7 @@ def register(commands: Commands) -> None:
         "then each event as it is applied, one compact JSON line each, until EOF or "
         "Ctrl-C. The offset to resume from is printed on stderr at exit.")
     commands.add_url(p)
-    p.add_argument("--offset", "-o", default=P.OFFSET_BEGINNING, metavar="OFFSET",
-                   help="start here: -1 (the beginning, default) or a saved offset")
-    p.add_argument("--follow", "-f", action="store_true",
-                   help="keep printing changes as they arrive (SSE, falling back to long-poll)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--sse", action="store_true", help="follow with SSE (implies --follow)")
-    mode.add_argument("--long-poll", action="store_true",
-                      help="follow with long-poll requests (implies --follow)")
-    p.add_argument("--stop-after", type=positive_float, metavar="SECONDS",
-                   help="stop following after this many seconds")
+    add_read_options(
+        p, offset_help="start here: -1 (the beginning, default) or a saved offset",
+        follow_help="keep printing changes as they arrive (SSE, falling back to long-poll)")
     p.set_defaults(func=cmd_state)
