@@ -1,4 +1,5 @@
-"""Old public spellings that still work: one warning, one rule for both given (README, Changelog)."""
+"""Old public spellings that still work (README, "Changes of names"): one warning at the
+caller, and giving the old and the new spelling together is refused."""
 
 from __future__ import annotations
 

@@ -183,6 +183,20 @@ def exit_timeout_seconds(exit_timeout_ms: Any, exit_timeout: Any) -> float:
     return float(value) / 1000.0
 
 
+def pass_through_exit_timeout(options: dict[str, Any], where: str) -> None:
+    """For a constructor that passes ``**producer_options`` on to ``IdempotentProducer``
+    (maybe later, on another thread): turn the deprecated ``exit_timeout`` (seconds) into
+    ``exit_timeout_ms`` now, so the DeprecationWarning points at the constructor's caller
+    and a bad value or both spellings raise at once."""
+    if "exit_timeout" not in options:
+        return
+    old = renamed(where, "exit_timeout_ms",
+                  options.get("exit_timeout_ms", _MISSING),
+                  "exit_timeout", options.pop("exit_timeout"), stacklevel=4,
+                  note=" (milliseconds: exit_timeout=10 is exit_timeout_ms=10_000)")
+    options["exit_timeout_ms"] = _positive_seconds("exit_timeout", old, zero=True) * 1000.0
+
+
 def check_more(*, retry: Any, content_type: Any, session: Any,
                auto_claim: Any, validate_json: Any, flush_at_exit: Any) -> None:
     """The options that are not numbers of the batching (see :func:`check_options`)."""

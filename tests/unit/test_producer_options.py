@@ -230,3 +230,33 @@ def test_help_documents_every_parameter() -> None:
 def test_retry_policy_is_accepted(made: list[IdempotentProducer]) -> None:
     make(made, retry=RetryPolicy(max_retries=1))
     make(made, session=requests.Session())
+
+
+def test_pass_through_constructors_warn_at_their_caller() -> None:
+    """StateProducer and DurableStreamHandler pass producer options on; the deprecated
+    ``exit_timeout`` is turned into ``exit_timeout_ms`` at their construction, so the
+    warning names the caller's line and a bad value or both spellings raise at once."""
+    from durable_streams.logging import DurableStreamHandler
+    from durable_streams.state import StateProducer
+
+    with pytest.warns(DeprecationWarning, match="exit_timeout_ms") as record:
+        sp = StateProducer(URL, "sp", exit_timeout=2, flush_at_exit=False)
+    try:
+        assert [w.filename for w in record] == [__file__]
+        assert sp._producer._exit_timeout == 2.0
+    finally:
+        sp._producer.close(timeout=0)
+    with pytest.warns(DeprecationWarning, match="exit_timeout_ms") as record:
+        handler = DurableStreamHandler(URL, exit_timeout=2, close_timeout=0)
+    try:
+        assert [w.filename for w in record] == [__file__]
+        assert handler._options["exit_timeout_ms"] == 2000.0
+        assert "exit_timeout" not in handler._options
+    finally:
+        handler.close()
+    with pytest.raises(TypeError, match="exit_timeout_ms"):
+        StateProducer(URL, "sp", exit_timeout=2, exit_timeout_ms=2000)
+    with pytest.raises(TypeError, match="exit_timeout_ms"):
+        DurableStreamHandler(URL, exit_timeout=2, exit_timeout_ms=2000)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="exit_timeout"):
+        StateProducer(URL, "sp", exit_timeout=-1)
