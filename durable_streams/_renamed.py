@@ -6,7 +6,15 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-_MISSING: Any = object()
+
+class _Missing:
+    """The default of a deprecated parameter: "not given" (shown as such by ``help()``)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_MISSING: Any = _Missing()
 
 
 def renamed(where: str, new: str, new_value: Any, old: str, old_value: Any, *,
