@@ -45,6 +45,7 @@ from . import errors
 from ._http import NO_RETRY
 from ._log_record import JsonRecords
 from ._log_startup import MAX_DELAY, StreamCheck, retry_delay
+from ._producer.options import pass_through_exit_timeout
 from ._redact import redact_text, redact_url
 from .producer import IdempotentProducer
 from .stream import DurableStream
@@ -184,6 +185,7 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
             raise ValueError(f"close_timeout must be a finite number of seconds >= 0, got "
                              f"{close_timeout!r}")
         options: dict[str, Any] = dict(producer_options)
+        pass_through_exit_timeout(options, "DurableStreamHandler()")
         user_on_error = options.pop("on_error", None)
         if user_on_error is not None and not callable(user_on_error):
             raise TypeError("on_error must be a callable taking one exception")

@@ -33,6 +33,7 @@ from ._producer.accumulator import Accumulator
 from ._producer.batch import Counters
 from ._producer.journal_replay import attach, open_journal
 from ._producer.options import (
+    EXIT_TIMEOUT_MS,
     ProducerStats,
     check_headers,
     check_more,
@@ -41,12 +42,14 @@ from ._producer.options import (
     check_request_timeout,
     check_wait,
     encode_final,
+    exit_timeout_seconds,
 )
 from ._producer.reporter import ErrorCallback, Reporter
 from ._producer.sender import SenderPool
 from ._producer.sequencer import Act, Sequencer
 from ._producer.transport import Transport
 from ._redact import redact_url
+from ._renamed import _MISSING
 from .stream import DurableStream
 
 __all__ = ["IdempotentProducer", "ProducerStats"]
@@ -114,7 +117,9 @@ class IdempotentProducer:
             it was sealed: every retry loop (transient errors, claims, duplicates) stops
             there and the messages are reported. Default 120 000.
         request_timeout: seconds per HTTP request, as one number or ``(connect, read)``;
-            finite and > 0. Default (10, 60).
+            finite and > 0. Default (10, 60). Seconds, not milliseconds like the
+            ``*_ms`` options, on purpose: it follows the ``timeout`` convention of
+            ``requests`` (a number or a (connect, read) tuple), so one value fits both.
         retry: a :class:`RetryPolicy` for the waits between retries (the producer retries
             until ``delivery_timeout_ms``, whatever ``max_retries`` says). Default: the
             stream handle's, else ``RetryPolicy()``.
@@ -135,9 +140,12 @@ class IdempotentProducer:
             exceptions it raises are logged. Default: failures are logged and raised from
             ``flush()``/``close()``.
         flush_at_exit: at interpreter exit, close the producer if messages are pending
-            (waiting up to ``exit_timeout``); undelivered ones are logged (or written to
+            (waiting up to ``exit_timeout_ms``); undelivered ones are logged (or written to
             stderr when logging is not configured). Default True.
-        exit_timeout: seconds (finite, >= 0) the exit flush may take. Default 10.
+        exit_timeout_ms: milliseconds (finite, >= 0) the exit flush may take, in the same
+            unit as the other ``*_ms`` options. Default 10 000.
+        exit_timeout: deprecated old spelling of ``exit_timeout_ms``, in seconds: still
+            works, with a :class:`DeprecationWarning`; giving both is a :class:`TypeError`.
         journal: a directory (created if missing) where every accepted message is
             recorded before ``append()`` returns, so that it survives the death of the
             process: the next producer opened on it (same stream and producer id)
@@ -176,7 +184,8 @@ class IdempotentProducer:
         session: requests.Session | None = None,
         on_error: ErrorCallback | None = None,
         flush_at_exit: bool = True,
-        exit_timeout: float = 10.0,
+        exit_timeout_ms: float = EXIT_TIMEOUT_MS,
+        exit_timeout: float = _MISSING,
         journal: str | os.PathLike[str] | None = None,
         journal_fsync: bool = False,
         journal_max_bytes: int | None = None,
@@ -184,7 +193,8 @@ class IdempotentProducer:
         check_producer_id(producer_id)
         check_headers(headers)
         check_request_timeout(request_timeout)
-        check_more(retry=retry, exit_timeout=exit_timeout, content_type=content_type,
+        exit_timeout_s = exit_timeout_seconds(exit_timeout_ms, exit_timeout)
+        check_more(retry=retry, content_type=content_type,
                    session=session, auto_claim=auto_claim, validate_json=validate_json,
                    flush_at_exit=flush_at_exit)
         # With auto_claim and no epoch of the caller's, start from the clock: a new run then
@@ -220,7 +230,7 @@ class IdempotentProducer:
         self._delivery_timeout = float(delivery_timeout_ms) / 1000.0
         self._validate_json = validate_json
         self._flush_at_exit = flush_at_exit
-        self._exit_timeout = exit_timeout
+        self._exit_timeout = exit_timeout_s
         self._token = object()  # identifies this producer's threads (lifecycle)
         self._lock = lock = threading.Lock()
         self._counters = counters = Counters()

@@ -19,6 +19,7 @@ from ._http import (
     TimeoutLike,
 )
 from ._redact import redact_url
+from ._renamed import _MISSING, renamed
 from ._response import Response
 
 if TYPE_CHECKING:
@@ -393,21 +394,28 @@ class DurableStream:
         )
         return self._next_offset(response, "append")
 
-    def close_stream(self, *, body: Any = None) -> str:
+    def close_stream(self, *, final_message: Any = None, body: Any = _MISSING) -> str:
         """Close the stream for every reader and writer (EOF, §5.3); return the final offset.
 
         Args:
-            body: an optional final message (encoded as for :meth:`append`), appended
-                atomically with the close. Default: none.
+            final_message: an optional final message (encoded as for :meth:`append`),
+                appended atomically with the close. Default: none. The same name as
+                ``IdempotentProducer.close_stream(final_message)``.
+            body: deprecated old spelling of ``final_message``: still works, with a
+                :class:`DeprecationWarning`; giving both is a :class:`TypeError`.
 
-        Closing an already closed stream without a body succeeds again (and is retried
-        like any idempotent request); with a body it raises :class:`StreamClosedError`.
+        Closing an already closed stream without a final message succeeds again (and is
+        retried like any idempotent request); with one it raises :class:`StreamClosedError`.
         Bounded by ``total_timeout``.
         """
+        body = renamed("DurableStream.close_stream()", "final_message",
+                       _MISSING if final_message is None else final_message, "body", body)
+        if body is _MISSING:
+            body = None
         extra = {P.STREAM_CLOSED: "true"}
         data: bytes | None = None
         if body is not None:
-            data = self._encode_message(body, "body")
+            data = self._encode_message(body, "final_message")
             extra[P.CONTENT_TYPE] = self._known_content_type()
         elif self.content_type:
             extra[P.CONTENT_TYPE] = self.content_type

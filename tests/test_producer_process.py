@@ -342,14 +342,14 @@ def test_exit_with_server_down_is_bounded_and_logged() -> None:
         start = time.monotonic()
         proc = run_python(PRELUDE + """
 p = IdempotentProducer(url, "exit", content_type="application/json", retry=FAST,
-                       exit_timeout=1.0)
+                       exit_timeout_ms=1_000)
 p.append('"nowhere to go"')
 """, f"http://127.0.0.1:{port}/down")
         elapsed = time.monotonic() - start
     finally:
         sock.close()
     assert proc.returncode == 0
-    assert elapsed < 15  # exit_timeout=1 plus interpreter start-up and shutdown
+    assert elapsed < 15  # exit_timeout_ms=1_000 plus interpreter start-up and shutdown
     assert "not delivered" in proc.stderr
 
 

@@ -179,7 +179,7 @@ def test_closed_stream_catch_up_is_eof(url: str, kind: str) -> None:
     k = KINDS[kind]
     handle = create(url, k)
     handle.append(k.message(1))
-    final = handle.close_stream(body=k.message(2))
+    final = handle.close_stream(final_message=k.message(2))
     with stream(url) as res:
         assert k.combine(list(k.consume(res))) == k.combine(
             [k.message(1), k.message(2)] if kind != "json" else [k.message(1), k.message(2)]
@@ -351,7 +351,7 @@ def test_close_while_following_ends_with_eof_event(json_stream: DurableStream,
     res = json_stream.stream(live=live)
     reader = Collector(res.iter_events())
     reader.wait_for(lambda events: any(e.up_to_date for e in events))
-    final = json_stream.close_stream(body={"last": True})
+    final = json_stream.close_stream(final_message={"last": True})
     events = reader.join()
     assert events[-1].closed and events[-1].offset == final
     data = [e for e in events if e.data]

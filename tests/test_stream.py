@@ -470,22 +470,35 @@ def test_close_stream_without_body(text_stream: DurableStream) -> None:
     assert text_stream.url in str(err)
 
 
-def test_close_stream_with_body(json_stream: DurableStream) -> None:
+def test_close_stream_with_final_message(json_stream: DurableStream) -> None:
     """§5.2 Stream-Closed with a body: the final message is appended atomically."""
     json_stream.append({"type": "order.created"})
-    final = json_stream.close_stream(body='{"type": "done"}')
+    final = json_stream.close_stream(final_message='{"type": "done"}')
     assert json_stream.head().offset == final
     response = read_all(json_stream.url)
     assert response.json() == [{"type": "order.created"}, {"type": "done"}]
     assert response.headers.get("Stream-Closed") == "true"
     with pytest.raises(StreamClosedError) as info:
-        json_stream.close_stream(body={"type": "again"})  # not idempotent with a body
+        json_stream.close_stream(final_message={"type": "again"})  # not idempotent with a body
     assert info.value.final_offset == final
     assert json_stream.close_stream() == final  # close-only still fine
 
 
+def test_close_stream_deprecated_body_still_works(text_stream: DurableStream) -> None:
+    """The old spelling ``body=`` warns at the caller, naming ``final_message``, and has the
+    same effect: the final message stored and the stream closed (§5.2)."""
+    text_stream.append("a")
+    with pytest.warns(DeprecationWarning, match="final_message") as record:
+        final = text_stream.close_stream(body="z")
+    assert [w.filename for w in record] == [__file__]
+    response = read_all(text_stream.url)
+    assert response.content == b"az"
+    assert response.headers.get("Stream-Closed") == "true"
+    assert text_stream.head().offset == final
+
+
 def test_close_stream_object_body_is_one_message(json_stream: DurableStream) -> None:
-    json_stream.close_stream(body=[1, 2])
+    json_stream.close_stream(final_message=[1, 2])
     assert read_json(json_stream.url) == [[1, 2]]
 
 

@@ -12,6 +12,7 @@ import requests
 
 from .. import _protocol as P
 from .._http import RetryPolicy
+from .._renamed import _MISSING, renamed
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ def check_options(*, epoch: int, max_batch_bytes: int, max_batch_items: int | No
     if on_error is not None and not callable(on_error):
         raise TypeError("on_error must be a callable taking one exception")
 
+
+#: the default of ``exit_timeout_ms``; one object, so that "not given" can be told from a
+#: caller's own 10_000 when the deprecated ``exit_timeout`` is given too
+EXIT_TIMEOUT_MS: float = 10_000.0
 
 #: the range of ``max_in_flight``: one request at a time up to 64 pipelined batches (each
 #: in flight needs a sender thread; beyond this the server's ordering makes them wait)
@@ -159,13 +164,45 @@ def check_wait(operation: str, timeout: Any) -> float | None:
     return _positive_seconds(f"{operation}(timeout=...)", timeout, zero=True)
 
 
-def check_more(*, retry: Any, exit_timeout: Any, content_type: Any, session: Any,
+def exit_timeout_seconds(exit_timeout_ms: Any, exit_timeout: Any) -> float:
+    """The exit flush's bound in seconds, from ``exit_timeout_ms`` or its deprecated old
+    spelling ``exit_timeout`` (seconds, with a DeprecationWarning at the constructor's
+    caller); both given is a TypeError. Either must be a finite number >= 0."""
+    old = renamed("IdempotentProducer()", "exit_timeout_ms",
+                  _MISSING if exit_timeout_ms is EXIT_TIMEOUT_MS else exit_timeout_ms,
+                  "exit_timeout", exit_timeout, stacklevel=4,
+                  note=" (milliseconds: exit_timeout=10 is exit_timeout_ms=10_000)")
+    if exit_timeout is not _MISSING:
+        return _positive_seconds("exit_timeout", old, zero=True)
+    value = exit_timeout_ms
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"exit_timeout_ms must be a number of milliseconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"exit_timeout_ms must be a finite number of milliseconds >= 0, "
+                         f"got {value!r}")
+    return float(value) / 1000.0
+
+
+def pass_through_exit_timeout(options: dict[str, Any], where: str) -> None:
+    """For a constructor that passes ``**producer_options`` on to ``IdempotentProducer``
+    (maybe later, on another thread): turn the deprecated ``exit_timeout`` (seconds) into
+    ``exit_timeout_ms`` now, so the DeprecationWarning points at the constructor's caller
+    and a bad value or both spellings raise at once."""
+    if "exit_timeout" not in options:
+        return
+    old = renamed(where, "exit_timeout_ms",
+                  options.get("exit_timeout_ms", _MISSING),
+                  "exit_timeout", options.pop("exit_timeout"), stacklevel=4,
+                  note=" (milliseconds: exit_timeout=10 is exit_timeout_ms=10_000)")
+    options["exit_timeout_ms"] = _positive_seconds("exit_timeout", old, zero=True) * 1000.0
+
+
+def check_more(*, retry: Any, content_type: Any, session: Any,
                auto_claim: Any, validate_json: Any, flush_at_exit: Any) -> None:
     """The options that are not numbers of the batching (see :func:`check_options`)."""
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a durable_streams.RetryPolicy (or None for the "
                         f"default), got {type(retry).__name__}")
-    _positive_seconds("exit_timeout", exit_timeout, zero=True)
     if content_type is not None:
         if not isinstance(content_type, str) or not content_type.strip():
             raise TypeError(f"content_type must be a non-empty str such as "

@@ -87,7 +87,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_close(args: argparse.Namespace) -> int:
     url = resolve_url(args.url)
     with handle_for(args, url) as handle:
-        offset = handle.close_stream(body=args.message)
+        offset = handle.close_stream(final_message=args.message)
     sys.stdout.write(offset + "\n")
     sys.stdout.flush()
     note(f"closed {shown(url)}")

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import _protocol as P
+from .._producer.options import pass_through_exit_timeout
 from ..producer import IdempotentProducer
 from ..stream import DurableStream
 from .events import _MISSING, StateEvent, change_event, control_event, encode_event
@@ -54,6 +55,7 @@ class StateProducer:
                 if not isinstance(name, str) or not name or not callable(fn):
                     raise TypeError(f"schemas must map non-empty type names to callables; "
                                     f"{name!r} maps to {type(fn).__name__}")
+        pass_through_exit_timeout(producer_options, "StateProducer()")
         content_type = producer_options.get("content_type")
         if content_type is None and isinstance(stream, DurableStream):
             content_type = stream.content_type

@@ -471,7 +471,7 @@ class Adapter:
         data = cmd.get("data")
         with self.handle_for(path, content_type=cmd.get("contentType"),
                              headers=cmd.get("headers")) as handle:
-            final = handle.close_stream(body=data)
+            final = handle.close_stream(final_message=data)
         return {"type": "close", "success": True, "status": 200, "finalOffset": final}
 
     def cmd_append(self, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -93,8 +93,8 @@ def sysexit_in_with(url: str, producer_id: str, n: str) -> None:
 
 
 def exit_server_down(url: str, producer_id: str, n: str) -> None:
-    """The server is unreachable at exit: the exit flush gives up after exit_timeout."""
-    p = IdempotentProducer(url, producer_id, content_type=JSON, exit_timeout=1.0,
+    """The server is unreachable at exit: the exit flush gives up after exit_timeout_ms."""
+    p = IdempotentProducer(url, producer_id, content_type=JSON, exit_timeout_ms=1_000,
                            delivery_timeout_ms=600_000)
     for i in range(int(n)):
         p.append(json.dumps(f"D:{i}"))

@@ -37,11 +37,11 @@ def _exit_with_server_down() -> tuple[subprocess.CompletedProcess[str], float]:
 
 
 def test_exit_is_bounded_when_the_server_is_down() -> None:
-    """Nobody listens: the exit flush gives up after exit_timeout (1 s) and the interpreter
+    """Nobody listens: the exit flush gives up after exit_timeout_ms (1 s) and the interpreter
     exits normally instead of hanging (delivery_timeout_ms is 10 minutes here)."""
     proc, wall = _exit_with_server_down()
     assert proc.returncode == 0, proc.stderr
-    assert wall < 1.0 + 10, wall  # exit_timeout + interpreter start-up on a loaded machine
+    assert wall < 1.0 + 10, wall  # exit_timeout_ms + interpreter start-up on a loaded machine
 
 
 def test_exit_failure_is_not_silent() -> None:

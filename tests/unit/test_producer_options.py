@@ -114,9 +114,45 @@ def test_retry_must_be_a_retry_policy(retry: Any) -> None:
     (-1, ValueError), (math.nan, ValueError), (math.inf, ValueError), ("10", TypeError),
     (None, TypeError),
 ])
-def test_exit_timeout_must_be_finite_and_not_negative(value: Any,
+def test_exit_timeout_ms_must_be_finite_and_not_negative(value: Any,
+                                                         exc_type: type[BaseException]) -> None:
+    refused(exc_type, "exit_timeout_ms", exit_timeout_ms=value)
+
+
+@pytest.mark.parametrize("value, exc_type", [
+    (-1, ValueError), (math.nan, ValueError), (math.inf, ValueError), ("10", TypeError),
+    (None, TypeError),
+])
+def test_deprecated_exit_timeout_keeps_its_validation(value: Any,
                                                       exc_type: type[BaseException]) -> None:
-    refused(exc_type, "exit_timeout", exit_timeout=value)
+    with pytest.warns(DeprecationWarning):
+        refused(exc_type, "exit_timeout", exit_timeout=value)
+
+
+def test_exit_timeout_seconds_still_works_with_a_deprecation_warning(
+        made: list[IdempotentProducer]) -> None:
+    """The old spelling (seconds) warns at the caller's line, names the new spelling and
+    sets the same exit bound as the milliseconds it stands for."""
+    with pytest.warns(DeprecationWarning, match="exit_timeout_ms") as record:
+        old = make(made, exit_timeout=2.5)
+    assert [w.filename for w in record] == [__file__]  # stacklevel: the caller's line
+    new = make(made, exit_timeout_ms=2_500)
+    assert old._exit_timeout == new._exit_timeout == 2.5
+    assert make(made)._exit_timeout == 10.0  # the default: 10 000 ms
+
+
+@pytest.mark.parametrize("ms", [10_000, 10_000.0, 500])
+def test_exit_timeout_and_exit_timeout_ms_together_are_refused(ms: float) -> None:
+    """Both spellings at once (even with the default's value) is a TypeError."""
+    with pytest.raises(TypeError, match="exit_timeout_ms"):
+        IdempotentProducer(URL, "p", exit_timeout=1.0, exit_timeout_ms=ms)
+
+
+def test_new_spelling_gives_no_warning(made: list[IdempotentProducer]) -> None:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(made, exit_timeout_ms=0)
 
 
 @pytest.mark.parametrize("value", [0, -1, MAX_IN_FLIGHT + 1, 10**9])
@@ -183,7 +219,7 @@ def test_help_documents_every_parameter() -> None:
     text = pydoc.render_doc(IdempotentProducer, renderer=pydoc.plaintext)
     for name in inspect.signature(IdempotentProducer).parameters:
         assert f"{name}:" in text, f"{name} is not documented"
-    for phrase in ("auto_claim", "1..64", "max_block_ms", "flush_at_exit", "exit_timeout",
+    for phrase in ("auto_claim", "1..64", "max_block_ms", "flush_at_exit", "exit_timeout_ms",
                    "delivery_timeout_ms", "maybe_stored"):
         assert phrase in text
     for method in (IdempotentProducer.flush, IdempotentProducer.close,
@@ -194,3 +230,33 @@ def test_help_documents_every_parameter() -> None:
 def test_retry_policy_is_accepted(made: list[IdempotentProducer]) -> None:
     make(made, retry=RetryPolicy(max_retries=1))
     make(made, session=requests.Session())
+
+
+def test_pass_through_constructors_warn_at_their_caller() -> None:
+    """StateProducer and DurableStreamHandler pass producer options on; the deprecated
+    ``exit_timeout`` is turned into ``exit_timeout_ms`` at their construction, so the
+    warning names the caller's line and a bad value or both spellings raise at once."""
+    from durable_streams.logging import DurableStreamHandler
+    from durable_streams.state import StateProducer
+
+    with pytest.warns(DeprecationWarning, match="exit_timeout_ms") as record:
+        sp = StateProducer(URL, "sp", exit_timeout=2, flush_at_exit=False)
+    try:
+        assert [w.filename for w in record] == [__file__]
+        assert sp._producer._exit_timeout == 2.0
+    finally:
+        sp._producer.close(timeout=0)
+    with pytest.warns(DeprecationWarning, match="exit_timeout_ms") as record:
+        handler = DurableStreamHandler(URL, exit_timeout=2, close_timeout=0)
+    try:
+        assert [w.filename for w in record] == [__file__]
+        assert handler._options["exit_timeout_ms"] == 2000.0
+        assert "exit_timeout" not in handler._options
+    finally:
+        handler.close()
+    with pytest.raises(TypeError, match="exit_timeout_ms"):
+        StateProducer(URL, "sp", exit_timeout=2, exit_timeout_ms=2000)
+    with pytest.raises(TypeError, match="exit_timeout_ms"):
+        DurableStreamHandler(URL, exit_timeout=2, exit_timeout_ms=2000)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="exit_timeout"):
+        StateProducer(URL, "sp", exit_timeout=-1)
