@@ -28,7 +28,7 @@ import requests
 
 from . import errors
 from ._http import DEFAULT_RETRY, HeadersLike, RetryPolicy, TimeoutLike
-from ._producer import accumulator, lifecycle
+from ._producer import lifecycle
 from ._producer.accumulator import Accumulator
 from ._producer.batch import Counters
 from ._producer.journal_replay import attach, open_journal
@@ -277,6 +277,10 @@ class IdempotentProducer:
             with lock:
                 attach(self._journal, acc=self._acc, seq=self._seq, pool=self._pool,
                        delivery_timeout=self._delivery_timeout)
+        if type(self).append is IdempotentProducer.append:
+            # Not overridden: skip one Python call per message (the buffer's method does
+            # exactly what append() documents).
+            self.append = self._acc.append  # type: ignore[method-assign]
 
     # -- public properties -------------------------------------------------------------
     @property
@@ -329,8 +333,24 @@ class IdempotentProducer:
                 in_flight=len(self._seq.batches))
 
     # -- append ------------------------------------------------------------------------
-    #: (the hot path lives with the buffer it fills: one Python call per message)
-    append = accumulator.append
+    def append(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Queue one message; returns at once without touching the network.
+
+        ``data`` is ``str`` (sent as UTF-8; in JSON mode, the text of one JSON value) or
+        bytes-like. Raises ``TypeError`` for anything else (serialise objects first, e.g.
+        ``json.dumps(obj)``), ``ValueError`` for an empty message, one larger than
+        ``max_batch_bytes`` or a ``str`` that is not encodable as UTF-8 (a lone surrogate),
+        :class:`~durable_streams.BufferFullError` when the buffer stayed full for
+        ``max_block_ms``, and the producer's terminal error once it was closed, fenced or
+        its stream closed. Invalid JSON in JSON mode is not refused here: it is reported
+        through ``on_error`` and ``flush()`` (with ``validate_json``, before it is sent).
+        With ``journal=``, the message is journaled before this returns.
+
+        A subclass may override it (and call ``super().append(data)``). Without an
+        override, each instance's ``append`` is bound straight to the buffer's own method
+        (see ``__init__``), so the hot path costs one Python call per message.
+        """
+        self._acc.append(data)
 
     # -- flush / close -----------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .. import errors
 from .reporter import copy_error
@@ -46,16 +46,76 @@ class Accumulator:
         self.room = max_buffer_bytes
         #: when set, append() raises (a copy of) it: closed, fenced, stream closed, forked
         self.refusal: errors.DurableStreamError | None = None
-        #: lets :func:`append` serve the accumulator too (it reads ``owner._acc``)
-        self._acc = self
         #: the crash-safe journal (``journal=``), or None: every accepted message is
         #: journaled before append() returns, and takes/drops are reported to it
         self.journal: Journal | None = None
 
-    #: the hot path, shared with ``IdempotentProducer.append`` (see :func:`append`)
+    # -- the hot path ------------------------------------------------------------------------
     def append(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Encode and append one message; blocks while the byte budget is spent."""
-        append(self, data)
+        """Queue one message; returns at once without touching the network.
+
+        ``data`` is ``str`` (sent as UTF-8; in JSON mode, the text of one JSON value) or
+        bytes-like. Raises ``TypeError`` for anything else (serialise objects first, e.g.
+        ``json.dumps(obj)``), ``ValueError`` for an empty message, one larger than
+        ``max_batch_bytes`` or a ``str`` that is not encodable as UTF-8 (a lone surrogate),
+        :class:`~durable_streams.BufferFullError` when the buffer stayed full for
+        ``max_block_ms``, and the producer's terminal error once it was closed, fenced or
+        its stream closed. Invalid JSON in JSON mode is not refused here: it is reported
+        through ``on_error`` and ``flush()`` (with ``validate_json``, before it is sent).
+
+        ``IdempotentProducer`` binds its instances' ``append`` straight to this method
+        unless a subclass overrides ``append``: the hot path costs one Python call.
+        """
+        t = type(data)
+        if t is str:
+            try:
+                raw = data.encode()  # type: ignore[union-attr]
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
+        elif t is bytes:
+            raw = data  # type: ignore[assignment,unused-ignore]
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+        elif isinstance(data, str):  # a str subclass (StrEnum member, numpy.str_...)
+            try:
+                raw = str.encode(data)
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
+        else:
+            raise TypeError(
+                f"IdempotentProducer.append() takes str or bytes, not {t.__name__}; "
+                "serialise objects first, e.g. producer.append(json.dumps(obj))"
+            )
+        n = len(raw)
+        if not n or n > self.max_batch_bytes:
+            self._reject_size(n)
+        lock = self._lock
+        contended = not lock.acquire(False)
+        if contended:
+            lock.acquire()
+        try:
+            if self.refusal is not None:
+                raise copy_error(self.refusal)
+            room = self.room - n
+            if room < 0 or self.journal is not None:
+                room = self._room_for(raw, room)
+            self.room = room
+            buf = self.buf
+            buf.append(raw)
+            size = self.nbytes + n
+            self.nbytes = size
+            if len(buf) == 1:
+                self.first_ts = self.clock()
+                self.wake()
+            elif size >= self.max_batch_bytes > size - n:
+                self.wake()  # the open batch just became full
+        finally:
+            lock.release()
+        if contended:
+            # Several threads queued on the lock: let one of them take it now instead of
+            # re-taking it at once, which would keep a lock convoy going (each append then
+            # costs a futile wake-up of every waiter).
+            time.sleep(0)
 
     def _reject_size(self, n: int) -> None:
         if not n:
@@ -198,75 +258,3 @@ class Accumulator:
         """A forked child: the parent's lock may be held by a thread that does not exist."""
         self._lock = lock
         self.space = threading.Condition(lock)
-
-
-class _Owner(Protocol):
-    _acc: Accumulator
-
-
-def append(self: _Owner, data: str | bytes | bytearray | memoryview) -> None:
-    """Queue one message; returns at once without touching the network.
-
-    ``data`` is ``str`` (sent as UTF-8; in JSON mode, the text of one JSON value) or
-    bytes-like. Raises ``TypeError`` for anything else (serialise objects first, e.g.
-    ``json.dumps(obj)``), ``ValueError`` for an empty message, one larger than
-    ``max_batch_bytes`` or a ``str`` that is not encodable as UTF-8 (a lone surrogate),
-    :class:`~durable_streams.BufferFullError` when the buffer stayed full for
-    ``max_block_ms``, and the producer's terminal error once it was closed, fenced or
-    its stream closed. Invalid JSON in JSON mode is not refused here: it is reported
-    through ``on_error`` and ``flush()`` (with ``validate_json``, before it is sent).
-
-    This one function is both ``IdempotentProducer.append`` (a real method: a subclass
-    may override it) and ``Accumulator.append``: the hot path costs one Python call.
-    """
-    acc = self._acc
-    t = type(data)
-    if t is str:
-        try:
-            raw = data.encode()  # type: ignore[union-attr]
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
-    elif t is bytes:
-        raw = data  # type: ignore[assignment,unused-ignore]
-    elif isinstance(data, (bytes, bytearray, memoryview)):
-        raw = bytes(data)
-    elif isinstance(data, str):  # a str subclass (StrEnum member, numpy.str_...)
-        try:
-            raw = str.encode(data)
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"message is not encodable as UTF-8: {exc}") from None
-    else:
-        raise TypeError(
-            f"IdempotentProducer.append() takes str or bytes, not {t.__name__}; "
-            "serialise objects first, e.g. producer.append(json.dumps(obj))"
-        )
-    n = len(raw)
-    if not n or n > acc.max_batch_bytes:
-        acc._reject_size(n)
-    lock = acc._lock
-    contended = not lock.acquire(False)
-    if contended:
-        lock.acquire()
-    try:
-        if acc.refusal is not None:
-            raise copy_error(acc.refusal)
-        room = acc.room - n
-        if room < 0 or acc.journal is not None:
-            room = acc._room_for(raw, room)
-        acc.room = room
-        buf = acc.buf
-        buf.append(raw)
-        size = acc.nbytes + n
-        acc.nbytes = size
-        if len(buf) == 1:
-            acc.first_ts = acc.clock()
-            acc.wake()
-        elif size >= acc.max_batch_bytes > size - n:
-            acc.wake()  # the open batch just became full
-    finally:
-        lock.release()
-    if contended:
-        # Several threads queued on the lock: let one of them take it now instead of
-        # re-taking it at once, which would keep a lock convoy going (each append then
-        # costs a futile wake-up of every waiter).
-        time.sleep(0)

@@ -212,7 +212,7 @@ def test_append_is_a_real_method_a_subclass_can_override(made: list[IdempotentPr
     made.append(p)
     p.append('"x"')
     assert seen == ['"x"'] and p.pending_count == 1
-    assert "append" not in vars(p)  # no per-instance shadowing
+    assert "append" not in vars(p)  # an override is never shadowed per instance
 
 
 def test_help_documents_every_parameter() -> None:
