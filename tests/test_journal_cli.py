@@ -96,3 +96,46 @@ def test_journal_of_a_directory_without_one_is_a_usage_error(tmp_path: Path) -> 
     assert empty.returncode == 2 and "holds no journal" in empty.stderr
     missing = _cli("journal", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "not a directory" in missing.stderr
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # closed: nothing listens there
+
+
+def test_first_run_with_the_server_unreachable_journals_with_content_type(
+        tmp_path: Path) -> None:
+    journal = str(tmp_path / "j")
+    port = _free_port()
+    dead = f"http://127.0.0.1:{port}/cron-first"
+    # Without --content-type a first run cannot know how to frame its input: it fails (1)
+    # and nothing is accepted.
+    blind = _cli("append", dead, "1", "--producer-id", "cron", "--journal", journal,
+                 "--timeout", "2")
+    assert blind.returncode == 1, blind.stderr
+    down = _cli("append", dead, "1", "2", "--producer-id", "cron", "--journal", journal,
+                "--content-type", "application/json", "--timeout", "2",
+                "--delivery-timeout", "1")
+    assert down.returncode == 75, down.stderr
+    info = _pending(journal)
+    assert info["pending_messages"] == 2 and info["content_type"] == "application/json"
+    assert info["stream"] == dead and info["producer_id"] == "cron"
+    bad = _cli("append", dead, "3", "--producer-id", "cron", "--journal", journal,
+               "--content-type", "text/plain", "--timeout", "2")
+    assert bad.returncode == 2 and "does not match" in bad.stderr
+    # The server comes up at that address: the next run delivers the journal first.
+    with ReferenceServer(port=port) as srv:
+        url = srv.stream_url("cron-first")
+        assert url == dead
+        DurableStream.create(url, content_type="application/json").close()
+        nxt = _cli("append", url, "3", "--producer-id", "cron", "--journal", journal)
+        assert nxt.returncode == 0, nxt.stderr
+        assert read_json(url) == [1, 2, 3]
+        assert _pending(journal)["pending_messages"] == 0
+        mismatch = _cli("append", url, "4", "--producer-id", "cron", "--journal", journal,
+                        "--content-type", "text/plain")
+        assert mismatch.returncode == 2 and "does not match" in mismatch.stderr
+        assert read_json(url) == [1, 2, 3]
