@@ -207,6 +207,12 @@ def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPo
     return r.count
 
 
+#: Test-only internal, not public API (may change or go without notice): when set, the
+#: segment size of journals opened afterwards in this process, so that kill tests cross
+#: segment rollover and compaction within a few hundred messages.
+_test_segment_bytes: int | None = None
+
+
 def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: str,
                  fsync: bool, max_bytes: int | None, max_buffer_bytes: int,
                  max_batch_bytes: int) -> Journal | None:
@@ -223,7 +229,7 @@ def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: 
                         f"{type(path).__name__}")
     if not isinstance(fsync, bool):
         raise TypeError(f"journal_fsync must be True or False, got {fsync!r}")
-    segment = max(SEGMENT_BYTES, 2 * max_batch_bytes)
+    segment = _test_segment_bytes or max(SEGMENT_BYTES, 2 * max_batch_bytes)
     floor = 4 * (segment + RESERVE)
     if max_bytes is None:
         max_bytes = max(4 * max_buffer_bytes, 64 * 1024 * 1024, floor)
