@@ -24,6 +24,7 @@ from durable_streams import (
     IdempotentProducer,
     JournalError,
 )
+from durable_streams._producer.journal_format import list_segments
 from durable_streams.testing import ReferenceServer
 
 ROOT = Path(__file__).parents[1]
@@ -32,6 +33,9 @@ CHILD = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[4])
 from durable_streams import IdempotentProducer
+if len(sys.argv) > 6:  # small segments: the kill may land in a rollover or a compaction
+    import durable_streams._producer.journal_replay as jr
+    jr._test_segment_bytes = int(sys.argv[6])
 url, journal, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
 p = IdempotentProducer(url, "jw", journal=journal, max_batch_items=int(sys.argv[5]),
                        linger_ms=1)
@@ -51,10 +55,12 @@ def _check_exactly_once(items: list[Any], accepted: int) -> None:
     assert len(items) >= accepted
 
 
-def _kill_round(url: str, journal: str, start: int, seed: int, items: int) -> int:
+def _kill_round(url: str, journal: str, start: int, seed: int, items: int,
+                segment_bytes: int = 0) -> int:
     rnd = random.Random(seed)
+    extra = [str(segment_bytes)] if segment_bytes else []
     child = subprocess.Popen([sys.executable, "-c", CHILD, url, journal, str(start),
-                              str(ROOT), str(items)], stdout=subprocess.PIPE)
+                              str(ROOT), str(items), *extra], stdout=subprocess.PIPE)
     assert child.stdout is not None
     assert child.stdout.readline() == b"OPEN\n"
     time.sleep(rnd.uniform(0.05, 0.4))
@@ -83,6 +89,35 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(
         items = read_json(json_stream.url)
         _check_exactly_once(items, accepted)
         accepted = len(items)
+    assert accepted > 0
+
+
+@pytest.mark.timeout(180)
+def test_kill_9_across_segment_rollover_and_compaction(
+        json_stream: DurableStream, tmp_path: Path) -> None:
+    """Small segments (test-only internal knob): each round makes and compacts many
+    segments, so kills land in rollovers and compactions too."""
+    import durable_streams._producer.journal_replay as jr
+
+    rounds = 50 if os.environ.get("DS_FULL_FAULTS") == "1" else 4
+    journal = str(tmp_path / "journal")
+    accepted = 0
+    old, jr._test_segment_bytes = jr._test_segment_bytes, 64 * 1024
+    try:
+        for r in range(rounds):
+            accepted = max(accepted, _kill_round(
+                json_stream.url, journal, accepted, 1000 + r,
+                items=random.Random(r).choice([1, 10, 100]), segment_bytes=64 * 1024))
+            with IdempotentProducer(json_stream.url, "jw", journal=journal) as p:
+                p.flush(timeout=60)
+            items = read_json(json_stream.url)
+            _check_exactly_once(items, accepted)
+            accepted = len(items)
+    finally:
+        jr._test_segment_bytes = old
+    numbers = [n for n, _ in list_segments(journal)]
+    # many segments were made (numbers grow) and the acknowledged ones compacted away
+    assert numbers and numbers[-1] >= rounds and len(numbers) <= 2, numbers
     assert accepted > 0
 
 

@@ -207,6 +207,12 @@ def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPo
     return r.count
 
 
+#: Test-only internal, not public API (may change or go without notice): when set, the
+#: segment size of journals opened afterwards in this process, so that kill tests cross
+#: segment rollover and compaction within a few hundred messages.
+_test_segment_bytes: int | None = None
+
+
 def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: str,
                  fsync: bool, max_bytes: int | None, max_buffer_bytes: int,
                  max_batch_bytes: int) -> Journal | None:
@@ -223,7 +229,7 @@ def open_journal(path: str | os.PathLike[str] | None, *, url: str, producer_id: 
                         f"{type(path).__name__}")
     if not isinstance(fsync, bool):
         raise TypeError(f"journal_fsync must be True or False, got {fsync!r}")
-    segment = max(SEGMENT_BYTES, 2 * max_batch_bytes)
+    segment = _test_segment_bytes or max(SEGMENT_BYTES, 2 * max_batch_bytes)
     floor = 4 * (segment + RESERVE)
     if max_bytes is None:
         max_bytes = max(4 * max_buffer_bytes, 64 * 1024 * 1024, floor)
@@ -250,3 +256,57 @@ def peek_content_type(directory: str) -> str | None:
                 elif rtype == F.T_META:
                     ct = json.loads(payload).get("content_type") or ct
     return ct
+
+
+@dataclass
+class JournalSummary:
+    """What a journal holds, read without its lock (``durable-streams journal``)."""
+
+    stream: str  # scheme://host:port/path: no user-info, no query
+    producer_id: str
+    content_type: str | None
+    epoch: int | None
+    next_seq: int
+    pending_batches: int
+    pending_messages: int
+    pending_bytes: int
+    segments: int
+    disk_bytes: int
+
+
+def summarize(directory: str | os.PathLike[str]) -> JournalSummary | None:
+    """Read a journal's segments (read only, no lock) and sum up what is pending.
+    None: the directory holds no journal. A corrupt record raises ``ValueError`` naming
+    the file and offset, as opening it would."""
+    found = F.list_segments(os.fspath(directory))
+    builder = ReplayBuilder()
+    first: F.SegmentInfo | None = None
+    index = 0
+    disk = 0
+    for k, (_, path) in enumerate(found):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        disk += len(data)
+        records = F.scan(data, path, last=k == len(found) - 1)[0]
+        if not records or records[0][1] != F.T_SEGMENT:
+            continue
+        info = F.decode_segment(records[0][2])
+        first = first or info
+        builder.segment(info)
+        index = info.first_index
+        for _, rtype, payload in records[1:]:
+            if rtype == F.T_MSG:
+                builder.message(index, payload, info.number)
+                index += 1
+            else:
+                builder.control(rtype, payload)
+    if first is None:
+        return None
+    r = builder.result(index)
+    nbytes = sum(len(m) for b in r.batches for m in b.messages)
+    nbytes += sum(len(m) for _, m in r.unsealed)
+    return JournalSummary(
+        stream=first.stream, producer_id=first.producer_id, content_type=r.content_type,
+        epoch=r.epoch, next_seq=r.next_seq,
+        pending_batches=len(r.batches) + (1 if r.unsealed else 0),
+        pending_messages=r.count, pending_bytes=nbytes, segments=len(found), disk_bytes=disk)

@@ -1,7 +1,7 @@
 """The ``durable-streams`` command line (also ``python -m durable_streams``).
 
 Subcommands: ``create``, ``head``, ``delete``, ``close``, ``append``, ``read``, ``demo``,
-``fork``, ``subscription``, ``state`` and ``serve``.
+``fork``, ``subscription``, ``state``, ``serve`` and ``journal``.
 Run ``durable-streams COMMAND --help`` for each one. Exit codes are listed in :data:`EPILOG`.
 
 Output rules: data goes to stdout; errors go to stderr as one line each
@@ -71,6 +71,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "_subs",  # fork, subscription create|info|delete
     "_state",
     "_serve",
+    "_journal",  # journal DIR [--drain]
 )
 
 

@@ -178,13 +178,26 @@ def cmd_append(args: argparse.Namespace) -> int:
             info = handle.head()
         except (errors.TransportError, errors.ServerError) as exc:
             # With a journal, a server that cannot be reached is not the end: journal the
-            # input (its content type is known from an earlier run) and exit 75.
+            # input (its content type known from an earlier run, or --content-type) and exit 75.
             known = peek_content_type(args.journal) if args.journal else None
+            if args.journal and args.content_type:
+                if known is not None and P.media_type(known) != P.media_type(
+                        args.content_type):
+                    raise UsageError(f"--content-type {args.content_type} does not match "
+                                     f"the journal's {known}") from None
+                known = known or args.content_type
             if known is None:
+                if args.journal:
+                    note("the journal does not know the stream's content type yet: give "
+                         "--content-type to journal the input while the server is down")
                 raise
-            note(f"{url} cannot be reached ({exc}); journaling the input in {args.journal}")
+            note(f"{shown(url)} cannot be reached ({exc}); journaling the input in {args.journal}")
             info = StreamInfo(offset="", content_type=known, closed=False, ttl_seconds=None,
                               expires_at=None, etag=None, cache_control=None)
+        if args.content_type and P.media_type(args.content_type) != P.media_type(
+                info.content_type):
+            raise UsageError(f"--content-type {args.content_type} does not match the "
+                             f"stream's {info.content_type or P.DEFAULT_CONTENT_TYPE}")
         if info.closed:
             raise errors.StreamClosedError(
                 f"the stream {shown(url)} is closed; appends are refused", url=url,
@@ -291,7 +304,7 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
     if args.journal and undelivered and abandoned and terminal is None and isinstance(
             flush_error, (TimeoutError, errors.DeliveryError)):
         err(f"{fmt_count(undelivered)} of {fmt_count(stats.messages_appended)} messages are "
-            f"not delivered to {url} yet: they are kept in the journal {args.journal}, and "
+            f"not delivered to {shown(url)} yet: they are kept in the journal {args.journal}, and "
             "the next run with this journal delivers them first")
         return EXIT_JOURNALED
     if undelivered or terminal is not None or flush_error is not None:
@@ -337,6 +350,10 @@ def register(commands: Commands) -> None:
                         "if they cannot all be delivered within --delivery-timeout, the run "
                         f"exits {EXIT_JOURNALED} once its input is journaled, and the next run "
                         "with this journal delivers it first")
+    p.add_argument("--content-type", "-t", metavar="TYPE",
+                   help="the stream's content type, checked against the server's; with "
+                        "--journal it lets a first run journal its input while the server "
+                        f"cannot be reached (exit {EXIT_JOURNALED})")
     p.add_argument("--close", action="store_true",
                    help="close the stream (EOF) once everything was delivered")
     p.add_argument("--delivery-timeout", type=positive_float, default=120.0,

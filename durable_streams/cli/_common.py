@@ -55,6 +55,8 @@ exit codes:
   3    stream not found (or gone)
   4    conflict: the stream is closed, exists with another configuration,
        or another writer took over the producer id
+  75   append --journal, journal --drain: not all delivered yet, but every
+       message is kept in the journal; the next run delivers it first
   130  interrupted (Ctrl-C)
 """
 

@@ -1,0 +1,83 @@
+"""A journal reopened after another writer claimed a higher epoch (README "Crash-safe
+journal"; PROTOCOL.md §5.2 producer fencing): each journaled batch is settled by its content,
+nothing is dropped or doubled silently, ``maybe_stored=True`` only where undecidable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from producer_helpers import FAST, read_json
+
+from durable_streams import DurableStream, IdempotentProducer
+from durable_streams.errors import DeliveryError, DurableStreamError
+from durable_streams.testing import ReferenceServer
+
+
+def _fenced_reopen(server: ReferenceServer, json_stream: DurableStream, tmp_path: Path
+                   ) -> tuple[list[object], list[DurableStreamError]]:
+    """0..19 stored but unacknowledged in the journal, 20..29 journaled and never
+    stored, then another writer claims epoch 7 and a producer reopens the journal."""
+    journal = str(tmp_path / "j")
+    p = IdempotentProducer(json_stream, "je", journal=journal, max_batch_items=5, retry=FAST)
+    for i in range(20):
+        p.append(json.dumps(i))
+    p.flush()  # stored, but (below) the journal forgets the acknowledgements
+    jr = p._journal
+    assert jr is not None
+    with p._lock:
+        jr.keep_pending = True
+    server.inject_fault(json_stream.url[len(server.url):], status=503, count=100_000,
+                        method="POST")
+    for i in range(20, 30):
+        p.append(json.dumps(i))  # journaled, never stored
+    # The journal as a kill -9 leaves it; then stop this producer for good (what it
+    # records while closing is undone by restoring the files).
+    snapshot = {f: (Path(journal) / f).read_bytes() for f in os.listdir(journal)}
+    with contextlib.suppress(DeliveryError, TimeoutError):
+        p.close(timeout=0.5)
+    for name in os.listdir(journal):
+        if name not in snapshot:
+            os.unlink(Path(journal) / name)
+    for name, data in snapshot.items():
+        (Path(journal) / name).write_bytes(data)
+    server.clear_faults()
+    assert read_json(json_stream.url) == list(range(20))
+    with IdempotentProducer(json_stream, "je", epoch=7) as other:  # another writer
+        other.append(json.dumps("x"))
+    reported: list[DurableStreamError] = []
+    q = IdempotentProducer(json_stream, "je", journal=journal, retry=FAST,
+                           on_error=reported.append)
+    failure: BaseException | None = None
+    try:
+        q.close(timeout=60)
+    except (DeliveryError, TimeoutError) as exc:
+        failure = exc
+    assert failure is not None  # 20..29 cannot be delivered at the fenced epoch
+    return read_json(json_stream.url), reported
+
+
+def test_higher_epoch_meanwhile_settles_journaled_batches_by_content(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    stored, reported = _fenced_reopen(server, json_stream, tmp_path)
+    assert stored[:21] == list(range(20)) + ["x"]
+    numbers = [v for v in stored if v != "x"]
+    assert len(numbers) == len(set(numbers)), "a journaled message was stored twice"
+    missing = set(range(30)) - set(numbers)
+    # every message not stored is reported; the stored ones (0..19) are settled, not
+    # reported
+    reported_msgs = {json.loads(m) for e in reported for m in e.undelivered}
+    assert reported_msgs == missing == set(range(20, 30)), (missing, reported)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known gap (seen in most runs): journaled batches that were refused (503) and never "
+    "stored are reported maybe_stored=True after a fence, although the stream's content "
+    "after the noted tail shows they are not stored"))
+def test_higher_epoch_meanwhile_reports_never_stored_batches_as_not_stored(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    _, reported = _fenced_reopen(server, json_stream, tmp_path)
+    assert reported and not any(e.maybe_stored for e in reported)
