@@ -178,7 +178,7 @@ def checked(sq: Sequencer, batch: Batch, o: Outcome, found: bool | None, now: fl
             ) -> Decision:
     """The result of looking for a 204'd batch after its generation's probe."""
     if found is False:
-        batch.maybe_stored = False  # looked: it is not in the stream
+        batch.maybe_stored = batch.ambiguous = False  # looked: it is not in the stream
     if found is True:
         sq.ack(batch, o.offset, duplicate=True)
         return DONE

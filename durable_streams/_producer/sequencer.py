@@ -483,7 +483,9 @@ class Sequencer:
         if batch.state is not BatchState.PARKED or batch not in self.parked:
             return  # failed meanwhile (the producer stopped)
         if found is False:
-            batch.maybe_stored = False
+            # Looked after the tail probe, with every request of the old epoch finished:
+            # not stored, and never will be under that (epoch, seq).
+            batch.maybe_stored = batch.ambiguous = False
             return
         self.parked.remove(batch)
         batch.move(BatchState.ACTIVE)
