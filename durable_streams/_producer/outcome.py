@@ -121,6 +121,7 @@ CLIENT_ERROR = "CLIENT_ERROR"
 
 
 def is_transient(err: errors.DurableStreamError) -> bool:
-    """Errors worth retrying (of a HEAD or read made on the producer's behalf)."""
-    return isinstance(err, (errors.TransportError, errors.ServerError,
-                            errors.RateLimitedError)) or err.code == CLIENT_ERROR
+    """Errors worth retrying (of a HEAD or read made on the producer's behalf): those whose
+    class says so (``retryable``, see :mod:`durable_streams.errors`), and an exception
+    from the application's own code (a hook), which may pass on the next attempt."""
+    return type(err).retryable or err.code == CLIENT_ERROR
