@@ -65,8 +65,9 @@ def _depth(value: Any) -> int:
 @pytest.mark.parametrize("depth", [3000, sys.getrecursionlimit() * 20])
 def test_deep_nesting_parses_without_recursion_error(depth: int) -> None:
     text = "[" * depth + "]" * depth
-    with pytest.raises(RecursionError):
-        json.loads(text)  # the reason this module exists
+    if depth > 3000:  # Python 3.13's C parser manages 3000 levels; no version manages this
+        with pytest.raises(RecursionError):
+            json.loads(text)  # the reason this module exists
     assert _depth(P.load_json(text.encode())) == depth - 1
     deep_obj = '{"a":' * depth + "1" + "}" * depth
     assert _depth(loads(deep_obj)) == depth
