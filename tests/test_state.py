@@ -73,7 +73,7 @@ def test_producer_events_are_stored_valid_and_materialise(state_url: str) -> Non
     items = served(state_url)
     assert len(items) == 10
     for item in items:
-        # The server adds headers.offset to every event it serves; the rest is the protocol's schema.
+        # The server adds headers.offset to every event; the rest is the protocol's schema.
         assert isinstance(item["headers"].get("offset"), str)
         assert schema_errors(item, served=True) == []
     state = materialise(state_url)
