@@ -1,6 +1,7 @@
 """The State Protocol JSON schema (tests/unit/data/state-protocol.schema.json, the file that
 ships with the protocol text), adjusted for what the reference implementations do
-(README, "State Protocol"): ``upsert`` is an operation (with a required value, like insert/update), and
+(README, "State Protocol"): ``upsert`` is an operation (with a required value, like
+insert/update), and
 the ``headers.offset`` that the server adds to every event it serves is set aside before
 validating. Uses ``jsonschema`` when it is installed (the ``test`` extra), else a small
 checker of the same rules."""
