@@ -52,20 +52,10 @@ class Accumulator:
 
     # -- the hot path ------------------------------------------------------------------------
     def append(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Queue one message; returns at once without touching the network.
-
-        ``data`` is ``str`` (sent as UTF-8; in JSON mode, the text of one JSON value) or
-        bytes-like. Raises ``TypeError`` for anything else (serialise objects first, e.g.
-        ``json.dumps(obj)``), ``ValueError`` for an empty message, one larger than
-        ``max_batch_bytes`` or a ``str`` that is not encodable as UTF-8 (a lone surrogate),
-        :class:`~durable_streams.BufferFullError` when the buffer stayed full for
-        ``max_block_ms``, and the producer's terminal error once it was closed, fenced or
-        its stream closed. Invalid JSON in JSON mode is not refused here: it is reported
-        through ``on_error`` and ``flush()`` (with ``validate_json``, before it is sent).
-
-        ``IdempotentProducer`` binds its instances' ``append`` straight to this method
-        unless a subclass overrides ``append``: the hot path costs one Python call.
-        """
+        """Queue one message: what ``IdempotentProducer.append`` documents (its docstring
+        says what is accepted and raised). ``IdempotentProducer`` binds its instances'
+        ``append`` straight to this method unless a subclass overrides ``append``, so the
+        hot path costs one Python call."""
         t = type(data)
         if t is str:
             try:
