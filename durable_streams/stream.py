@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,9 @@ from ._http import (
     RetryPolicy,
     TimeoutLike,
 )
+from ._message import create_body, encode_message, expiry_headers, next_offset
 from ._redact import redact_url
 from ._renamed import _MISSING, renamed
-from ._response import Response
 
 if TYPE_CHECKING:
     from .reading import LiveMode, StreamResponse
@@ -40,25 +41,18 @@ class StreamInfo:
     etag: str | None
     cache_control: str | None
 
-
-def _as_bytes(data: Any, what: str) -> bytes:
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        try:
-            return data.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"{what} is not valid Unicode text: {exc.reason} at position {exc.start} "
-                f"({data[exc.start:exc.end]!r}, a lone surrogate cannot be sent as UTF-8); "
-                "fix the string, or pass bytes"
-            ) from None
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
-    raise TypeError(
-        f"{what} must be str or bytes for a byte-mode stream, got {type(data).__name__}; "
-        "encode it first (for JSON, create the stream with content_type='application/json')"
-    )
+    @classmethod
+    def from_headers(cls, h: Mapping[str, str]) -> StreamInfo:
+        """The metadata in the headers of a ``HEAD`` response."""
+        return cls(
+            offset=h.get(P.STREAM_NEXT_OFFSET, ""),
+            content_type=h.get(P.CONTENT_TYPE),
+            closed=P.header_true(h.get(P.STREAM_CLOSED)),
+            ttl_seconds=P.parse_int_header(h, P.STREAM_TTL),
+            expires_at=h.get(P.STREAM_EXPIRES_AT),
+            etag=h.get(P.ETAG),
+            cache_control=h.get("Cache-Control"),
+        )
 
 
 class DurableStream:
@@ -162,25 +156,12 @@ class DurableStream:
         identical one was already there. Raises :class:`StreamExistsError` if a stream with
         a different configuration is there.
         """
-        if ttl_seconds is not None and expires_at is not None:
-            raise ValueError("give ttl_seconds or expires_at, not both (PROTOCOL §5.1)")
-        ttl = P.validate_ttl(ttl_seconds)
-        expires = P.format_expires_at(expires_at)
+        extra = expiry_headers(ttl_seconds, expires_at)
         # Encode the body before building the handle, so a bad body raises before any
         # request and leaves no session behind.
-        data: bytes | None = None
-        if body is not None:
-            data = (P.encode_json_value(body)
-                    if P.is_json(content_type)
-                    and not isinstance(body, (str, bytes, bytearray, memoryview))
-                    else _as_bytes(body, "body"))
-        extra: dict[str, str] = {}
+        data = create_body(body, content_type)
         if content_type:
             extra[P.CONTENT_TYPE] = content_type
-        if ttl is not None:
-            extra[P.STREAM_TTL] = ttl
-        if expires is not None:
-            extra[P.STREAM_EXPIRES_AT] = expires
         if closed:
             extra[P.STREAM_CLOSED] = "true"
         return cls._put(url, extra, data, operation="create", content_type=content_type,
@@ -282,14 +263,7 @@ class DurableStream:
         :class:`StreamExistsError` (another stream or fork is at ``url``).
         """
         extra = _fork.fork_headers(self.url, url, offset=offset, sub_offset=sub_offset)
-        if ttl_seconds is not None and expires_at is not None:
-            raise ValueError("give ttl_seconds or expires_at, not both (PROTOCOL §5.1)")
-        ttl = P.validate_ttl(ttl_seconds)
-        expires = P.format_expires_at(expires_at)
-        if ttl is not None:
-            extra[P.STREAM_TTL] = ttl
-        if expires is not None:
-            extra[P.STREAM_EXPIRES_AT] = expires
+        extra.update(expiry_headers(ttl_seconds, expires_at))
         # Send the source's content type: the reference server answers 409 instead of 200
         # to a repeated fork PUT without one (so a retry would fail), and HEAD also tells a
         # missing or soft-deleted source apart before anything is created.
@@ -321,17 +295,7 @@ class DurableStream:
             "HEAD", self.url, operation="head", headers=self.headers,
             params=self.params, retry=self.retry,
         )
-        h = response.headers
-        ttl = P.parse_int_header(h, P.STREAM_TTL)
-        info = StreamInfo(
-            offset=h.get(P.STREAM_NEXT_OFFSET, ""),
-            content_type=h.get(P.CONTENT_TYPE),
-            closed=P.header_true(h.get(P.STREAM_CLOSED)),
-            ttl_seconds=ttl,
-            expires_at=h.get(P.STREAM_EXPIRES_AT),
-            etag=h.get(P.ETAG),
-            cache_control=h.get("Cache-Control"),
-        )
+        info = StreamInfo.from_headers(response.headers)
         if info.content_type:
             self.content_type = info.content_type
         return info
@@ -342,27 +306,9 @@ class DurableStream:
         return self.content_type or P.DEFAULT_CONTENT_TYPE
 
     def _encode_message(self, data: Any, what: str) -> bytes:
-        """One message as a request body: JSON mode wraps it in ``[...]`` (§9.1.2)."""
-        if P.is_json(self._known_content_type()):
-            if isinstance(data, (str, bytes, bytearray, memoryview)):
-                raw = _as_bytes(data, what)
-                if not raw.strip():
-                    return b""  # sent as is: the server answers 400 "Empty body" (§5.2)
-                # JSON text must be exactly one value: wrapped in [...] unchecked, text
-                # such as '1,2' would be stored as two messages (§9.1.2).
-                try:
-                    # Strict UTF-8 first: json.loads(bytes) would also accept a BOM or UTF-16.
-                    P.load_json(raw.decode("utf-8"))
-                except ValueError as exc:
-                    raise ValueError(
-                        f"{what} is not one valid JSON value for the JSON-mode stream at "
-                        f"{self.url}: {exc}; pass JSON text (e.g. json.dumps(obj)) or the "
-                        "object itself"
-                    ) from exc
-            else:
-                raw = P.encode_json_value(data)
-            return b"[" + raw + b"]"
-        return _as_bytes(data, what)
+        """One message as a request body for this stream's content type (§9.1.2)."""
+        return encode_message(data, what, content_type=self._known_content_type(),
+                              url=self.url)
 
     def append(self, data: Any, *, seq: str | None = None) -> str:
         """Append one message and return the stream's new tail offset (POST, §5.2).
@@ -392,7 +338,7 @@ class DurableStream:
             extra_headers=extra, params=self.params, data=body, retry=self.retry,
             idempotent=seq is not None,
         )
-        return self._next_offset(response, "append")
+        return next_offset(response, "append", self.url)
 
     def close_stream(self, *, final_message: Any = None, body: Any = _MISSING) -> str:
         """Close the stream for every reader and writer (EOF, §5.3); return the final offset.
@@ -457,18 +403,6 @@ class DurableStream:
         options.setdefault("content_type", self.content_type)
         options.setdefault("retry", self.retry)
         return _stream(self.url, offset=offset, live=live, _client=self._client, **options)
-
-    def _next_offset(self, response: Response, operation: str) -> str:
-        # Surrounding whitespace is not part of a field value (RFC 9110 §5.5).
-        offset = (response.headers.get(P.STREAM_NEXT_OFFSET) or "").strip()
-        if not offset:
-            raise errors.DurableStreamError(
-                f"{operation} to {self.url}: the server answered {response.status_code} "
-                "without a Stream-Next-Offset header; the write may or may not have landed",
-                status=response.status_code, code="PROTOCOL_ERROR", url=self.url,
-                headers=response.headers,
-            )
-        return offset
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
