@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING
 from .. import _protocol as P
 
 if TYPE_CHECKING:
-    from ..reading import StreamResponse
+    from ..reading import LiveMode, StreamResponse
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -132,10 +132,12 @@ class _DeferredSigint:
             raise KeyboardInterrupt
 
 
-def cmd_read(args: argparse.Namespace) -> int:
-    from ..reading import LiveMode, stream
+def open_read(args: argparse.Namespace) -> tuple[StreamResponse, LiveMode]:
+    """Start the read every reading command makes (the options of :func:`add_read_options`):
+    the response, and the live mode that --sse, --long-poll or --follow asked for
+    (``False``: stop at the end of the data)."""
+    from ..reading import stream
 
-    url = resolve_url(args.url)
     live: LiveMode = False
     if args.sse:
         live = "sse"
@@ -143,39 +145,73 @@ def cmd_read(args: argparse.Namespace) -> int:
         live = "long-poll"
     elif args.follow:
         live = True
-    response = stream(url, offset=args.offset, live=live, headers=headers_of(args),
-                      timeout=args.timeout, stop_after=args.stop_after)
-    out = sys.stdout.buffer
-    watcher = _PipeWatcher.start(sys.stdout, response.close) if live else None
-    sigint = _DeferredSigint.install()
+    response = stream(resolve_url(args.url), offset=args.offset, live=live,
+                      headers=headers_of(args), timeout=args.timeout,
+                      stop_after=args.stop_after)
+    return response, live
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    response, live = open_read(args)
     # The offset after the last chunk fully written to stdout: resuming from it repeats
     # nothing that was written and skips nothing that was not. Ctrl-C is held back while
     # a chunk is written and its offset recorded, so the two always agree.
-    resume = args.offset
-    code = EXIT_OK
-    try:
+    with ReadOutput(response, live, args.offset) as output:
+        sigint = _DeferredSigint.install()
         if P.is_json(response.content_type):
             dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
             for batch in response.iter_json_batches():
                 with sigint.deferred():
                     if batch.items:
-                        text = "".join(dumps(item) + "\n" for item in batch.items)
-                        _write_out(out, text.encode("utf-8"))
-                    resume = batch.offset
+                        output.write("".join(dumps(item) + "\n" for item in batch.items)
+                                     .encode("utf-8"))
+                    output.resume = batch.offset
         else:
             for event in response.iter_events():
                 with sigint.deferred():
                     if event.data:
-                        _write_out(out, event.data)
-                    resume = event.offset
-    except _ClosedPipe:
-        silence_stdout()
-        code = EXIT_OK
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    finally:
-        end_read(response, watcher, resume)
-    return code
+                        output.write(event.data)
+                    output.resume = event.offset
+    return output.code
+
+
+class ReadOutput:
+    """Standard output of a reading command from its first write to its exit (a context
+    manager around the read loop).
+
+    :meth:`write` writes and flushes; the loop sets :attr:`resume` to the offset after
+    what it has written. At the end of the ``with`` block the read is closed
+    (:func:`end_read`, which prints ``resume`` on stderr) and :attr:`code` is the exit
+    code: a reader of stdout that went away (``| head``) is a success, Ctrl-C is
+    ``EXIT_INTERRUPTED``; any other exception propagates. While following, a watcher ends
+    the read as soon as the reader of a stdout pipe goes away.
+    """
+
+    def __init__(self, response: StreamResponse, live: LiveMode, resume: str) -> None:
+        self.response = response
+        self.resume = resume
+        self.code = EXIT_OK
+        self._out = sys.stdout.buffer
+        self._watcher = _PipeWatcher.start(sys.stdout, response.close) if live else None
+
+    def write(self, data: bytes) -> None:
+        _write_out(self._out, data)
+
+    def __enter__(self) -> ReadOutput:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        try:
+            if exc_type is not None and issubclass(exc_type, _ClosedPipe):
+                silence_stdout()
+                return True
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                self.code = EXIT_INTERRUPTED
+                return True
+            return False
+        finally:
+            end_read(self.response, self._watcher, self.resume)
 
 
 def end_read(response: StreamResponse, watcher: _PipeWatcher | None, resume: str) -> None:
