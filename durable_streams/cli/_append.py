@@ -37,6 +37,7 @@ from ._common import (
     shown,
     stderr_is_tty,
 )
+from ._journal import journal_delivery_ms, still_journaled
 
 #: How many invalid input lines ``append --lines`` reports one by one.
 _MAX_LINE_REPORTS = 100
@@ -230,10 +231,8 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
     delivery_ms = args.delivery_timeout * 1000.0
     journal_opts: dict[str, object] = {}
     if args.journal:
-        # Messages still pending when the wait ends stay journaled (exit 75) instead of
-        # failing at the delivery timeout: the producer's own timeout is pushed back.
         journal_opts = {"journal": args.journal}
-        delivery_ms = max(delivery_ms * 10, 3_600_000.0)
+        delivery_ms = journal_delivery_ms(args.delivery_timeout)  # pending: stays journaled
     producer = IdempotentProducer(
         handle,
         producer_id,
@@ -303,10 +302,8 @@ def _run_append(args: argparse.Namespace, url: str, handle: DurableStream, info:
                                                           errors.ProducerClosedError)
     if args.journal and undelivered and abandoned and terminal is None and isinstance(
             flush_error, (TimeoutError, errors.DeliveryError)):
-        err(f"{fmt_count(undelivered)} of {fmt_count(stats.messages_appended)} messages are "
-            f"not delivered to {shown(url)} yet: they are kept in the journal {args.journal}, and "
-            "the next run with this journal delivers them first")
-        return EXIT_JOURNALED
+        return still_journaled(undelivered, shown(url), args.journal,
+                               of=stats.messages_appended)
     if undelivered or terminal is not None or flush_error is not None:
         first = cause
         if isinstance(first, errors.DeliveryError) and first.errors:

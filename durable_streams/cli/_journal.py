@@ -34,6 +34,25 @@ from ._common import (
 )
 
 
+def journal_delivery_ms(wait: float) -> float:
+    """The producer's ``delivery_timeout_ms`` for a command that journals and waits ``wait``
+    seconds for delivery: messages still pending when the wait ends stay journaled
+    (:func:`still_journaled`) instead of failing at the delivery timeout, so the producer's
+    own timeout is pushed well past the wait (and past every retry)."""
+    return max(wait * 10_000.0, 3_600_000.0)
+
+
+def still_journaled(undelivered: int, stream: str, journal: str, *,
+                    of: int | None = None) -> int:
+    """Say that ``undelivered`` (``of`` all the messages, when given) messages are not
+    delivered to ``stream`` yet but kept in ``journal``, and return ``EXIT_JOURNALED``."""
+    count = fmt_count(undelivered) + (f" of {fmt_count(of)}" if of is not None else "")
+    err(f"{count} messages are not delivered to {stream} yet: they are kept in the journal "
+        f"{journal}, and the next run with this journal (or `journal --drain`) delivers "
+        "them first")
+    return EXIT_JOURNALED
+
+
 def _summary(directory: str) -> JournalSummary:
     if not os.path.isdir(directory):
         raise UsageError(f"{directory!r} is not a directory (give the --journal DIR of "
@@ -78,7 +97,7 @@ def _drain(args: argparse.Namespace, s: JournalSummary) -> int:
         producer = IdempotentProducer(
             handle, s.producer_id, auto_claim=True, journal=args.journal,
             content_type=s.content_type or P.DEFAULT_CONTENT_TYPE, validate_json=False,
-            delivery_timeout_ms=max(args.delivery_timeout * 10_000.0, 3_600_000.0),
+            delivery_timeout_ms=journal_delivery_ms(args.delivery_timeout),
             flush_at_exit=False)
         try:
             producer.flush(timeout=args.delivery_timeout)
@@ -89,9 +108,7 @@ def _drain(args: argparse.Namespace, s: JournalSummary) -> int:
                 producer.close(timeout=1.0)
     left = _summary(args.journal)
     if left.pending_messages:
-        err(f"{fmt_count(left.pending_messages)} messages are not delivered to {s.stream} "
-            f"yet: they stay in the journal {args.journal}")
-        return EXIT_JOURNALED
+        return still_journaled(left.pending_messages, s.stream, args.journal)
     note(f"delivered {fmt_count(s.pending_messages)} messages to {s.stream}")
     return EXIT_OK
 
