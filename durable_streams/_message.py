@@ -8,6 +8,7 @@ from typing import Any
 
 from . import _protocol as P
 from . import errors
+from ._redact import redact_url
 from ._response import Response
 
 
@@ -45,7 +46,7 @@ def create_body(body: Any, content_type: str | None) -> bytes | None:
 
 def encode_message(data: Any, what: str, *, content_type: str, url: str) -> bytes:
     """One message as a request body: JSON mode wraps it in ``[...]`` (§9.1.2), after
-    checking that JSON text is exactly one value."""
+    checking that JSON text is exactly one value. ``url`` is named in errors redacted."""
     if not P.is_json(content_type):
         return as_bytes(data, what)
     if isinstance(data, (str, bytes, bytearray, memoryview)):
@@ -59,8 +60,9 @@ def encode_message(data: Any, what: str, *, content_type: str, url: str) -> byte
             P.load_json(raw.decode("utf-8"))
         except ValueError as exc:
             raise ValueError(
-                f"{what} is not one valid JSON value for the JSON-mode stream at {url}: "
-                f"{exc}; pass JSON text (e.g. json.dumps(obj)) or the object itself"
+                f"{what} is not one valid JSON value for the JSON-mode stream at "
+                f"{redact_url(url)}: {exc}; pass JSON text (e.g. json.dumps(obj)) or the "
+                "object itself"
             ) from exc
     else:
         raw = P.encode_json_value(data)
@@ -89,7 +91,7 @@ def next_offset(response: Response, operation: str, url: str) -> str:
     offset = (response.headers.get(P.STREAM_NEXT_OFFSET) or "").strip()
     if not offset:
         raise errors.DurableStreamError(
-            f"{operation} to {url}: the server answered {response.status_code} "
+            f"{operation} to {redact_url(url)}: the server answered {response.status_code} "
             "without a Stream-Next-Offset header; the write may or may not have landed",
             status=response.status_code, code="PROTOCOL_ERROR", url=url,
             headers=response.headers,
