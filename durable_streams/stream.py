@@ -41,18 +41,18 @@ class StreamInfo:
     etag: str | None
     cache_control: str | None
 
-    @classmethod
-    def from_headers(cls, h: Mapping[str, str]) -> StreamInfo:
-        """The metadata in the headers of a ``HEAD`` response."""
-        return cls(
-            offset=h.get(P.STREAM_NEXT_OFFSET, ""),
-            content_type=h.get(P.CONTENT_TYPE),
-            closed=P.header_true(h.get(P.STREAM_CLOSED)),
-            ttl_seconds=P.parse_int_header(h, P.STREAM_TTL),
-            expires_at=h.get(P.STREAM_EXPIRES_AT),
-            etag=h.get(P.ETAG),
-            cache_control=h.get("Cache-Control"),
-        )
+
+def _info_from_headers(h: Mapping[str, str]) -> StreamInfo:
+    """The metadata in the headers of a ``HEAD`` response."""
+    return StreamInfo(
+        offset=h.get(P.STREAM_NEXT_OFFSET, ""),
+        content_type=h.get(P.CONTENT_TYPE),
+        closed=P.header_true(h.get(P.STREAM_CLOSED)),
+        ttl_seconds=P.parse_int_header(h, P.STREAM_TTL),
+        expires_at=h.get(P.STREAM_EXPIRES_AT),
+        etag=h.get(P.ETAG),
+        cache_control=h.get("Cache-Control"),
+    )
 
 
 class DurableStream:
@@ -295,7 +295,7 @@ class DurableStream:
             "HEAD", self.url, operation="head", headers=self.headers,
             params=self.params, retry=self.retry,
         )
-        info = StreamInfo.from_headers(response.headers)
+        info = _info_from_headers(response.headers)
         if info.content_type:
             self.content_type = info.content_type
         return info
