@@ -97,9 +97,9 @@ def test_torn_garbage_in_the_tail_is_dropped(tmp_path: Path) -> None:
     d = Driver(str(tmp_path / "j"))
     for i in range(3):
         d.append(b"x%d" % i)
-    seg = d.j.segments[-1]
-    assert seg.mm is not None
-    seg.mm[seg.pos:seg.pos + 40] = os.urandom(40)  # a record in the making, any order
+    files = d.j.files
+    assert files.mm is not None
+    files.mm[files.pos:files.pos + 40] = os.urandom(40)  # a record in the making, any order
     r = d.crash_and_reopen()
     assert [m for _, m in r.unsealed] == [b"x0", b"x1", b"x2"]
 
@@ -129,7 +129,7 @@ def test_a_corrupt_record_elsewhere_names_the_file_and_offset(tmp_path: Path) ->
 
 def test_corruption_in_a_middle_segment_is_an_error(tmp_path: Path) -> None:
     d = Driver(str(tmp_path / "j"))
-    while len(d.j.segments) < 3:
+    while len(d.j.files.segments) < 3:
         d.append(os.urandom(500))
     d.j.close()
     first = tmp_path / "j" / F.segment_name(0)
@@ -207,15 +207,15 @@ def test_compaction_drops_fully_resolved_segments_only(tmp_path: Path) -> None:
         b = d.take(40)
         assert b is not None
         batches.append(b)
-    assert len(d.j.segments) >= 3
+    assert len(d.j.files.segments) >= 3
     names_before = set(snapshot(d.path))
     # the oldest batch stays pending: nothing can be deleted, whatever else is acked
     for b in batches[1:]:
         d.resolve(b, acked=True)
     assert set(snapshot(d.path)) == names_before
     d.resolve(batches[0], acked=True)
-    assert len(d.j.segments) == 1  # everything resolved: only the live segment is left
-    assert d.j.total_bytes == d.j.segments[0].size
+    assert len(d.j.files.segments) == 1  # everything resolved: only the live segment is left
+    assert d.j.files.total_bytes == d.j.files.segments[0].size
     r = d.crash_and_reopen()
     assert r.batches == [] and r.unsealed == []
     assert (r.epoch, r.next_seq) == (1, 6)  # the numbering survives compaction
@@ -228,7 +228,7 @@ def test_size_limit_refuses_then_frees(tmp_path: Path) -> None:
         n += 1
         assert n < 10_000
     assert not d.j.fits(400)
-    assert d.j.total_bytes <= d.j.max_bytes
+    assert d.j.files.total_bytes <= d.j.files.max_bytes
     b = d.take(n)
     assert b is not None
     d.resolve(b, acked=True)  # compaction frees space
