@@ -309,3 +309,47 @@ def test_other_files_and_identity_defaults(tmp_path: Path) -> None:
     assert j.replay.epoch is None and j.replay.next_index == 0
     assert j.stream == identity_of(URL) and j.producer_id == PID
     j.close()
+
+
+def test_the_fast_path_frames_records_as_the_general_writer_does(tmp_path: Path) -> None:
+    """With fsync every message takes the general (synced) writer; without, the fast path:
+    the files are byte-identical, and with fsync each message and seal is flushed before
+    the call returns (a flush of its own record)."""
+    images = []
+    for fsync in (False, True):
+        d = Driver(str(tmp_path / f"j{fsync}"), fsync=fsync)
+        flushed: list[tuple[int, int]] = []
+        sync = d.j.files._sync
+        if fsync:
+            def spy(pos: int, size: int, _sync=sync, _log=flushed) -> None:
+                _log.append((pos, size))
+                _sync(pos, size)
+            d.j.files._sync = spy  # type: ignore[method-assign]
+        for i in range(200):  # several segments of 16 KiB
+            msg = b"message %d " % i + bytes(i % 97)
+            assert d.append(msg)
+            if fsync:  # the record just written, whole
+                size = F.record_size(len(msg))
+                assert flushed[-1] == (d.j.files.pos - size, size), i
+            if i % 7 == 6:
+                n = len(flushed)
+                b = d.take(7)
+                assert b is not None
+                assert not fsync or len(flushed) > n  # the seal was flushed
+                d.resolve(b, acked=True)
+        images.append(snapshot(d.path))
+        assert replayed(d.crash_and_reopen()) == d.model.expected()
+        d.j.close()
+    assert images[0] == images[1]
+
+
+def test_a_closed_journal_refuses_messages(tmp_path: Path) -> None:
+    j = open_journal(str(tmp_path / "j"))
+    assert j.add(b"kept")
+    j.close()
+    with pytest.raises(JournalError) as info:
+        j.add(b"too late")
+    assert info.value.code == "JOURNAL_CLOSED"
+    again = open_journal(str(tmp_path / "j"))
+    assert [m for _, m in again.replay.unsealed] == [b"kept"]
+    again.close()
