@@ -1,10 +1,13 @@
 """The crash-safe journal's cost: journal off / on / on with fsync, bytes and JSON mode.
 
-``python -m benchmarks.journal [N]`` (default 100,000 messages of 100 B; the fsync runs use
-N/10, one device flush per message) against a local reference server. For each: throughput
-(append all + flush), the caller cost of ``append()`` (median and p99), as ratios against
-journal-off measured in the same run; then the replay of N pending messages left by a
-"killed" producer (its journal closed without acknowledgements recorded).
+``python -m benchmarks.journal [N] [ROUNDS]`` (default 100,000 messages of 100 B, 3 rounds)
+against a local reference server. Journal off and on run interleaved, ROUNDS times per mode
+(which goes first alternates), each on a fresh stream: throughput (append all + flush) and
+the caller cost of ``append()`` (median and p99). A figure is the median of its rounds; "x
+off" is the median of the per-round ratios on ÷ off, with their range (the machine may be
+shared: only ratios measured side by side mean anything). The fsync runs use N/10 messages
+(one device flush per message), once per mode. Then the replay of N pending messages left
+by a killed (``kill -9``) producer, checked delivered exactly once and in order.
 """
 
 from __future__ import annotations
@@ -84,32 +87,49 @@ def _replay(server: ReferenceServer, n: int, root: str) -> float:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     root = tempfile.mkdtemp(prefix="ds-bench-journal-")
     rows = []
     try:
         with ReferenceServer() as server:
+            def one(ctype: str, msgs: list[str] | list[bytes], journal: bool, fsync: bool
+                    ) -> tuple[float, float, float]:
+                url = server.stream_url()
+                DurableStream.create(url, content_type=ctype).close()
+                jdir = os.path.join(root, uuid.uuid4().hex) if journal else None
+                return _run(url, msgs, jdir, fsync)
+
             for mode, ctype, msgs in (("bytes", BYTES_TYPE, bytes_messages(n)),
                                       ("json", JSON_TYPE, json_messages(n))):
-                base = None
-                for label, journal, fsync, count in (("off", False, False, n),
-                                                     ("on", True, False, n),
-                                                     ("on+fsync", True, True, n // 10)):
-                    url = server.stream_url()
-                    DurableStream.create(url, content_type=ctype).close()
-                    jdir = os.path.join(root, uuid.uuid4().hex) if journal else None
-                    tput, med, p99 = _run(url, msgs[:count], jdir, fsync)
-                    if base is None:
-                        base = (tput, med)
-                    rows.append((mode, label, count, tput, tput / base[0], med, p99))
+                one(ctype, msgs[:n // 10], True, False)  # warm-up (not counted)
+                off: list[tuple[float, float, float]] = []
+                on: list[tuple[float, float, float]] = []
+                for k in range(rounds):
+                    for journal in ((False, True) if k % 2 == 0 else (True, False)):
+                        (on if journal else off).append(one(ctype, msgs, journal, False))
+                ratios = [b[0] / a[0] for a, b in zip(off, on, strict=True)]
+                fs = one(ctype, msgs[:n // 10], True, True)
+                for label, count, runs, rs in (
+                        ("off", n, off, [1.0]), ("on", n, on, ratios),
+                        ("on+fsync", n // 10, [fs], [fs[0] / _median(off, 0)])):
+                    rows.append((mode, label, count, _median(runs, 0), rs, _median(runs, 1),
+                                 _median(runs, 2)))
             replay = _replay(server, n, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"{'mode':6} {'journal':9} {'msgs':>7} {'msg/s':>9} {'x off':>6} "
+    print(f"{rounds} interleaved rounds of off/on per mode (figures: medians of rounds)")
+    print(f"{'mode':6} {'journal':9} {'msgs':>7} {'msg/s':>9} {'x off':>6} {'(range)':>11} "
           f"{'median us':>9} {'p99 us':>7}")
-    for mode, label, count, tput, ratio, med, p99 in rows:
-        print(f"{mode:6} {label:9} {count:7d} {tput:9.0f} {ratio:6.2f} {med:9.2f} {p99:7.2f}")
+    for mode, label, count, tput, rs, med, p99 in rows:
+        span = f"{min(rs):.2f}-{max(rs):.2f}" if len(rs) > 1 else ""
+        print(f"{mode:6} {label:9} {count:7d} {tput:9.0f} {statistics.median(rs):6.2f} "
+              f"{span:>11} {med:9.2f} {p99:7.2f}")
     print(f"replay of {n} pending messages after a kill: {replay:.2f} s "
           f"({n / replay:.0f} msg/s)")
+
+
+def _median(runs: list[tuple[float, float, float]], k: int) -> float:
+    return statistics.median(r[k] for r in runs)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,11 @@ class Accumulator:
             if self.refusal is not None:
                 raise copy_error(self.refusal)
             room = self.room - n
-            if room < 0 or self.journal is not None:
+            journal = self.journal
+            if journal is not None:
+                if room < 0 or not journal.add(raw):  # add() wrote it if it fit
+                    room = self._room_for(raw, room)
+            elif room < 0:
                 room = self._room_for(raw, room)
             self.room = room
             buf = self.buf
@@ -117,7 +121,8 @@ class Accumulator:
 
     def _room_for(self, raw: bytes, room: int) -> int:
         """(lock held) Wait for buffer room and journal space, then journal ``raw``: a
-        message is accepted only once journaled (a JournalError: it is not accepted)."""
+        message is accepted only once journaled (a JournalError: it is not accepted).
+        ``append`` journals directly when there is room (one call on its fast path)."""
         journal = self.journal
         if room < 0:
             room = self._wait_for_space(len(raw))
@@ -143,10 +148,10 @@ class Accumulator:
             if remaining <= 0 and self.journal is not None and not self.journal.fits(n):
                 j = self.journal
                 raise errors.BufferFullError(
-                    f"producer journal {j.directory} is full ({j.total_bytes} bytes of "
-                    f"journal_max_bytes={j.max_bytes}) and no acknowledgement freed space "
-                    f"within max_block_ms={self.max_block * 1000:.0f}; the server may be "
-                    "down or slower than the appends", url=self.url)
+                    f"producer journal {j.directory} is full ({j.files.total_bytes} bytes "
+                    f"of journal_max_bytes={j.files.max_bytes}) and no acknowledgement freed "
+                    f"space within max_block_ms={self.max_block * 1000:.0f}; the server may "
+                    "be down or slower than the appends", url=self.url)
             if remaining <= 0:
                 raise errors.BufferFullError(
                     f"producer buffer for {self.where} is full "

@@ -97,9 +97,9 @@ def test_torn_garbage_in_the_tail_is_dropped(tmp_path: Path) -> None:
     d = Driver(str(tmp_path / "j"))
     for i in range(3):
         d.append(b"x%d" % i)
-    seg = d.j.segments[-1]
-    assert seg.mm is not None
-    seg.mm[seg.pos:seg.pos + 40] = os.urandom(40)  # a record in the making, any order
+    files = d.j.files
+    assert files.mm is not None
+    files.mm[files.pos:files.pos + 40] = os.urandom(40)  # a record in the making, any order
     r = d.crash_and_reopen()
     assert [m for _, m in r.unsealed] == [b"x0", b"x1", b"x2"]
 
@@ -129,7 +129,7 @@ def test_a_corrupt_record_elsewhere_names_the_file_and_offset(tmp_path: Path) ->
 
 def test_corruption_in_a_middle_segment_is_an_error(tmp_path: Path) -> None:
     d = Driver(str(tmp_path / "j"))
-    while len(d.j.segments) < 3:
+    while len(d.j.files.segments) < 3:
         d.append(os.urandom(500))
     d.j.close()
     first = tmp_path / "j" / F.segment_name(0)
@@ -207,15 +207,15 @@ def test_compaction_drops_fully_resolved_segments_only(tmp_path: Path) -> None:
         b = d.take(40)
         assert b is not None
         batches.append(b)
-    assert len(d.j.segments) >= 3
+    assert len(d.j.files.segments) >= 3
     names_before = set(snapshot(d.path))
     # the oldest batch stays pending: nothing can be deleted, whatever else is acked
     for b in batches[1:]:
         d.resolve(b, acked=True)
     assert set(snapshot(d.path)) == names_before
     d.resolve(batches[0], acked=True)
-    assert len(d.j.segments) == 1  # everything resolved: only the live segment is left
-    assert d.j.total_bytes == d.j.segments[0].size
+    assert len(d.j.files.segments) == 1  # everything resolved: only the live segment is left
+    assert d.j.files.total_bytes == d.j.files.segments[0].size
     r = d.crash_and_reopen()
     assert r.batches == [] and r.unsealed == []
     assert (r.epoch, r.next_seq) == (1, 6)  # the numbering survives compaction
@@ -228,7 +228,7 @@ def test_size_limit_refuses_then_frees(tmp_path: Path) -> None:
         n += 1
         assert n < 10_000
     assert not d.j.fits(400)
-    assert d.j.total_bytes <= d.j.max_bytes
+    assert d.j.files.total_bytes <= d.j.files.max_bytes
     b = d.take(n)
     assert b is not None
     d.resolve(b, acked=True)  # compaction frees space
@@ -309,3 +309,47 @@ def test_other_files_and_identity_defaults(tmp_path: Path) -> None:
     assert j.replay.epoch is None and j.replay.next_index == 0
     assert j.stream == identity_of(URL) and j.producer_id == PID
     j.close()
+
+
+def test_the_fast_path_frames_records_as_the_general_writer_does(tmp_path: Path) -> None:
+    """With fsync every message takes the general (synced) writer; without, the fast path:
+    the files are byte-identical, and with fsync each message and seal is flushed before
+    the call returns (a flush of its own record)."""
+    images = []
+    for fsync in (False, True):
+        d = Driver(str(tmp_path / f"j{fsync}"), fsync=fsync)
+        flushed: list[tuple[int, int]] = []
+        sync = d.j.files._sync
+        if fsync:
+            def spy(pos: int, size: int, _sync=sync, _log=flushed) -> None:
+                _log.append((pos, size))
+                _sync(pos, size)
+            d.j.files._sync = spy  # type: ignore[method-assign]
+        for i in range(200):  # several segments of 16 KiB
+            msg = b"message %d " % i + bytes(i % 97)
+            assert d.append(msg)
+            if fsync:  # the record just written, whole
+                size = F.record_size(len(msg))
+                assert flushed[-1] == (d.j.files.pos - size, size), i
+            if i % 7 == 6:
+                n = len(flushed)
+                b = d.take(7)
+                assert b is not None
+                assert not fsync or len(flushed) > n  # the seal was flushed
+                d.resolve(b, acked=True)
+        images.append(snapshot(d.path))
+        assert replayed(d.crash_and_reopen()) == d.model.expected()
+        d.j.close()
+    assert images[0] == images[1]
+
+
+def test_a_closed_journal_refuses_messages(tmp_path: Path) -> None:
+    j = open_journal(str(tmp_path / "j"))
+    assert j.add(b"kept")
+    j.close()
+    with pytest.raises(JournalError) as info:
+        j.add(b"too late")
+    assert info.value.code == "JOURNAL_CLOSED"
+    again = open_journal(str(tmp_path / "j"))
+    assert [m for _, m in again.replay.unsealed] == [b"kept"]
+    again.close()

@@ -134,7 +134,7 @@ class JournalMachine(RuleBasedStateMachine):
 
     @invariant()
     def check_compaction(self) -> None:
-        segs = self.d.j.segments
+        segs = self.d.j.files.segments
         pending = set(self.d.model.messages)
         if pending and len(segs) > 1:
             assert min(pending) >= segs[0].first_index
