@@ -29,7 +29,7 @@ import requests
 from . import errors
 from ._http import DEFAULT_RETRY, HeadersLike, RetryPolicy, TimeoutLike
 from ._producer import lifecycle
-from ._producer.accumulator import Accumulator
+from ._producer.accumulator import Accumulator, Refusal
 from ._producer.batch import Counters
 from ._producer.journal_replay import attach, open_journal
 from ._producer.options import (
@@ -384,7 +384,7 @@ class IdempotentProducer:
                         f"messages for {self._where} are not acknowledged yet (still retrying)")
                 if acc.buf:
                     pool.wake()
-                pool.done.wait(remaining)
+                pool.waits.settled.wait(remaining)
             if self._reporter.on_own_thread():
                 # on_error already has the failure; the application's own flush() or
                 # close() must still see it, so leave it to them.
@@ -423,9 +423,9 @@ class IdempotentProducer:
             return
         with self._lock:
             already, self._closed = self._closed, True
-            if self._acc.refusal is None:
-                self._acc.refusal = errors.ProducerClosedError(
-                    f"producer {self.producer_id!r} for {self._where} is closed", url=self.url)
+            self._acc.refuse(errors.ProducerClosedError(
+                f"producer {self.producer_id!r} for {self._where} is closed", url=self.url),
+                Refusal.CLOSED)
         if already:
             # Another thread is closing (or closed) it: wait for that to finish.
             if not self._reporter.on_own_thread() and not self._close_done.wait(timeout):
@@ -512,11 +512,9 @@ class IdempotentProducer:
         body = encode_final(final_message)
         self.flush(timeout)
         with self._lock:
-            acc = self._acc
-            if acc.refusal is None or isinstance(acc.refusal, errors.ProducerClosedError):
-                acc.refusal = errors.StreamClosedError(
-                    f"producer {self.producer_id!r} closed the stream {self._where}",
-                    url=self.url)
+            self._acc.refuse(errors.StreamClosedError(
+                f"producer {self.producer_id!r} closed the stream {self._where}",
+                url=self.url), Refusal.STREAM_CLOSED)
         if body is not None:
             body = self._transport.final_body(body, validate=self._validate_json)
         deadline = time.monotonic() + self._delivery_timeout
@@ -526,13 +524,17 @@ class IdempotentProducer:
                 epoch, seq = self._seq.close_attempt()
             outcome = self._transport.send_close(body, epoch, seq)
             with self._lock:
+                before = self._seq.gen
                 decision = self._seq.on_close_outcome(outcome, epoch, seq, time.monotonic(),
                                                       deadline, retry_n)
+                self._pool.waits.on_new_generation(before, self._seq.gen)
             if decision.act is Act.CHECK_STORED:  # a 204: is the stream closed (by us)?
                 closed = self._transport.stream_closed()
                 with self._lock:
+                    before = self._seq.gen
                     decision = self._seq.close_checked(outcome, epoch, seq, closed,
                                                        time.monotonic(), deadline, retry_n)
+                    self._pool.waits.on_new_generation(before, self._seq.gen)
             with self._lock:
                 if decision.act is Act.DONE:
                     self._close_result = decision.offset
@@ -542,8 +544,11 @@ class IdempotentProducer:
                     raise decision.error
                 if decision.act is Act.RETRY:
                     retry_n += 1
-                    if not (self._pool.stopping and self._seq.fatal is not None):
-                        self._pool.done.wait(decision.delay)
+                    end = time.monotonic() + decision.delay
+                    # Until the delay passed, or close() gave up on the producer.
+                    while (not (self._pool.stopping and self._seq.fatal is not None)
+                           and (left := end - time.monotonic()) > 0):
+                        self._pool.waits.close_retry.wait(left)
 
     # -- process life -------------------------------------------------------------------
     def _check_fork(self) -> None:
@@ -566,13 +571,14 @@ class IdempotentProducer:
         self._pool.after_fork_in_child(lock)
         self._reporter.after_fork_in_child(lock)
         self._close_done = threading.Event()
-        self._acc.refusal = errors.ProducerForkedError(
-            f"producer {self.producer_id!r} was created in process {self._pid} and cannot be "
-            f"used in the forked process {os.getpid()}: its buffer and sequence numbers "
-            "belong to the parent; create producers after fork (gunicorn post_fork hook, or "
-            "lazily on first use in each worker)",
-            url=self.url,
-        )
+        with lock:
+            self._acc.refuse(errors.ProducerForkedError(
+                f"producer {self.producer_id!r} was created in process {self._pid} and cannot "
+                f"be used in the forked process {os.getpid()}: its buffer and sequence numbers "
+                "belong to the parent; create producers after fork (gunicorn post_fork hook, "
+                "or lazily on first use in each worker)",
+                url=self.url,
+            ), Refusal.FORKED)
 
     def _flush_at_exit_now(self) -> None:
         if self._forked or self._closed or not self._flush_at_exit:
