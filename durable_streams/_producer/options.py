@@ -186,16 +186,17 @@ def exit_timeout_seconds(exit_timeout_ms: Any, exit_timeout: Any, *, stacklevel:
     return float(value) / 1000.0
 
 
-def pass_through_exit_timeout(options: dict[str, Any], where: str) -> None:
+def pass_through_exit_timeout(options: dict[str, Any], where: str, *,
+                              stacklevel: int = 4) -> None:
     """For a constructor that passes ``**producer_options`` on to ``IdempotentProducer``
     (maybe later, on another thread): turn the deprecated ``exit_timeout`` (seconds) into
     ``exit_timeout_ms`` now, so the DeprecationWarning points at the constructor's caller
-    and a bad value or both spellings raise at once."""
+    (``stacklevel`` frames up) and a bad value or both spellings raise at once."""
     if "exit_timeout" not in options:
         return
     old = renamed(where, "exit_timeout_ms",
                   options.get("exit_timeout_ms", _MISSING),
-                  "exit_timeout", options.pop("exit_timeout"), stacklevel=4,
+                  "exit_timeout", options.pop("exit_timeout"), stacklevel=stacklevel,
                   note=" (milliseconds: exit_timeout=10 is exit_timeout_ms=10_000)")
     options["exit_timeout_ms"] = _positive_seconds("exit_timeout", old, zero=True) * 1000.0
 
