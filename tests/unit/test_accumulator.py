@@ -221,3 +221,28 @@ def test_the_refusal_of_highest_rank_wins_and_equal_ranks_keep_the_first() -> No
         assert acc.refusal is forked
     with pytest.raises(errors.ProducerForkedError, match="forked"):
         add(acc, b"y")
+
+
+def test_only_refuse_writes_the_refusal() -> None:
+    """One owner: no module of the library assigns ``.refusal`` but Accumulator.refuse
+    (and the field's initialisation)."""
+    import ast
+    from pathlib import Path
+
+    import durable_streams
+
+    writers = []
+    for path in Path(durable_streams.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                targets: list[ast.expr] = []
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for t in ast.walk(target):
+                        if isinstance(t, ast.Attribute) and t.attr == "refusal":
+                            writers.append(f"{path.name}:{func.name}")
+    assert sorted(set(writers)) == ["accumulator.py:__init__", "accumulator.py:refuse"]
