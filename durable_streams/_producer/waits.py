@@ -6,32 +6,29 @@ event (a method ``on_<event>``) is reported, lock held, where it happens and bef
 lock is released, so a waiter always re-checks its predicate after the change; an event
 notifies every Condition whose predicate it can make true, and no other.
 
-=============  ======================================  =====================================
-Condition      who waits, until (the predicate)        notified by (events below)
-=============  ======================================  =====================================
-``ready``      an idle sender (``SenderPool``), until  ``SenderPool.wake`` and the baton
-               ``Sequencer.next_work`` has a task       (one sender); ``stop``, ``fatal``
-                                                        (every sender)
-``settled``    ``flush()``: every message below its     ``acked``, ``failed``
-               target is acknowledged or failed
-``turn``       a sender before a send: ``turn_ok``      ``written``, ``acked``, ``failed``,
-               (lower seqs written, window room) or     ``new_generation``, ``fatal``
-               the batch can no longer be sent
-``earlier``    a sender after an out-of-order 409:      ``acked``, ``failed``,
-               the earlier seqs are resolved, or the    ``new_generation``, ``fatal``
-               batch can no longer be sent
-``probed``     the sender of seq 0: the early tail      ``probed``
-               probe of its generation has ended
-``retry``      a sender between two attempts: the       ``failed`` (a hole moves to a new
-               delay passed, or the batch can no        epoch), ``new_generation``,
-               longer be sent (failed or parked)        ``fatal``
-``head_retry`` a sealing sender whose HEAD (content     ``fatal``
-               type) failed: the delay passed, or the
-               producer stopped for good
-``close_retry`` ``close_stream()`` between attempts:    ``stop``, ``fatal``
-               the delay passed, or ``close()`` gave
-               up (stopping and stopped for good)
-=============  ======================================  =====================================
+Condition (who waits)          waits until (the predicate)          notified by (``on_<event>``)
+-----------------------------  -----------------------------------  ----------------------------
+``ready`` (an idle sender,     ``Sequencer.next_work`` has a task   ``SenderPool.wake`` and the
+SenderPool._next_task)                                              baton (one sender); ``stop``,
+                                                                    ``fatal`` (every sender)
+``settled`` (``flush()``)      every message below its target is    ``acked``, ``failed``
+                               acknowledged or failed
+``turn`` (a sender before a    ``turn_ok`` (lower seqs written,     ``written``, ``acked``,
+send: Delivery._wait_turn)     window room), or the batch can no    ``failed``, ``new_generation``,
+                               longer be sent                       ``fatal``
+``earlier`` (a sender after    the earlier seqs are resolved, or    ``acked``, ``failed``,
+an out-of-order 409)           the batch can no longer be sent      ``new_generation``, ``fatal``
+``probed`` (the sender of      the early tail probe of its          ``probed``
+seq 0: Delivery._ensure_probe) generation has ended
+``retry`` (a sender between    the delay passed, or the batch can   ``failed`` (a hole moves to a
+two attempts: Delivery._sleep) no longer be sent (failed, parked)   new epoch), ``new_generation``,
+                                                                    ``fatal``
+``head_retry`` (a sealing      the delay passed, or the producer    ``fatal``
+sender whose content-type      stopped for good
+HEAD failed)
+``close_retry``                the delay passed, or ``close()``     ``stop``, ``fatal``
+(``close_stream()`` between    gave up (stopping, and stopped for
+two attempts)                  good)
 
 "The batch can no longer be sent" is ``Sequencer.check`` turning False: the batch settled,
 the sequencer stopped (``fatal``) or moved to a new generation (an epoch claim:
