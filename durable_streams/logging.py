@@ -230,8 +230,9 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
             raise
 
         self._local = threading.local()
-        # Guards the fields below (not the counters' readers): held only briefly, never
-        # during a request. Lock order: logging's handler lock -> this -> producer lock.
+        # Guards the fields below (not the counters' readers) and the backlog: held only
+        # briefly, never during a request. Lock order: logging's handler lock -> this ->
+        # producer lock; the drop counter's own lock (_log_backlog.Drops) is taken last.
         self._lock = threading.Lock()
         self._producer: IdempotentProducer | None = producer
         self._ready = False  # the stream was checked: records go to the producer
