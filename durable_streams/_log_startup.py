@@ -12,11 +12,19 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from typing import Any
+
+from . import errors
+from ._http import NO_RETRY
+from ._redact import redact_url
+from .stream import DurableStream
 
 #: Seconds before the second attempt; doubled after each failure up to :data:`MAX_DELAY`.
 FIRST_DELAY = 0.5
 #: The longest wait between two attempts (seconds).
 MAX_DELAY = 30.0
+#: The timeout of each attempt when ``request_timeout`` is not given (connect, read).
+CHECK_TIMEOUT = (5.0, 5.0)
 
 
 def retry_delay(failures: int) -> float:
@@ -90,3 +98,31 @@ class StreamCheck:
             self.attempting = False
             self._on_ready(content_type)
             return
+
+
+def check_stream(url: str, *, handle: DurableStream | None, options: dict[str, Any],
+                 create_type: str | None) -> str | None:
+    """One attempt: HEAD the stream (or, with ``create_type``, create it with one PUT);
+    the stream's content type. Raises on failure, and for a closed stream. ``handle``
+    (the handler's DurableStream, if given) brings its headers and params; ``options``
+    are the producer options (``headers``, ``request_timeout``, ``session``)."""
+    headers = handle.headers if handle is not None else options.get("headers")
+    params = handle.params if handle is not None else None
+    timeout = options.get("request_timeout") or CHECK_TIMEOUT
+    session = options.get("session")
+    if create_type is not None:
+        created = DurableStream.create(
+            url, content_type=create_type, headers=headers, params=params,
+            session=session, timeout=timeout, retry=NO_RETRY)
+        created.close()
+        return created.content_type or create_type
+    probe = DurableStream(url, headers=headers, params=params, session=session,
+                          timeout=timeout, retry=NO_RETRY)
+    try:
+        info = probe.head()
+    finally:
+        probe.close()
+    if info.closed:
+        raise errors.StreamClosedError(
+            f"the stream {redact_url(url)} is closed: appends are refused", url=url)
+    return info.content_type

@@ -29,22 +29,21 @@ with an absolute import, so the two never shadow each other.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 from . import _protocol as P
 from . import errors
-from ._http import NO_RETRY
+from ._log_backlog import Backlog, Drops, warn
 from ._log_record import JsonRecords
-from ._log_startup import MAX_DELAY, StreamCheck, retry_delay
+from ._log_startup import MAX_DELAY, StreamCheck, check_stream, retry_delay
 from ._producer.options import pass_through_exit_timeout
 from ._redact import redact_text, redact_url
 from .producer import IdempotentProducer
@@ -54,10 +53,6 @@ __all__ = ["DurableStreamHandler"]
 
 _LIBRARY_LOGGER = "durable_streams"
 _DEFAULT_BUFFER = 64 * 1024 * 1024
-#: The timeout of each stream check when ``request_timeout`` is not given (connect, read).
-_CHECK_TIMEOUT = (5.0, 5.0)
-#: At most one stderr line per this many seconds about records the producer failed.
-_REPORT_INTERVAL = 10.0
 
 # Taken by the first thread of a forked child that notices the fork (a handler's own lock
 # may have been held by another thread at fork time, so it cannot be used for that).
@@ -75,6 +70,46 @@ if hasattr(os, "register_at_fork"):
 
 def _one_line(exc: BaseException) -> str:
     return redact_text(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+def _check_arguments(url: object, producer_id: str | None, create: object,
+                     content_type: object, close_timeout: object,
+                     producer_options: dict[str, Any],
+                     ) -> tuple[DurableStream | None, str, dict[str, Any], Any]:
+    """The handler's arguments checked (``TypeError``/``ValueError`` naming the bad one):
+    (the handle or None, the producer id, the producer options with the handler's
+    defaults, the application's ``on_error`` or None)."""
+    handle = url if isinstance(url, DurableStream) else None
+    if handle is None and not isinstance(url, str):
+        raise TypeError(f"url must be a URL string or a DurableStream, got "
+                        f"{type(url).__name__}")
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        raise ValueError(f"url must be an http:// or https:// URL, got "
+                         f"{redact_url(url)!r}")
+    if producer_id is None:
+        producer_id = f"log-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not isinstance(producer_id, str) or not producer_id.strip():
+        raise ValueError(f"producer_id must be a non-empty string, got {producer_id!r}")
+    if not isinstance(create, bool):
+        raise TypeError(f"create must be True or False, got {create!r}")
+    if content_type is not None and (not isinstance(content_type, str)
+                                     or not content_type.strip()):
+        raise ValueError(f"content_type must be a non-empty string such as "
+                         f"'application/json', got {content_type!r}")
+    if (isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float))
+            or not math.isfinite(close_timeout) or close_timeout < 0):
+        raise ValueError(f"close_timeout must be a finite number of seconds >= 0, got "
+                         f"{close_timeout!r}")
+    options: dict[str, Any] = dict(producer_options)
+    # stacklevel: the warning points at the caller of DurableStreamHandler()
+    pass_through_exit_timeout(options, "DurableStreamHandler()", stacklevel=5)
+    user_on_error = options.pop("on_error", None)
+    if user_on_error is not None and not callable(user_on_error):
+        raise TypeError("on_error must be a callable taking one exception")
+    options.setdefault("auto_claim", True)
+    options.setdefault("max_block_ms", 0)
+    options.setdefault("flush_at_exit", False)
+    return handle, producer_id, options, user_on_error
 
 
 class DurableStreamHandler(JsonRecords, logging.Handler):
@@ -163,35 +198,8 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
     ) -> None:
         # Every argument is checked before logging.Handler.__init__ registers the handler
         # for logging.shutdown(): a construction that raises leaves nothing behind.
-        handle = url if isinstance(url, DurableStream) else None
-        if handle is None and not isinstance(url, str):
-            raise TypeError(f"url must be a URL string or a DurableStream, got "
-                            f"{type(url).__name__}")
-        if isinstance(url, str) and not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must be an http:// or https:// URL, got "
-                             f"{redact_url(url)!r}")
-        if producer_id is None:
-            producer_id = f"log-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        if not isinstance(producer_id, str) or not producer_id.strip():
-            raise ValueError(f"producer_id must be a non-empty string, got {producer_id!r}")
-        if not isinstance(create, bool):
-            raise TypeError(f"create must be True or False, got {create!r}")
-        if content_type is not None and (not isinstance(content_type, str)
-                                         or not content_type.strip()):
-            raise ValueError(f"content_type must be a non-empty string such as "
-                             f"'application/json', got {content_type!r}")
-        if (isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float))
-                or not math.isfinite(close_timeout) or close_timeout < 0):
-            raise ValueError(f"close_timeout must be a finite number of seconds >= 0, got "
-                             f"{close_timeout!r}")
-        options: dict[str, Any] = dict(producer_options)
-        pass_through_exit_timeout(options, "DurableStreamHandler()")
-        user_on_error = options.pop("on_error", None)
-        if user_on_error is not None and not callable(user_on_error):
-            raise TypeError("on_error must be a callable taking one exception")
-        options.setdefault("auto_claim", True)
-        options.setdefault("max_block_ms", 0)
-        options.setdefault("flush_at_exit", False)
+        handle, producer_id, options, user_on_error = _check_arguments(
+            url, producer_id, create, content_type, close_timeout, producer_options)
         options["on_error"] = self._on_producer_error
 
         self.url: str = handle.url if handle is not None else str(url)
@@ -212,8 +220,8 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
         self._current_id = producer_id
         # The producer checks every option here (no network I/O, no thread).
         producer = self._new_producer(producer_id)
-        self._limit = int(options.get("max_buffer_bytes", _DEFAULT_BUFFER))
-        self._max_record = int(options.get("max_batch_bytes", 1024 * 1024))
+        self._backlog = Backlog(int(options.get("max_buffer_bytes", _DEFAULT_BUFFER)),
+                                int(options.get("max_batch_bytes", 1024 * 1024)))
         try:
             super().__init__(level)
         except BaseException:
@@ -222,19 +230,16 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
             raise
 
         self._local = threading.local()
-        # Guards the fields below (not the counters' readers): held only briefly, never
-        # during a request. Lock order: logging's handler lock -> this -> producer lock.
+        # Guards the fields below (not the counters' readers) and the backlog: held only
+        # briefly, never during a request. Lock order: logging's handler lock -> this ->
+        # producer lock; the drop counter's own lock (_log_backlog.Drops) is taken last.
         self._lock = threading.Lock()
         self._producer: IdempotentProducer | None = producer
         self._ready = False  # the stream was checked: records go to the producer
         self._ready_event = threading.Event()
-        self._pending: deque[str] = deque()  # records kept until the stream is available
-        self._pending_bytes = 0
         self._closed = False
         self._abandoned = False  # close() gave up on the kept records
-        self._dropped = 0
-        self._dropping = False
-        self._last_report = -math.inf
+        self._drops = Drops(self._where)
         self._last_error: str | None = None
         self._reported_unavailable = False
         self._restarts = 0
@@ -249,34 +254,12 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
                 with contextlib.suppress(Exception):
                     retire.close(timeout=0)
 
-        return StreamCheck(self._check_once, on_ready=self._on_ready,
+        attempt = functools.partial(check_stream, self.url, handle=self._given_handle,
+                                    options=self._options, create_type=self._create_type)
+        return StreamCheck(attempt, on_ready=self._on_ready,
                            on_failure=self._on_check_failure, prepare=prepare,
                            first_delay=first_delay,
                            name=f"durable-streams-log-check-{self._current_id}").start()
-
-    def _check_once(self) -> str | None:
-        """One HEAD (or one PUT with ``create``); the stream's content type."""
-        handle = self._given_handle
-        headers = handle.headers if handle is not None else self._options.get("headers")
-        params = handle.params if handle is not None else None
-        timeout = self._options.get("request_timeout") or _CHECK_TIMEOUT
-        session = self._options.get("session")
-        if self._create:
-            created = DurableStream.create(
-                self.url, content_type=self._create_type, headers=headers, params=params,
-                session=session, timeout=timeout, retry=NO_RETRY)
-            created.close()
-            return created.content_type or self._create_type
-        probe = DurableStream(self.url, headers=headers, params=params, session=session,
-                              timeout=timeout, retry=NO_RETRY)
-        try:
-            info = probe.head()
-        finally:
-            probe.close()
-        if info.closed:
-            raise errors.StreamClosedError(
-                f"the stream {self._where} is closed: appends are refused", url=self.url)
-        return info.content_type
 
     def _on_check_failure(self, exc: BaseException, failures: int) -> None:
         text = _one_line(exc)
@@ -285,8 +268,8 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
             first = not self._reported_unavailable and not self._closed
             self._reported_unavailable = True
         if first:
-            self._warn(f"the log stream {self._where} is not available yet ({text}); "
-                       f"records are kept (up to {self._limit} bytes) and it is checked "
+            warn(f"the log stream {self._where} is not available yet ({text}); "
+                 f"records are kept (up to {self._backlog.limit} bytes) and it is checked "
                        f"again, at least every {MAX_DELAY:.0f} s")
 
     def _on_ready(self, content_type: str | None) -> None:
@@ -297,24 +280,22 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
             self._json_mode = P.is_json(self.content_type)
             producer = self._producer
             sent = lost = 0
-            while self._pending:
+            for text in self._backlog.take_all():
                 try:
-                    producer.append(self._framed(self._pending.popleft()))
+                    producer.append(self._framed(text))
                     sent += 1
                 except (errors.DurableStreamError, ValueError):
                     lost += 1
-            self._pending_bytes = 0
-            self._dropped += lost
+            self._drops.lost(lost)
             self._ready = True
             self._check = None
             self._ready_event.set()
             recovered, self._reported_unavailable = self._reported_unavailable, False
         if recovered:
-            self._warn(f"the log stream {self._where} is available; {sent} kept record(s) "
-                       "sent")
+            warn(f"the log stream {self._where} is available; {sent} kept record(s) sent")
         if lost:
-            self._warn(f"dropping log records for {self._where}: {lost} kept record(s) did "
-                       "not fit in the producer's buffer")
+            warn(f"dropping log records for {self._where}: {lost} kept record(s) did not "
+                 "fit in the producer's buffer")
 
     # -- producer management ----------------------------------------------------------
     def _new_producer(self, producer_id: str) -> IdempotentProducer:
@@ -339,8 +320,8 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
                 return
             # Forked: the inherited producer, check and kept records belong to the parent.
             self._lock = threading.Lock()
-            self._pending = deque()
-            self._pending_bytes = 0
+            self._backlog = self._backlog.fresh()
+            self._drops.after_fork_in_child()
             self._ready_event = threading.Event()
             self._check = None
             self._current_id = f"{self.producer_id}-{os.getpid()}"
@@ -381,7 +362,7 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
     def dropped(self) -> int:
         """Records that were not and will not be delivered (see the class docs): refused
         by ``emit()``, failed by the producer, or still waiting for the stream at close."""
-        return self._dropped
+        return self._drops.count
 
     # -- logging.Handler ----------------------------------------------------------------
     def filter(self, record: logging.LogRecord) -> bool:
@@ -424,64 +405,39 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
         try:
             producer.append(self._framed(text))
         except errors.BufferFullError as exc:
-            self._drop(str(exc))
+            self._drops.refused(str(exc))
             return
         except ValueError as exc:  # larger than max_batch_bytes
-            self._drop(str(exc))
+            self._drops.refused(str(exc))
             return
         except errors.DurableStreamError as exc:  # the producer stopped or was closed
             if self._closed:
-                self._drop(f"the log handler for {self._where} is closed")
+                self._drops.refused(f"the log handler for {self._where} is closed")
             else:
                 self._restart(producer, text, exc)
             return
-        if self._dropping:
-            self._dropping = False
+        self._drops.accepted()
 
     def _hold(self, text: str) -> None:
         """Keep a record until the stream is available (or send it, if it now is)."""
-        size = len(text.encode("utf-8", "surrogatepass")) + 1
         reason = None
         with self._lock:
             producer = self._producer
             if self._closed or producer is None:
                 reason = f"the log handler for {self._where} is closed"
             elif not self._ready:
-                if size - 1 > self._max_record:
-                    reason = (f"a record of {size - 1} bytes is larger than "
-                              f"max_batch_bytes ({self._max_record})")
-                elif self._pending_bytes + size > self._limit:
-                    why = self._last_error or "it is being checked"
-                    reason = (f"the stream is not available yet ({why}) and the records "
-                              f"kept meanwhile fill max_buffer_bytes ({self._limit})")
-                else:
-                    self._pending.append(text)
-                    self._pending_bytes += size
-                    self._dropping = False
+                reason = self._backlog.keep(text, self._last_error)
+                if reason is None:
+                    self._drops.accepted()
                     return
         if reason is not None:
-            self._drop(reason)
+            self._drops.refused(reason)
         elif producer is not None:
             self._deliver(producer, text)
 
-    def _drop(self, reason: str) -> None:
-        with self._lock:
-            self._dropped += 1
-            first, self._dropping = not self._dropping, True
-        if first:
-            self._warn(f"dropping log records for {self._where}: {reason}")
-
     def _on_producer_error(self, err: errors.DurableStreamError) -> None:
         # On the producer's callback thread, for every delivery failure.
-        count = len(getattr(err, "undelivered", ()) or ())
-        now = time.monotonic()
-        with self._lock:
-            self._dropped += count
-            report = now - self._last_report >= _REPORT_INTERVAL
-            if report:
-                self._last_report = now
-        if report:
-            self._warn(f"{count} log record(s) were not delivered to {self._where}: {err}")
+        self._drops.failed(len(getattr(err, "undelivered", ()) or ()), err)
         if self._user_on_error is not None:
             self._user_on_error(err)
 
@@ -501,7 +457,7 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
         try:
             producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         except (errors.DurableStreamError, TimeoutError) as exc:
-            self._warn(f"log records for {self._where} were not delivered: {exc}")
+            warn(f"log records for {self._where} were not delivered: {exc}")
 
     def close(self) -> None:
         """Flush (up to ``close_timeout``) and close the producer; the stream stays open.
@@ -530,34 +486,21 @@ class DurableStreamHandler(JsonRecords, logging.Handler):
             lost = 0
             if not ready:
                 self._abandoned = True
-                lost = len(self._pending)
-                self._pending.clear()
-                self._pending_bytes = 0
-                self._dropped += lost
+                lost = len(self._backlog.take_all())
+                self._drops.lost(lost)
             producer, self._producer = self._producer, None
             last = self._last_error
         if lost:
             why = (f"the stream was not available (last error: {last})" if last
                    else "the stream check did not finish within close_timeout")
-            self._warn(f"{lost} log record(s) were not delivered to {self._where}: {why}")
+            warn(f"{lost} log record(s) were not delivered to {self._where}: {why}")
         if producer is None:
             return
         try:
             producer.close(timeout=max(0.0, deadline - time.monotonic()) if ready else 0.0)
         except (errors.DurableStreamError, TimeoutError) as exc:
             if ready:
-                self._warn(f"log records for {self._where} were not delivered: {exc}")
-
-    def _warn(self, message: str) -> None:
-        # Not through logging: that could come back here. Like Handler.handleError.
-        stream = sys.stderr
-        if stream is None:
-            return
-        try:
-            stream.write(f"durable_streams.logging: {redact_text(' '.join(message.split()))}\n")
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+                warn(f"log records for {self._where} were not delivered: {exc}")
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)

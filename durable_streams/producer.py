@@ -4,18 +4,24 @@ Messages go into a thread-safe buffer; up to ``max_in_flight`` sender threads se
 (by size, by linger time, or on flush) and POST them with ``Producer-Id``/``-Epoch``/``-Seq``
 headers, retrying with the same (epoch, seq, body) so that the server deduplicates.
 See PROTOCOL.md §5.2.1 and the README's design decisions 3, 5–8. The parts live in ``_producer/``:
-the accumulator (buffer), the sequencer (every protocol decision, pure), the sender pool,
-the transport (all HTTP), the reporter (``on_error`` and ``DeliveryError``) and lifecycle.
+the accumulator (buffer), the sequencer (every protocol decision, pure), the sender pool and
+the delivery of one batch, the transport (all HTTP), the reporter (``on_error`` and
+``DeliveryError``), lifecycle (exit flush, fork), flushing and closing; ``assembly`` builds
+and wires them.
 
 Locks. One producer lock guards all mutable state: the accumulator's fields (buffer, byte
 budget, refusal), the sequencer's (epochs, seqs, batches, phase, probes, last offset), the
-counters, the sender pool's flags and the reporter's queues. Every Condition (senders'
-``ready``, progress ``done``, appenders' ``space``, the reporter's two) is built on it. The
-pool's ``seal_lock`` (one sealer at a time, so seqs follow buffer order) is taken *before*
-the producer lock, never while holding it: lock order is ``seal_lock`` -> producer lock.
-No HTTP call is made while either lock is held; the only lock taken during an HTTP call is
-the producer lock, briefly, when the request body has been written (``MarkedBody``).
-Fields read without the lock: ``closed``, ``_forked`` and the properties (a snapshot).
+counters, the sender pool's flags and the reporter's queues. Every Condition is built on it,
+one per wait: ``waits.py`` lists the senders' and ``flush()``/``close_stream()``'s waits with
+each one's predicate and the events that notify it; the accumulator owns ``space``
+(appenders), the reporter its two. The pool's ``seal_lock`` (one sealer at a time, so seqs
+follow buffer order) is taken *before* the producer lock, never while holding it: lock order
+is ``seal_lock`` -> producer lock. No HTTP call is made while either lock is held; the only
+lock taken during an HTTP call is the producer lock, briefly, when the request body has been
+written (``MarkedBody``). Fields read without the lock: ``closed``, ``_forked`` and the
+properties (a snapshot). The refusal that ``append()`` raises has one writer,
+``Accumulator.refuse`` (the highest-ranked reason wins: closed < stream closed < stopped <
+forked).
 """
 
 from __future__ import annotations
@@ -27,27 +33,12 @@ import time
 import requests
 
 from . import errors
-from ._http import DEFAULT_RETRY, HeadersLike, RetryPolicy, TimeoutLike
-from ._producer import lifecycle
-from ._producer.accumulator import Accumulator
-from ._producer.batch import Counters
+from ._http import HeadersLike, RetryPolicy, TimeoutLike
+from ._producer import assembly, closing, flushing, lifecycle
+from ._producer.accumulator import Refusal
 from ._producer.journal_replay import attach, open_journal
-from ._producer.options import (
-    EXIT_TIMEOUT_MS,
-    ProducerStats,
-    check_headers,
-    check_more,
-    check_options,
-    check_producer_id,
-    check_request_timeout,
-    check_wait,
-    encode_final,
-    exit_timeout_seconds,
-)
-from ._producer.reporter import ErrorCallback, Reporter
-from ._producer.sender import SenderPool
-from ._producer.sequencer import Act, Sequencer
-from ._producer.transport import Transport
+from ._producer.options import EXIT_TIMEOUT_MS, ProducerStats, check_all, check_wait, encode_final
+from ._producer.reporter import ErrorCallback
 from ._redact import redact_url
 from ._renamed import _MISSING
 from .stream import DurableStream
@@ -190,75 +181,38 @@ class IdempotentProducer:
         journal_fsync: bool = False,
         journal_max_bytes: int | None = None,
     ) -> None:
-        check_producer_id(producer_id)
-        check_headers(headers)
-        check_request_timeout(request_timeout)
-        exit_timeout_s = exit_timeout_seconds(exit_timeout_ms, exit_timeout)
-        check_more(retry=retry, content_type=content_type,
-                   session=session, auto_claim=auto_claim, validate_json=validate_json,
-                   flush_at_exit=flush_at_exit)
-        # With auto_claim and no epoch of the caller's, start from the clock: a new run then
-        # never reuses the (id, epoch, seq) of an earlier run of the same job, so a
-        # "duplicate" answer can only be about our own data. Epochs only need to grow.
-        fresh_epoch = epoch is None and bool(auto_claim)
-        if epoch is None:
-            epoch = int(time.time() * 1000) if auto_claim else 0
-        check_options(epoch=epoch, max_batch_bytes=max_batch_bytes,
-                      max_batch_items=max_batch_items, max_in_flight=max_in_flight,
-                      max_buffer_bytes=max_buffer_bytes, linger_ms=linger_ms,
-                      max_block_ms=max_block_ms, delivery_timeout_ms=delivery_timeout_ms,
-                      on_error=on_error)
-        if isinstance(stream, DurableStream):
-            url, stream_headers, params = stream.url, stream.headers, stream.params
-            content_type = content_type or stream.content_type
-            session = session if session is not None else stream._client.session
-            retry = retry or stream.retry
-        elif isinstance(stream, str):
-            if not stream.startswith(("http://", "https://")):
-                raise ValueError(f"stream must be a DurableStream or an http(s) URL, got "
-                                 f"{redact_url(stream)!r}")
-            url, stream_headers, params = stream, None, None
-            retry = retry or DEFAULT_RETRY
-        else:
-            raise TypeError(f"stream must be a DurableStream handle or a URL string, got "
-                            f"{type(stream).__name__}")
-        self.url = url
+        exit_timeout_s, epoch, fresh_epoch = check_all(
+            producer_id=producer_id, headers=headers, request_timeout=request_timeout,
+            exit_timeout_ms=exit_timeout_ms, exit_timeout=exit_timeout, retry=retry,
+            content_type=content_type, session=session, auto_claim=auto_claim,
+            validate_json=validate_json, flush_at_exit=flush_at_exit, epoch=epoch,
+            max_batch_bytes=max_batch_bytes, max_batch_items=max_batch_items,
+            max_in_flight=max_in_flight, max_buffer_bytes=max_buffer_bytes,
+            linger_ms=linger_ms, max_block_ms=max_block_ms,
+            delivery_timeout_ms=delivery_timeout_ms, on_error=on_error)
+        target = assembly.resolve_stream(stream, content_type=content_type, session=session,
+                                         retry=retry)
+        self.url = url = target.url
         self.producer_id = producer_id
         self.auto_claim = auto_claim
-        self._where = where = redact_url(url)
+        self._where = redact_url(url)
         self._max_batch_bytes = max_batch_bytes
         self._delivery_timeout = float(delivery_timeout_ms) / 1000.0
         self._validate_json = validate_json
         self._flush_at_exit = flush_at_exit
         self._exit_timeout = exit_timeout_s
         self._token = object()  # identifies this producer's threads (lifecycle)
-        self._lock = lock = threading.Lock()
-        self._counters = counters = Counters()
-        self._transport = Transport(
-            url, producer_id=producer_id, stream_headers=stream_headers, headers=headers,
-            params=params, content_type=content_type, session=session, retry=retry,
-            timeout=request_timeout, pool_size=max_in_flight + 2,
-            max_batch_bytes=max_batch_bytes)
-        self._reporter = Reporter(lock, producer_id=producer_id, url=url, where=where,
-                                  on_error=on_error, token=self._token)
-        self._acc = Accumulator(
-            lock, url=url, where=where, max_batch_bytes=max_batch_bytes,
-            max_batch_items=max_batch_items or 0, max_buffer_bytes=max_buffer_bytes,
-            linger=float(linger_ms) / 1000.0, max_block=float(max_block_ms) / 1000.0,
-            wake=lambda: None)
-        self._pool = SenderPool(
-            lock, acc=self._acc, transport=self._transport, reporter=self._reporter,
-            counters=counters, producer_id=producer_id, threads=max_in_flight,
+        parts = assembly.build(
+            self, target, producer_id=producer_id, token=self._token, headers=headers,
+            request_timeout=request_timeout, epoch=epoch, fresh_epoch=fresh_epoch,
+            auto_claim=auto_claim, linger_ms=linger_ms, max_batch_bytes=max_batch_bytes,
+            max_batch_items=max_batch_items, max_in_flight=max_in_flight,
+            max_buffer_bytes=max_buffer_bytes, max_block_ms=max_block_ms,
             delivery_timeout=self._delivery_timeout, validate_json=validate_json,
-            probe_wait=(float(request_timeout) if isinstance(request_timeout, (int, float))
-                        else 10.0), token=self._token)
-        self._acc.wake = self._pool.wake
-        self._pool.owner = self
-        self._seq = self._pool.seq = Sequencer(
-            producer_id=producer_id, url=url, epoch=epoch, auto_claim=self.auto_claim,
-            fresh_epoch=fresh_epoch, max_in_flight=max_in_flight, retry=retry,
-            delivery_timeout=self._delivery_timeout, sink=self._pool, counters=counters,
-            json_mode=bool(self._transport.json_mode))
+            on_error=on_error)
+        self._lock, self._counters, self._transport = parts.lock, parts.counters, parts.transport
+        self._reporter, self._acc, self._pool = parts.reporter, parts.acc, parts.pool
+        self._seq = parts.seq
         self._closed = False
         self._close_result: str | None = None
         self._close_done = threading.Event()
@@ -274,7 +228,7 @@ class IdempotentProducer:
         if self._journal is not None:
             r = self._journal.replay
             self._index_base = r.next_index - r.count  # replayed messages count as ours
-            with lock:
+            with self._lock:
                 attach(self._journal, acc=self._acc, seq=self._seq, pool=self._pool,
                        delivery_timeout=self._delivery_timeout)
         if type(self).append is IdempotentProducer.append:
@@ -369,39 +323,8 @@ class IdempotentProducer:
         """
         timeout = check_wait("flush", timeout)
         self._check_fork()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        acc, seq, pool = self._acc, self._seq, self._pool
-        with self._lock:
-            target = acc.appended
-            acc.seal_all(target)
-            if acc.buf:
-                pool.wake()  # one sender; it passes the baton on
-            while self._unresolved_below(target):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(
-                        f"flush timed out after {timeout}s: {self._count_unresolved(target)} "
-                        f"messages for {self._where} are not acknowledged yet (still retrying)")
-                if acc.buf:
-                    pool.wake()
-                pool.done.wait(remaining)
-            if self._reporter.on_own_thread():
-                # on_error already has the failure; the application's own flush() or
-                # close() must still see it, so leave it to them.
-                return seq.last_offset
-            self._reporter.wait_called()
-            self._reporter.raise_unreported()
-            return seq.last_offset
-
-    def _unresolved_below(self, target: int) -> bool:
-        return (self._acc.unresolved_below(target)
-                or any(b.first_index < target for b in self._seq.batches.values()))
-
-    def _count_unresolved(self, target: int) -> int:
-        n = self._acc.count_below(target)
-        for b in self._seq.batches.values():
-            n += sum(1 for i in range(len(b.messages)) if b.first_index + i < target)
-        return n
+        return flushing.flush(self._lock, acc=self._acc, seq=self._seq, pool=self._pool,
+                              reporter=self._reporter, timeout=timeout, where=self._where)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, stop the sender threads and release the session. The stream stays open.
@@ -423,9 +346,9 @@ class IdempotentProducer:
             return
         with self._lock:
             already, self._closed = self._closed, True
-            if self._acc.refusal is None:
-                self._acc.refusal = errors.ProducerClosedError(
-                    f"producer {self.producer_id!r} for {self._where} is closed", url=self.url)
+            self._acc.refuse(errors.ProducerClosedError(
+                f"producer {self.producer_id!r} for {self._where} is closed", url=self.url),
+                Refusal.CLOSED)
         if already:
             # Another thread is closing (or closed) it: wait for that to finish.
             if not self._reporter.on_own_thread() and not self._close_done.wait(timeout):
@@ -442,49 +365,18 @@ class IdempotentProducer:
         except (TimeoutError, errors.DeliveryError) as exc:
             flush_error = exc
         try:
-            self._shutdown(abandon=isinstance(flush_error, TimeoutError), deadline=deadline)
+            closing.shutdown(self._lock, self, seq=self._seq, pool=self._pool,
+                             reporter=self._reporter, transport=self._transport,
+                             journal=self._journal, producer_id=self.producer_id,
+                             where=self._where, url=self.url,
+                             abandon=isinstance(flush_error, TimeoutError), deadline=deadline)
         finally:
             self._close_done.set()
-        if isinstance(flush_error, TimeoutError):
-            with self._lock:
+        if not isinstance(flush_error, errors.DeliveryError):
+            with self._lock:  # failures reported meanwhile come before a TimeoutError
                 self._reporter.raise_unreported()
         if flush_error is not None:
             raise flush_error
-        with self._lock:
-            self._reporter.raise_unreported()
-
-    def _shutdown(self, *, abandon: bool, deadline: float | None = None) -> None:
-        with self._lock:
-            if abandon:
-                kept = ""
-                if self._journal is not None:
-                    self._journal.keep_pending = True  # not resolved: they stay journaled
-                    kept = (f"; they stay in the journal {self._journal.directory}: the next "
-                            "producer opened on it delivers them (do not append them again)")
-                self._seq.stop(errors.ProducerClosedError(
-                    f"producer {self.producer_id!r} for {self._where} was closed before these "
-                    f"messages were acknowledged{kept}", url=self.url))
-            threads = self._pool.stop()
-        # Idle senders exit at once. When abandoning, a sender may be inside a request (up
-        # to the request timeout): it is a daemon thread, so do not wait long for it; and
-        # never past close()'s own deadline.
-        end = time.monotonic() + (2.0 if abandon else 30.0)
-        if deadline is not None:
-            end = min(end, deadline)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=max(0.0, end - time.monotonic()))
-        with self._lock:
-            self._reporter.ensure_thread()
-            wait = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
-            if wait > 0:
-                self._reporter.wait_called(wait)
-            self._reporter.close()
-        self._transport.close()
-        lifecycle.unregister(self)
-        if self._journal is not None:
-            with self._lock:
-                self._journal.close()
 
     def __enter__(self) -> IdempotentProducer:
         return self
@@ -512,48 +404,20 @@ class IdempotentProducer:
         body = encode_final(final_message)
         self.flush(timeout)
         with self._lock:
-            acc = self._acc
-            if acc.refusal is None or isinstance(acc.refusal, errors.ProducerClosedError):
-                acc.refusal = errors.StreamClosedError(
-                    f"producer {self.producer_id!r} closed the stream {self._where}",
-                    url=self.url)
+            self._acc.refuse(errors.StreamClosedError(
+                f"producer {self.producer_id!r} closed the stream {self._where}",
+                url=self.url), Refusal.STREAM_CLOSED)
         if body is not None:
             body = self._transport.final_body(body, validate=self._validate_json)
-        deadline = time.monotonic() + self._delivery_timeout
-        retry_n = 0
-        while True:
-            with self._lock:
-                epoch, seq = self._seq.close_attempt()
-            outcome = self._transport.send_close(body, epoch, seq)
-            with self._lock:
-                decision = self._seq.on_close_outcome(outcome, epoch, seq, time.monotonic(),
-                                                      deadline, retry_n)
-            if decision.act is Act.CHECK_STORED:  # a 204: is the stream closed (by us)?
-                closed = self._transport.stream_closed()
-                with self._lock:
-                    decision = self._seq.close_checked(outcome, epoch, seq, closed,
-                                                       time.monotonic(), deadline, retry_n)
-            with self._lock:
-                if decision.act is Act.DONE:
-                    self._close_result = decision.offset
-                    return decision.offset
-                if decision.act is Act.RAISE:
-                    assert decision.error is not None
-                    raise decision.error
-                if decision.act is Act.RETRY:
-                    retry_n += 1
-                    if not (self._pool.stopping and self._seq.fatal is not None):
-                        self._pool.done.wait(decision.delay)
+        self._close_result = closing.close_stream(
+            self._lock, seq=self._seq, pool=self._pool, transport=self._transport, body=body,
+            delivery_timeout=self._delivery_timeout)
+        return self._close_result
 
     # -- process life -------------------------------------------------------------------
     def _check_fork(self) -> None:
         if self._forked:
-            raise errors.ProducerForkedError(
-                f"producer {self.producer_id!r} was created in process {self._pid} and cannot "
-                f"be used in the forked process {os.getpid()}; create producers after fork "
-                "(e.g. in gunicorn's post_fork hook or lazily on first use)",
-                url=self.url,
-            )
+            raise lifecycle.forked_error(self.producer_id, self._pid, self.url)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: fresh locks (a parent thread may have held one), no threads,
@@ -562,17 +426,12 @@ class IdempotentProducer:
         if self._journal is not None:
             self._journal.after_fork_in_child()  # the child never touches it
         self._lock = lock = threading.Lock()
-        self._acc.after_fork_in_child(lock)
-        self._pool.after_fork_in_child(lock)
-        self._reporter.after_fork_in_child(lock)
+        for part in (self._acc, self._pool, self._reporter):
+            part.after_fork_in_child(lock)
         self._close_done = threading.Event()
-        self._acc.refusal = errors.ProducerForkedError(
-            f"producer {self.producer_id!r} was created in process {self._pid} and cannot be "
-            f"used in the forked process {os.getpid()}: its buffer and sequence numbers "
-            "belong to the parent; create producers after fork (gunicorn post_fork hook, or "
-            "lazily on first use in each worker)",
-            url=self.url,
-        )
+        with lock:
+            self._acc.refuse(lifecycle.forked_error(self.producer_id, self._pid, self.url,
+                                                    refusal=True), Refusal.FORKED)
 
     def _flush_at_exit_now(self) -> None:
         if self._forked or self._closed or not self._flush_at_exit:
@@ -581,11 +440,6 @@ class IdempotentProducer:
             c = self._counters
             pending = self._acc.appended - self._index_base - c.acked - c.failed
             unreported = bool(self._reporter.unreported)
-        if pending <= 0 and not unreported:
-            return
-        try:
-            self.close(timeout=self._exit_timeout)
-        except Exception as exc:
-            lifecycle.report_exit_failure(
-                f"durable_streams: producer {self.producer_id!r}: at interpreter exit, "
-                f"messages for {self._where} were not delivered: {exc}")
+        if pending > 0 or unreported:
+            lifecycle.close_at_exit(lambda: self.close(timeout=self._exit_timeout),
+                                    self.producer_id, self._where)

@@ -555,6 +555,48 @@ def test_server_down_fills_buffer_then_append_raises_after_max_block(
         sock.close()
 
 
+def test_append_blocked_on_a_full_buffer_raises_as_soon_as_close_begins(
+        make: Callable[..., IdempotentProducer]) -> None:
+    """close() refuses appends first: an append() waiting for room raises
+    ProducerClosedError at once, not when close() gives up on the flush."""
+    sock, port = closed_port()
+    try:
+        p = make(f"http://127.0.0.1:{port}/down", content_type=JSON, max_buffer_bytes=100,
+                 max_batch_bytes=100, max_block_ms=30_000, delivery_timeout_ms=30_000)
+        p.append(json.dumps("x" * 98))  # 100 bytes: exactly full
+        raised: list[tuple[BaseException, float]] = []
+
+        def appender() -> None:
+            try:
+                p.append('"more"')
+            except Exception as exc:
+                raised.append((exc, time.monotonic()))
+
+        thread = threading.Thread(target=appender)
+        thread.start()
+        # (private, on purpose) the blocked appender asks for everything to be sealed
+        assert wait_until(lambda: p._acc.seal_upto == 1)
+        start = time.monotonic()
+        def close() -> None:
+            with contextlib.suppress(TimeoutError, DeliveryError):  # nothing is delivered
+                p.close(timeout=3.0)
+
+        closer = threading.Thread(target=close)
+        closer.start()
+        thread.join(10)
+        assert not thread.is_alive(), "the blocked append did not end"
+        # (It must not be accepted either once close() has begun, e.g. when the room that
+        # close() frees by giving up on the buffered message wakes it.)
+        assert raised, "the blocked append was accepted after close() began"
+        exc, when = raised[0]
+        assert isinstance(exc, ProducerClosedError) and "is closed" in str(exc)
+        assert when - start < 1.0  # close() itself runs ~3 s: its flush cannot succeed
+        closer.join(10)
+        assert p.stats().messages_appended == 1
+    finally:
+        sock.close()
+
+
 def test_server_down_short_delivery_timeout_reports_undelivered(
         make: Callable[..., IdempotentProducer]) -> None:
     sock, port = closed_port()

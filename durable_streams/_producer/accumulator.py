@@ -8,6 +8,7 @@ need the time take ``now``; ``append`` reads the injected clock only when the bu
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,16 @@ from .reporter import copy_error
 
 if TYPE_CHECKING:
     from .journal import Journal
+
+
+class Refusal(enum.IntEnum):
+    """Why ``append()`` refuses new messages, in order of precedence (see
+    :meth:`Accumulator.refuse`)."""
+
+    CLOSED = 1  # close(): ProducerClosedError
+    STREAM_CLOSED = 2  # close_stream(): StreamClosedError
+    STOPPED = 3  # the sequencer stopped for good (fenced, stream gone, close gave up...)
+    FORKED = 4  # this is a forked child's copy: ProducerForkedError
 
 
 class Accumulator:
@@ -44,11 +55,26 @@ class Accumulator:
         self.seal_upto = 0  # messages with index < this must be sealed without lingering
         self.sealing_from = -1  # first index of messages being built into a batch, or -1
         self.room = max_buffer_bytes
-        #: when set, append() raises (a copy of) it: closed, fenced, stream closed, forked
+        #: when set, append() raises (a copy of) it: closed, fenced, stream closed, forked.
+        #: Written only by :meth:`refuse` (read without a method call on the hot path).
         self.refusal: errors.DurableStreamError | None = None
+        self._refused_for: Refusal | None = None
         #: the crash-safe journal (``journal=``), or None: every accepted message is
         #: journaled before append() returns, and takes/drops are reported to it
         self.journal: Journal | None = None
+
+    def refuse(self, err: errors.DurableStreamError, why: Refusal) -> None:
+        """(lock held) From now on ``append()`` raises (a copy of) ``err``; appenders blocked
+        on a full buffer are woken to raise it too. The one writer of :attr:`refusal`.
+
+        Rule: a refusal replaces the current one only if its ``why`` ranks higher (see
+        :class:`Refusal`); with an equal rank the first one stays. So a fatal error during
+        ``close()``'s flush is what later appends see, a closed stream beats a closed
+        producer, and a forked child's copy always says it was forked."""
+        if self._refused_for is not None and why <= self._refused_for:
+            return
+        self.refusal, self._refused_for = err, why
+        self.space.notify_all()
 
     # -- the hot path ------------------------------------------------------------------------
     def append(self, data: str | bytes | bytearray | memoryview) -> None:

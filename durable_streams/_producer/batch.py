@@ -1,10 +1,13 @@
-"""A sealed batch of messages, its state, and the producer's counters."""
+"""A sealed batch of messages, its state, its request body, and the producer's counters."""
 
 from __future__ import annotations
 
 import enum
 import itertools
 from dataclasses import dataclass
+
+from .. import _protocol as P
+from .._json import check_json_text
 
 _batch_ids = itertools.count()
 
@@ -96,3 +99,40 @@ class Counters:
     duplicates: int = 0
     failures: int = 0
     claims: int = 0
+
+
+def build(messages: list[bytes], json_mode: bool, validate: bool
+          ) -> tuple[list[bytes], list[tuple[bytes, str]], bytes]:
+    """The request body for ``messages``: (valid messages, invalid ones with why, body)."""
+    if not json_mode:
+        return messages, [], b"".join(messages)
+    body = b"[" + b",".join(messages) + b"]"
+    if not validate:
+        return messages, [], body
+    try:
+        # The fast path: one C parse of the whole batch. Any refusal (invalid JSON, or a
+        # Python limit: deep nesting, a huge integer) sends each message to the check
+        # that has no such limit (_json.check_json_text), which alone decides.
+        parsed = P.load_json(body)
+        if isinstance(parsed, list) and len(parsed) == len(messages):
+            return messages, [], body
+    except (ValueError, RecursionError):
+        pass
+    good, bad = split_json(messages)
+    if len(good) == len(messages):
+        return messages, [], body
+    return good, bad, b"[" + b",".join(good) + b"]"
+
+
+def split_json(messages: list[bytes]) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+    """(valid messages, invalid ones with the reason); never refuses a valid message."""
+    good: list[bytes] = []
+    bad: list[tuple[bytes, str]] = []
+    for m in messages:
+        try:
+            check_json_text(m)
+        except ValueError as exc:
+            bad.append((m, f"{m[:60]!r}: {exc}"))
+        else:
+            good.append(m)
+    return good, bad

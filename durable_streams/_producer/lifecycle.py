@@ -14,7 +14,10 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Protocol
+
+from .. import errors
 
 
 class Registered(Protocol):
@@ -44,6 +47,32 @@ def is_producer_thread(token: object | None = None) -> bool:
     """True on a producer's own thread (with ``token``: that producer's)."""
     owner = getattr(_local, "owner", None)
     return owner is not None if token is None else owner is token
+
+
+def forked_error(producer_id: str, pid: int, url: str, *,
+                 refusal: bool = False) -> errors.ProducerForkedError:
+    """The error for using, in a forked child, a producer created in process ``pid``: the
+    one raised by flush()/close_stream(), or (``refusal``) the one append() raises."""
+    if refusal:
+        return errors.ProducerForkedError(
+            f"producer {producer_id!r} was created in process {pid} and cannot be used in "
+            f"the forked process {os.getpid()}: its buffer and sequence numbers belong to "
+            "the parent; create producers after fork (gunicorn post_fork hook, or lazily on "
+            "first use in each worker)", url=url)
+    return errors.ProducerForkedError(
+        f"producer {producer_id!r} was created in process {pid} and cannot be used in the "
+        f"forked process {os.getpid()}; create producers after fork (e.g. in gunicorn's "
+        "post_fork hook or lazily on first use)", url=url)
+
+
+def close_at_exit(close: Callable[[], None], producer_id: str, where: str) -> None:
+    """Close a producer at interpreter exit (``close`` is bounded by its exit timeout); a
+    failure is reported, never lost (:func:`report_exit_failure`)."""
+    try:
+        close()
+    except Exception as exc:
+        report_exit_failure(f"durable_streams: producer {producer_id!r}: at interpreter exit, "
+                            f"messages for {where} were not delivered: {exc}")
 
 
 def report_exit_failure(text: str) -> None:

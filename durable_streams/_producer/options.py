@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -164,13 +165,15 @@ def check_wait(operation: str, timeout: Any) -> float | None:
     return _positive_seconds(f"{operation}(timeout=...)", timeout, zero=True)
 
 
-def exit_timeout_seconds(exit_timeout_ms: Any, exit_timeout: Any) -> float:
+def exit_timeout_seconds(exit_timeout_ms: Any, exit_timeout: Any, *, stacklevel: int = 4
+                         ) -> float:
     """The exit flush's bound in seconds, from ``exit_timeout_ms`` or its deprecated old
     spelling ``exit_timeout`` (seconds, with a DeprecationWarning at the constructor's
-    caller); both given is a TypeError. Either must be a finite number >= 0."""
+    caller, ``stacklevel`` frames up); both given is a TypeError. Either must be a finite
+    number >= 0."""
     old = renamed("IdempotentProducer()", "exit_timeout_ms",
                   _MISSING if exit_timeout_ms is EXIT_TIMEOUT_MS else exit_timeout_ms,
-                  "exit_timeout", exit_timeout, stacklevel=4,
+                  "exit_timeout", exit_timeout, stacklevel=stacklevel,
                   note=" (milliseconds: exit_timeout=10 is exit_timeout_ms=10_000)")
     if exit_timeout is not _MISSING:
         return _positive_seconds("exit_timeout", old, zero=True)
@@ -183,16 +186,17 @@ def exit_timeout_seconds(exit_timeout_ms: Any, exit_timeout: Any) -> float:
     return float(value) / 1000.0
 
 
-def pass_through_exit_timeout(options: dict[str, Any], where: str) -> None:
+def pass_through_exit_timeout(options: dict[str, Any], where: str, *,
+                              stacklevel: int = 4) -> None:
     """For a constructor that passes ``**producer_options`` on to ``IdempotentProducer``
     (maybe later, on another thread): turn the deprecated ``exit_timeout`` (seconds) into
     ``exit_timeout_ms`` now, so the DeprecationWarning points at the constructor's caller
-    and a bad value or both spellings raise at once."""
+    (``stacklevel`` frames up) and a bad value or both spellings raise at once."""
     if "exit_timeout" not in options:
         return
     old = renamed(where, "exit_timeout_ms",
                   options.get("exit_timeout_ms", _MISSING),
-                  "exit_timeout", options.pop("exit_timeout"), stacklevel=4,
+                  "exit_timeout", options.pop("exit_timeout"), stacklevel=stacklevel,
                   note=" (milliseconds: exit_timeout=10 is exit_timeout_ms=10_000)")
     options["exit_timeout_ms"] = _positive_seconds("exit_timeout", old, zero=True) * 1000.0
 
@@ -216,6 +220,37 @@ def check_more(*, retry: Any, content_type: Any, session: Any,
                        ("flush_at_exit", flush_at_exit)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
+
+
+def check_all(*, producer_id: Any, headers: Any, request_timeout: Any, exit_timeout_ms: Any,
+              exit_timeout: Any, retry: Any, content_type: Any, session: Any,
+              auto_claim: Any, validate_json: Any, flush_at_exit: Any, epoch: int | None,
+              max_batch_bytes: int, max_batch_items: int | None, max_in_flight: int,
+              max_buffer_bytes: int, linger_ms: float, max_block_ms: float,
+              delivery_timeout_ms: float, on_error: Any) -> tuple[float, int, bool]:
+    """Every option of ``IdempotentProducer()``, checked in the order of the checks above:
+    (the exit timeout in seconds, the epoch to start with, whether it is fresh)."""
+    check_producer_id(producer_id)
+    check_headers(headers)
+    check_request_timeout(request_timeout)
+    # stacklevel: the warning points at the caller of IdempotentProducer() (one more
+    # frame than when the constructor calls exit_timeout_seconds itself)
+    exit_timeout_s = exit_timeout_seconds(exit_timeout_ms, exit_timeout, stacklevel=5)
+    check_more(retry=retry, content_type=content_type, session=session,
+               auto_claim=auto_claim, validate_json=validate_json,
+               flush_at_exit=flush_at_exit)
+    # With auto_claim and no epoch of the caller's, start from the clock: a new run then
+    # never reuses the (id, epoch, seq) of an earlier run of the same job, so a
+    # "duplicate" answer can only be about our own data. Epochs only need to grow.
+    fresh_epoch = epoch is None and bool(auto_claim)
+    if epoch is None:
+        epoch = int(time.time() * 1000) if auto_claim else 0
+    check_options(epoch=epoch, max_batch_bytes=max_batch_bytes,
+                  max_batch_items=max_batch_items, max_in_flight=max_in_flight,
+                  max_buffer_bytes=max_buffer_bytes, linger_ms=linger_ms,
+                  max_block_ms=max_block_ms, delivery_timeout_ms=delivery_timeout_ms,
+                  on_error=on_error)
+    return exit_timeout_s, epoch, fresh_epoch
 
 
 def encode_final(final_message: str | bytes | None) -> bytes | None:

@@ -3,11 +3,14 @@ simulated sender "threads" against :class:`~sim_server.SimServer`, in one thread
 
 Each sender is a generator that mirrors ``SenderPool`` step by step (the same calls into the
 sequencer, in the same order, under the same conditions). It yields where a real sender
-would block: a :class:`Wait` means "waiting on the pool's ``ready`` or ``done`` Condition"
-(resumable once notified, at the same points where the real pool notifies: one sender for
-``notify()``, every one for ``notify_all()``; or once its timeout has passed on the fake
-clock; no spurious wake-ups, so a lost notification shows as a producer that never drains)
-and a :class:`Req` means "in an HTTP call" (resumable once the request has an answer). The
+would block: a :class:`Wait` means "waiting on one of the producer's Conditions" (the real
+:class:`~durable_streams._producer.waits.Waits`, built on fake Conditions: resumable once
+notified, by the same event methods at the same points as the real pool and delivery:
+one sender for ``notify()``, every one for ``notify_all()``; or once its timeout has passed
+on the fake clock; no spurious wake-ups). Each Wait carries its predicate: a waiter whose
+predicate became true without a notification is a lost wake-up, reported at once
+(:meth:`SimProducer.check_wakeups`) instead of being hidden by the timeout. A :class:`Req`
+means "in an HTTP call" (resumable once the request has an answer). The
 test decides which sender runs next, which request the server handles next (in any order)
 and with which fault, and when the fake clock moves: every interleaving the real threads
 could produce is reachable.
@@ -21,16 +24,17 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from durable_streams import errors
-from durable_streams._producer.accumulator import Accumulator
+from durable_streams._producer.accumulator import Accumulator, Refusal
 from durable_streams._producer.batch import Batch, Counters
 from durable_streams._producer.outcome import Outcome
 from durable_streams._producer.sender import build, split_json
 from durable_streams._producer.sequencer import ALLOWED, Act, Phase, Sequencer, Task, Work
 from durable_streams._producer.transport import contains_batch
+from durable_streams._producer.waits import NAMES, Waits
 
 from .sim_server import RETRY, URL, Append, Fault, SimServer, no_answer, post_with
 
@@ -55,11 +59,32 @@ class Req:
 
 @dataclass(frozen=True)
 class Wait:
-    """A sender waiting on one of the pool's Conditions (``ready``: idle senders; ``done``:
-    progress), until notified or until ``deadline`` (None: no timeout)."""
+    """A sender waiting on one of the producer's Conditions (a name of ``waits.NAMES``),
+    until notified or until ``deadline`` (None: no timeout). ``until``: the predicate it
+    waits for (None for ``ready``, whose waiters are woken one at a time, by baton)."""
 
     cond: str
     deadline: float | None
+    until: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
+
+
+class SimCond:
+    """A fake Condition of :class:`Waits`: notifying marks the simulated waiters on it."""
+
+    def __init__(self, sim: SimProducer, name: str) -> None:
+        assert name in NAMES, name
+        self.sim = sim
+        self.name = name
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise AssertionError("simulated senders yield a Wait instead of blocking")
+
+    def notify(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.sim.notify_one(self.name)
+
+    def notify_all(self) -> None:
+        self.sim.notify(self.name)
 
 
 Step = Generator["Req | Wait | None", None, object]
@@ -117,9 +142,10 @@ class SimProducer:
         self.now = 100.0
         self.book = Book()
         self.lock = threading.Lock()  # the accumulator takes it in add(); never contended
+        self.waits = Waits(self.lock, make=lambda name: SimCond(self, name))
         self.acc = Accumulator(self.lock, url=URL, where=URL, max_batch_bytes=max_batch_bytes,
                                max_batch_items=max_batch_items, max_buffer_bytes=1 << 30,
-                               linger=linger, max_block=1.0, wake=lambda: self.notify_one("ready"),
+                               linger=linger, max_block=1.0, wake=self.waits.ready.notify,
                                clock=lambda: self.now)
         self.counters = Counters()
         self.seq = RecordingSequencer(
@@ -170,6 +196,7 @@ class SimProducer:
                 raise InvariantError(f"message {m!r} acknowledged (duplicate={duplicate})"
                                      f" but not in the stream: {batch!r}")
             book.acked.add(m)
+        self.waits.on_acked()
 
     def failed(self, messages: list[bytes], err: errors.DurableStreamError,
                nbytes: int) -> None:
@@ -189,13 +216,13 @@ class SimProducer:
                 raise InvariantError(f"message {m!r} reported failed after being "
                                      f"{'acked' if m in book.acked else 'failed'}: {err}")
             book.failed[m] = err
-        self.notify("done")
+        self.waits.on_failed()
 
     def stopped(self, err: errors.DurableStreamError) -> None:
         self.stopped_with = err
-        self.acc.refusal = err
+        self.acc.refuse(err, Refusal.STOPPED)
         self.fail_buffer(err)
-        self.notify("ready")
+        self.waits.on_fatal()
 
     def fail_buffer(self, err: errors.DurableStreamError) -> None:
         messages, nbytes = self.acc.take_all()
@@ -228,10 +255,21 @@ class SimProducer:
         return [m for m in ours(b"".join(self.server.messages)) if m in self.book.accepted]
 
     # -- driving -----------------------------------------------------------------------------
+    def check_wakeups(self) -> None:
+        """No lost wake-up: a sender whose predicate holds was notified (or timed out)."""
+        for i, w in enumerate(self.waiting):
+            if (isinstance(w, Wait) and w.until is not None and self.alive[i]
+                    and not self.notified[i]
+                    and (w.deadline is None or self.now < w.deadline) and w.until()):
+                raise InvariantError(f"lost wake-up: sender {i} waits on {w.cond!r} and its "
+                                     f"predicate holds, but nobody notified it: "
+                                     f"{self.describe()}")
+
     def runnable(self) -> list[int]:
         """Senders that can be resumed: not finished, not in an HTTP call, and (when waiting
         on a Condition) notified since or past their timeout (Python's Conditions have no
-        spurious wake-ups, so a lost notification shows as a producer that never drains)."""
+        spurious wake-ups). Checks first that no wake-up was lost."""
+        self.check_wakeups()
         out = []
         for i, w in enumerate(self.waiting):
             if not self.alive[i]:
@@ -257,7 +295,7 @@ class SimProducer:
             self.wire.append(w)
 
     def notify(self, *conds: str) -> None:
-        """``Condition.notify_all`` on the pool's ``ready`` and/or ``done``."""
+        """``Condition.notify_all`` on the named Conditions of :class:`Waits`."""
         for i, w in enumerate(self.waiting):
             if isinstance(w, Wait) and w.cond in conds:
                 self.notified[i] = True
@@ -270,15 +308,10 @@ class SimProducer:
                 self.notified[i] = True
                 return
 
-    def pool_notify(self) -> None:
-        """``SenderPool.notify``: one idle sender (the baton) and every ``done`` waiter."""
-        self.notify_one("ready")
-        self.notify("done")
-
     def _finish(self) -> None:
-        """``SenderPool._finish``: the slot is given back."""
+        """``SenderPool._finish``: the slot is given back; one idle sender looks (baton)."""
         self.seq.finish_work()
-        self.pool_notify()
+        self.waits.ready.notify()
 
     def handle(self, k: int, fault: Fault = Fault.NONE) -> Req:
         """The server handles the k-th request on the wire (any order) with ``fault``."""
@@ -316,7 +349,7 @@ class SimProducer:
         req.written = True
         with self.lock:
             if self.seq.written(req.gen, req.seq):
-                self.notify("done")
+                self.waits.on_written()
 
     def zombie_arrives(self, k: int) -> None:
         """A request the producer gave up on (no answer) reaches the server now."""
@@ -345,7 +378,7 @@ class SimProducer:
         """As ``close()``: the senders seal everything and end once nothing is left."""
         self.stopping = True
         self.seq.stopping = True
-        self.notify("ready", "done")
+        self.waits.on_stop()
 
     def drain(self, max_rounds: int = 3000) -> None:
         """Stop, then run every sender and answer every request without faults until all
@@ -487,7 +520,11 @@ class SimProducer:
             if not b.final:
                 raise InvariantError(f"{b!r} never settled")
 
-    # -- the sender (mirrors SenderPool) ----------------------------------------------------
+    # -- the sender (mirrors SenderPool and Delivery) ----------------------------------------
+    def _sendable(self, batch: Batch) -> bool:
+        """``Sequencer.check`` without its side effects: may the sender go on with it?"""
+        return not batch.final and self.seq.fatal is None and batch.gen == self.seq.gen
+
     def _force(self) -> bool:
         return self.stopping or self.seq.fatal is not None
 
@@ -533,13 +570,13 @@ class SimProducer:
                 self.fail_buffer(self.seq.fatal)
             else:
                 if task.work is Work.STOP or (task.work is Work.RESEND and self.seq.resend):
-                    self.notify_one("ready")  # the baton: the next idle sender looks
+                    self.waits.ready.notify()  # the baton: the next idle sender looks
                 return task
 
     def _seal(self) -> Batch | None:
         taken = self.acc.take(self.now, self._force())
         if self.acc.buf:
-            self.notify_one("ready")  # more than one batch was waiting: the next sender
+            self.waits.ready.notify()  # more than one batch was waiting: the next sender
         if taken is None:
             return None
         messages, total, first = taken
@@ -582,8 +619,9 @@ class SimProducer:
             yield req
             assert req.outcome is not None
             outcome = req.outcome
+            before = seq.gen
             decision = seq.on_outcome(batch, outcome, self.now)
-            self.notify("done")
+            self.waits.on_new_generation(before, seq.gen)
             act = decision.act
             self.stats[f"{outcome.kind.name}->{act.name}"] += 1
             if act is Act.RETRY:
@@ -597,14 +635,14 @@ class SimProducer:
             elif act is Act.CHECK_STORED:
                 found = yield from self._found(decision.offset, batch)
                 self.stats[f"checked:{found}"] += 1
+                before = seq.gen
                 seq.checked(batch, outcome, found, self.now)
-                self.notify("done")
+                self.waits.on_new_generation(before, seq.gen)
                 return None
             elif act is Act.SPLIT_JSON:
                 good, bad = split_json(batch.messages)
                 assert decision.error is not None
                 again = seq.split_json(batch, good, bad, decision.error)
-                self.pool_notify()
                 if again.act is not Act.SEND:
                     return None
             elif act is not Act.SEND:
@@ -617,14 +655,15 @@ class SimProducer:
                 return False
             if end - self.now <= 0:
                 return True
-            yield Wait("done", end)
+            yield Wait("retry", end, until=lambda: not self._sendable(batch))
 
     def _wait_turn(self, batch: Batch) -> W:
         end = self.now + 2.0
         while not self.seq.turn_ok(batch):
             if end - self.now <= 0:
                 return True
-            yield Wait("done", end)
+            yield Wait("turn", end, until=lambda: (self.seq.turn_ok(batch)
+                                                   or not self._sendable(batch)))
             if not self.seq.check(batch):
                 return False
         return True
@@ -633,7 +672,8 @@ class SimProducer:
         while self.seq.any_pending(batch.gen, earlier):
             if not self.seq.check(batch):
                 return False
-            yield Wait("done", self.now + 1.0)
+            yield Wait("earlier", self.now + 1.0, until=lambda: (
+                not self.seq.any_pending(batch.gen, earlier) or not self._sendable(batch)))
         if not self.seq.check(batch):
             return False
         batch.retry_n = 0
@@ -644,7 +684,8 @@ class SimProducer:
         yield req
         offset = req.result if isinstance(req.result, str) else None
         self.seq.probe_done(gen, offset, early=early)
-        self.notify("done")
+        if early:
+            self.waits.on_probed()
         return None
 
     def _ensure_probe(self, batch: Batch) -> W:
@@ -656,7 +697,7 @@ class SimProducer:
             while seq.probe_running(batch.gen):
                 if end - self.now <= 0:
                     break
-                yield Wait("done", end)
+                yield Wait("probed", end, until=lambda: not seq.probe_running(batch.gen))
             if not seq.needs_probe(batch):
                 return True
             gen = batch.gen
@@ -672,8 +713,7 @@ class SimProducer:
                 if not ok:
                     return False
                 continue
-            seq.probe_done(gen, req.result, early=False)
-            self.notify("done")
+            seq.probe_done(gen, req.result, early=False)  # nobody waits for this one
             return True
 
     def _found(self, start: str | None, batch: Batch
@@ -691,8 +731,7 @@ class SimProducer:
         for batch, start in doubtful:
             found = yield from self._found(start, batch)
             self.stats[f"verified:{found}"] += 1
-            self.seq.verified(batch, found)
-            self.notify("done")
+            self.seq.verified(batch, found)  # acked or failed: the sink notifies
         return None
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from durable_streams import errors
-from durable_streams._producer.accumulator import Accumulator
+from durable_streams._producer.accumulator import Accumulator, Refusal
 
 
 class Clock:
@@ -170,8 +170,7 @@ def test_refusal_is_raised_as_a_fresh_copy_also_to_blocked_appenders() -> None:
         time.sleep(0.001)
     refusal = errors.ProducerClosedError("closed")
     with acc.space:
-        acc.refusal = refusal
-        acc.space.notify_all()
+        acc.refuse(refusal, Refusal.CLOSED)  # wakes the blocked appender itself
     thread.join(10)
     assert raised and raised[0] is not refusal and str(raised[0]) == "closed"
     with pytest.raises(errors.ProducerClosedError):
@@ -203,3 +202,47 @@ def test_str_and_bytes_like_messages_are_encoded() -> None:
     acc.append(memoryview(b"cd"))
     assert acc.buf == ["é".encode(), b"ab", b"cd"]
 
+
+
+def test_the_refusal_of_highest_rank_wins_and_equal_ranks_keep_the_first() -> None:
+    acc, _, _ = make(batch=10, capacity=10, max_block=30.0)
+    closed = errors.ProducerClosedError("closed")
+    with acc.space:
+        acc.refuse(closed, Refusal.CLOSED)
+        acc.refuse(errors.ProducerClosedError("closed again"), Refusal.CLOSED)
+        assert acc.refusal is closed  # equal rank: the first stays
+        acc.refuse(errors.StreamClosedError("stream closed"), Refusal.STREAM_CLOSED)
+        fatal = errors.StaleEpochError("fenced")
+        acc.refuse(fatal, Refusal.STOPPED)
+        acc.refuse(errors.StreamClosedError("stream closed later"), Refusal.STREAM_CLOSED)
+        assert acc.refusal is fatal  # a lower rank never replaces a higher one
+        forked = errors.ProducerForkedError("forked")
+        acc.refuse(forked, Refusal.FORKED)
+        assert acc.refusal is forked
+    with pytest.raises(errors.ProducerForkedError, match="forked"):
+        add(acc, b"y")
+
+
+def test_only_refuse_writes_the_refusal() -> None:
+    """One owner: no module of the library assigns ``.refusal`` but Accumulator.refuse
+    (and the field's initialisation)."""
+    import ast
+    from pathlib import Path
+
+    import durable_streams
+
+    writers = []
+    for path in Path(durable_streams.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                targets: list[ast.expr] = []
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for t in ast.walk(target):
+                        if isinstance(t, ast.Attribute) and t.attr == "refusal":
+                            writers.append(f"{path.name}:{func.name}")
+    assert sorted(set(writers)) == ["accumulator.py:__init__", "accumulator.py:refuse"]
