@@ -189,6 +189,8 @@ class Accumulator:
             self.seal_upto = self.appended  # send what we have: frees space soonest
             self.wake()
             self.space.wait(remaining)
+        if self.refusal is not None:  # refused while waiting, even if room came with it
+            raise copy_error(self.refusal)
         return self.room - n
 
     # -- state -------------------------------------------------------------------------------

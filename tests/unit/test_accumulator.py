@@ -177,6 +177,32 @@ def test_refusal_is_raised_as_a_fresh_copy_also_to_blocked_appenders() -> None:
         add(acc, b"y")
 
 
+def test_a_refusal_that_comes_with_room_still_refuses_the_blocked_appender() -> None:
+    """close() may free room and refuse in one hold of the lock: the woken appender finds
+    room, but the producer is closed, so its message must not be accepted."""
+    acc, _, _ = make(batch=10, capacity=10, max_block=30.0)
+    add(acc, b"1234567890")
+    raised: list[BaseException] = []
+
+    def appender() -> None:
+        try:
+            add(acc, b"x")
+        except errors.ProducerClosedError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=appender)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while acc.seal_upto == 0 and time.monotonic() < deadline:  # it is waiting for room
+        time.sleep(0.001)
+    with acc.space:
+        acc.release(10)
+        acc.refuse(errors.ProducerClosedError("closed"), Refusal.CLOSED)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert raised and acc.buf == [b"1234567890"]
+
+
 def test_take_all_empties_the_buffer_for_failing() -> None:
     acc, _, _ = make()
     add(acc, b"a", b"bc")
