@@ -154,6 +154,10 @@ class JournalSimProducer(SimProducer):
                 f"{len(want)} were pending: missing {missing[:5]}, not pending {extra[:5]}"
                 f"{' (torn)' if set(extra) & self.ledger.torn else ''}, order "
                 f"{'same' if sorted(got) == sorted(want) else 'n/a'}: {got[:8]} vs {want[:8]}")
+        epochs = {b.epoch for b in r.batches}
+        if epochs - {r.epoch}:  # a renumbering is one record (atomic)
+            raise InvariantError(f"replayed batches of epochs {epochs}, the journal's is "
+                                 f"{r.epoch}")
         if r.count != len(got):
             raise InvariantError(f"replay count {r.count} != {len(got)} messages")
 
@@ -305,7 +309,7 @@ class JConfig:
     @classmethod
     def draw(cls, rnd: random.Random) -> JConfig:
         return cls(crash_p=rnd.choice([0.01, 0.03, 0.08]), torn_p=rnd.choice([0.0, 0.3, 0.7]),
-                   pad=rnd.choice([0, 0, 8, 30]), burst=rnd.choice([1, 1, 3, 10]),
+                   pad=rnd.choice([0, 0, 8, 30, 200]), burst=rnd.choice([1, 1, 3, 10, 30]),
                    max_generations=rnd.choice([2, 4, 8]))
 
 
@@ -340,7 +344,6 @@ class JournalWorld(World):
             self.stats["reopen"] += 1
             self.stats["replayed sealed batches"] += bool(r.batches)
             self.stats["replayed unsealed messages"] += bool(r.unsealed)
-            self.stats["replayed several epochs"] += len({b.epoch for b in r.batches}) > 1
             self.stats["reopened on several segments"] += len(segments) > 1
             self.stats["reopened after compaction"] += segments[0][0] > 0
         if self.trace is not None:
@@ -377,10 +380,13 @@ class JournalWorld(World):
                 super().random_steps(rnd, 1)
                 self._burst_n = 1
 
-    def crash(self, rnd: random.Random, torn: bool = False) -> None:
+    def crash(self, rnd: random.Random, torn: bool = False, fate: str | None = None) -> None:
         """Kill the producer (maybe inside an append: its record torn), settle the fate of
-        its requests in flight, and open the next generation on the same journal."""
+        its requests in flight (``fate``: "stored", "later" or "lost" for all of them;
+        None: at random, each), and open the next generation on the same journal."""
         p = self.jp
+        self.stats["kill with requests in flight"] += bool(p.wire)
+        self.stats["kill while draining"] += p.seq.draining
         raw = b""
         if torn:
             thread = rnd.randrange(3)
@@ -392,14 +398,12 @@ class JournalWorld(World):
             else:
                 self.counters[thread] += 1
         for req in p.kill():
-            fate = rnd.random()
-            if fate < 0.35:  # reached the server before the death: stored, if it may be
+            f = fate or rnd.choice(["stored", "stored", "later", "later", "lost", "lost"])
+            if f == "stored":  # reached the server before the death: stored, if it may be
                 self._arrive(req)
-            elif fate < 0.7:  # on its way: it arrives later, any time
+            elif f == "later":  # on its way: it arrives later, any time
                 self.orphans.append(req)
             # else: lost with the process
-        self.stats["kill with requests in flight"] += bool(p.wire)
-        self.stats["kill while draining"] += p.seq.draining
         if torn and not tear_last_record(self.directory, rnd):
             # the record is whole: the next generation replays it (as if accepted)
             self.ledger.accepted[raw] = (len(self.ledger.accepted), thread, self.counters[
