@@ -238,6 +238,8 @@ class JournalSimProducer(SimProducer):
             if m not in self.ledger.accepted:
                 raise InvariantError(f"{m!r} {how} but never accepted "
                                      f"{'(torn)' if m in self.ledger.torn else ''}")
+            if how == "failed" and self.journal.keep_pending:
+                continue  # close() gave up: it stays journaled, the next producer sends it
             self.ledger.reported.setdefault(m, (self.gen_no, how, err))
 
     # -- requests: nothing reported is sent again, no (epoch, seq) reused -------------------
@@ -260,7 +262,17 @@ class JournalSimProducer(SimProducer):
             raise InvariantError(f"generation {self.gen_no} reuses (epoch {epoch}, seq "
                                  f"{seq}) for {messages[:4]}; it was sent with {first[:4]}")
 
-    # -- the kill ---------------------------------------------------------------------------
+    # -- the end of a generation -----------------------------------------------------------
+    def abandon(self) -> None:
+        """``close(timeout)`` gives up (as ``IdempotentProducer._shutdown(abandon=True)``):
+        the unacknowledged messages are reported failed and stay journaled."""
+        with self.lock:
+            self.journal.keep_pending = True
+            self.seq.stop(errors.ProducerClosedError(
+                f"producer {self.producer_id!r} was closed before these messages were "
+                f"acknowledged; they stay in the journal {self.directory}", url=URL))
+        self.stop()
+
     def kill(self) -> list[Req]:
         """``kill -9``: the process stops here. The journal is left as it is (no record
         more; ``after_fork_in_child`` writes nothing and lets the OS lock go, as the death
@@ -371,6 +383,9 @@ class JournalWorld(World):
             r = rnd.random()
             if r < self.jcfg.crash_p and len(self.generations) < self.jcfg.max_generations:
                 self.steps += 1
+                if rnd.random() < 0.2:  # close(timeout) gives up, then the process exits
+                    self.stats["abandoned close"] += 1
+                    self.jp.abandon()
                 self.crash(rnd, torn=rnd.random() < self.jcfg.torn_p)
             elif r < self.jcfg.crash_p + 0.03 and self.orphans:
                 self.steps += 1

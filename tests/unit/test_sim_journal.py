@@ -94,7 +94,7 @@ MUST_REACH = {
     "kill with requests in flight", "kill while draining", "torn record", "torn record whole",
     "replayed sealed batches", "replayed unsealed messages",
     "reopened on several segments", "reopened after compaction", "orphan 200", "orphan 204",
-    "orphan 403", "orphan 409",
+    "orphan 403", "orphan 409", "abandoned close",
 }
 
 
@@ -331,6 +331,29 @@ def test_a_batch_stored_before_the_kill_is_acknowledged_once(tmp_path: Path) -> 
     w.finish()
     assert w.stored() == [b"<0.0>", b"<0.1>"]
     assert w.ledger.reported[b"<0.0>"] == (1, "acked", None)
+
+
+def test_what_an_abandoned_close_left_is_delivered_by_the_next_producer(
+        tmp_path: Path) -> None:
+    """close(timeout) gave up: the messages are reported failed and stay journaled; the
+    next producer delivers them (once), and nothing is reported twice."""
+    w = world(tmp_path)
+    for _ in range(3):
+        w.append(0)
+    settle(w.p)
+    answer(w.p, 0)
+    w.jp.abandon()
+    while w.p.wire:  # the requests of seqs 1 and 2 get no answer before the exit
+        w.p.handle(0, Fault.DROP)
+    settle(w.p)
+    failed = set(w.p.book.failed)
+    assert failed == {b"<0.1>", b"<0.2>"}
+    w.crash(random.Random(0), fate="lost")
+    assert w.p.replayed == 2
+    w.finish()
+    assert w.stored() == [b"<0.0>", b"<0.1>", b"<0.2>"]
+    assert {m: r[:2] for m, r in w.ledger.reported.items()} == {
+        b"<0.0>": (0, "acked"), b"<0.1>": (1, "acked"), b"<0.2>": (1, "acked")}
 
 
 def test_a_torn_append_is_not_replayed(tmp_path: Path) -> None:
