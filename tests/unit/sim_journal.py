@@ -263,6 +263,11 @@ class JournalSimProducer(SimProducer):
                                  f"{seq}) for {messages[:4]}; it was sent with {first[:4]}")
 
     # -- the end of a generation -----------------------------------------------------------
+    def drain(self, max_rounds: int = 3000) -> None:
+        """As the simulation's, with rounds enough for a long walk's backlog (one batch of
+        one message may need a round or two each)."""
+        super().drain(max_rounds + 4 * (len(self.acc.buf) + len(self.seq.batches)))
+
     def abandon(self) -> None:
         """``close(timeout)`` gives up (as ``IdempotentProducer._shutdown(abandon=True)``):
         the unacknowledged messages are reported failed and stay journaled."""
