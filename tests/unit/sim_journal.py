@@ -9,7 +9,10 @@ files stay as the shared maps left them, the OS lock goes with the process), eac
 the wire was either lost, stored (its answer lost) or becomes a zombie that reaches the
 server later, in any later generation. A kill may also come in the middle of an
 ``append()``: the last message's record is then torn at any byte (in the order the journal
-writes it: payload, then header), and that message was never accepted.
+writes it: payload, then header), and that message was never accepted (unless the bytes
+left out were zeros anyway: the record is whole, and is delivered once). Or ``close(timeout)``
+gives up first (``keep_pending``): what it reports failed stays journaled, for the next
+generation to deliver.
 
 Invariants across the generations (the journal's contract), on top of each generation's
 own (``SimProducer``):

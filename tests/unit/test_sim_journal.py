@@ -326,7 +326,7 @@ def test_a_batch_stored_before_the_kill_is_acknowledged_once(tmp_path: Path) -> 
     w.append(0)
     settle(w.p)
     w.crash(random.Random(0), fate="stored")
-    assert w.p.replayed == 1
+    assert w.jp.replayed == 1
     w.append(0)
     w.finish()
     assert w.stored() == [b"<0.0>", b"<0.1>"]
@@ -349,7 +349,7 @@ def test_what_an_abandoned_close_left_is_delivered_by_the_next_producer(
     failed = set(w.p.book.failed)
     assert failed == {b"<0.1>", b"<0.2>"}
     w.crash(random.Random(0), fate="lost")
-    assert w.p.replayed == 2
+    assert w.jp.replayed == 2
     w.finish()
     assert w.stored() == [b"<0.0>", b"<0.1>", b"<0.2>"]
     assert {m: r[:2] for m, r in w.ledger.reported.items()} == {
