@@ -9,8 +9,9 @@ order.
 
 The walks found two library bugs, tolerated in the walks where their trigger fired
 (``sim_journal.JOURNAL_BUGS``) and pinned down by the xfail tests ``test_j1_*`` and
-``test_j2_*`` below. ``DS_SIM_ROUNDS=N`` runs N times as many walks (default 1);
-``DS_SEQ_STRICT=1`` tolerates neither bug.
+``test_j2_*`` below (and against the reference server by
+tests/test_journal_replay_bugs.py). ``DS_SIM_ROUNDS=N`` runs N times as many walks
+(default 1); ``DS_SEQ_STRICT=1`` tolerates neither bug.
 """
 
 from __future__ import annotations
