@@ -10,7 +10,9 @@ the wire was either lost, stored (its answer lost) or becomes a zombie that reac
 server later, in any later generation. A kill may also come in the middle of an
 ``append()``: the last message's record is then torn at any byte (in the order the journal
 writes it: payload, then header), and that message was never accepted (unless the bytes
-left out were zeros anyway: the record is whole, and is delivered once). Or ``close(timeout)``
+left out were zeros anyway: the record is whole, and is delivered once); or inside the
+SEAL record of batches not sent yet (a renumbering is one record: torn, the batches keep
+their previous (epoch, seq), or are replayed unsealed). Or ``close(timeout)``
 gives up first (``keep_pending``): what it reports failed stays journaled, for the next
 generation to deliver.
 
@@ -292,18 +294,25 @@ class JournalSimProducer(SimProducer):
         return posts
 
 
-def tear_last_record(directory: str, rnd: random.Random) -> bool:
+def last_record(directory: str) -> tuple[int, bytes]:
+    """The type and payload of the journal's last record."""
+    _, path = F.list_segments(directory)[-1]
+    with open(path, "rb") as fh:
+        records, _ = F.scan(fh.read(), path, last=True)
+    return records[-1][1], records[-1][2]
+
+
+def tear_last_record(directory: str, rnd: random.Random, rtype: int = F.T_MSG) -> bool:
     """The process died while the last record was written (payload first, then the
     header, as the journal writes): only a prefix of those bytes reached the map. False
     when the bytes left out were zeros anyway (the high bytes of the length and type):
     the record is whole."""
-    segments = F.list_segments(directory)
-    _, path = segments[-1]
+    _, path = F.list_segments(directory)[-1]
     with open(path, "r+b") as fh:
         data = bytearray(fh.read())
         records, _ = F.scan(bytes(data), path, last=True)
-        off, rtype, payload = records[-1]
-        assert rtype == F.T_MSG, rtype
+        off, found, payload = records[-1]
+        assert found == rtype, (found, rtype)
         order = (list(range(off + F.HSIZE, off + F.HSIZE + len(payload)))
                  + list(range(off, off + F.HSIZE)))
         lost = order[rnd.randrange(len(order)):]
@@ -427,6 +436,8 @@ class JournalWorld(World):
             elif f == "later":  # on its way: it arrives later, any time
                 self.orphans.append(req)
             # else: lost with the process
+        if not torn and rnd.random() < self.jcfg.torn_p:
+            self._tear_unsent_seal(rnd)
         if torn and not tear_last_record(self.directory, rnd):
             # the record is whole: the next generation replays it (as if accepted)
             self.ledger.accepted[raw] = (len(self.ledger.accepted), thread, self.counters[
@@ -440,6 +451,20 @@ class JournalWorld(World):
             self.trace.append(f"t={p.now:.3f} KILL gen {p.gen_no}{' (torn)' if torn else ''}"
                               f" orphans={len(self.orphans)}")
         self.p = self._open(now=p.now + rnd.choice([0.0, 0.5, 5.0]))
+
+    def _tear_unsent_seal(self, rnd: random.Random) -> None:
+        """If the last record is a SEAL none of whose (epoch, seq) was sent yet (a
+        renumbering: its batches wait for a RESEND), the kill may have come while it was
+        written: tear it. The batches keep their previous (epoch, seq) or are unsealed."""
+        rtype, payload = last_record(self.directory)
+        if rtype != F.T_SEAL:
+            return
+        epoch, entries = F.decode_seal(payload)
+        if any((epoch, e.seq) in self.ledger.sent for e in entries):
+            return
+        if tear_last_record(self.directory, rnd, F.T_SEAL):
+            self.stats["torn seal"] += 1
+            self.stats["torn renumbering"] += len(entries) > 1 or entries[0].seq > 0
 
     def orphan_arrives(self, k: int) -> None:
         self._arrive(self.orphans.pop(k % len(self.orphans)))

@@ -93,6 +93,7 @@ def test_journal_walks(block: int, tmp_path: Path) -> None:
 #: what the walks must reach: kills in every situation, and every kind of replay
 MUST_REACH = {
     "kill with requests in flight", "kill while draining", "torn record", "torn record whole",
+    "torn seal", "torn renumbering",
     "replayed sealed batches", "replayed unsealed messages",
     "reopened on several segments", "reopened after compaction", "orphan 200", "orphan 204",
     "orphan 403", "orphan 409", "abandoned close",
