@@ -573,15 +573,20 @@ def journal_walk(seed: int, directory: str, steps: int = 150,
     """A seeded random walk with kills; a failure replays with the same seed (and
     ``trace=[]`` to see what happened)."""
     rnd = random.Random(seed)
-    cfg = Config.draw(rnd)
-    jcfg = JConfig.draw(rnd)
-    world = JournalWorld(cfg, jcfg, os.path.join(directory, f"j{seed}"))
-    world.tolerate = set(tolerate)
-    world.p.tolerate = set(tolerate)
-    if trace is not None:
-        trace.append(f"{cfg!r} {jcfg!r}")
-        world.trace = trace
-        world.p.trace = world.p.seq.trace = trace
-    world.random_steps(rnd, steps)
-    world.finish([rnd.choice(FAULTS) for _ in range(3)], rnd)
+    state = random.getstate()
+    random.seed(seed)  # the claim backoff's jitter: the same seed, the same walk
+    try:
+        cfg = Config.draw(rnd)
+        jcfg = JConfig.draw(rnd)
+        world = JournalWorld(cfg, jcfg, os.path.join(directory, f"j{seed}"))
+        world.tolerate = set(tolerate)
+        world.p.tolerate = set(tolerate)
+        if trace is not None:
+            trace.append(f"{cfg!r} {jcfg!r}")
+            world.trace = trace
+            world.p.trace = world.p.seq.trace = trace
+        world.random_steps(rnd, steps)
+        world.finish([rnd.choice(FAULTS) for _ in range(3)], rnd)
+    finally:
+        random.setstate(state)
     return world
