@@ -581,7 +581,7 @@ class SimProducer:
             return None
         messages, total, first = taken
         good, bad, body = build(messages, self.server.json_mode, self.validate_json)
-        self.acc.sealed()
+        self.acc.sealed(good)  # as the sender: the journal drops the invalid ones
         if self.trace is not None:
             self.trace.append(f"t={self.now:.3f} SEAL {messages}")
         if bad:

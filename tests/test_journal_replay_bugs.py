@@ -1,0 +1,73 @@
+"""The journal bugs the server-free simulation found (tests/unit/test_sim_journal.py,
+J1 and J2), reproduced against the reference server (README "Crash-safe journal").
+An abandoned ``close(timeout)`` leaves the journal as a kill would (no DONE record), so
+neither needs a kill: both hit a producer that reopens what an earlier one left. (J2 leans
+on a 503 leaving seq 0 "maybe stored", as the producer now classifies it.)"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from producer_helpers import FAST, read_json
+
+from durable_streams import DeliveryError, DurableStream, IdempotentProducer
+from durable_streams.testing import ReferenceServer
+
+
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
+    "J1 (library bug, journal_replay.attach sets stored_gen = 0): after a reopen, a 204 "
+    "for a journaled batch is taken as ours although the server's state at that "
+    "(id, epoch) is an earlier run's without the journal: the message is acknowledged as "
+    "a duplicate and never stored"))
+def test_a_replayed_batch_is_not_acknowledged_by_an_earlier_runs_204(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    # An earlier run of the job, without a journal, stored (id, epoch 0, seq 0).
+    with IdempotentProducer(json_stream, "j1", retry=FAST) as earlier:
+        earlier.append(json.dumps("earlier"))
+    # This run (epoch 0 too, the default without auto_claim) journals "a" as (0, 0); every
+    # send fails; close gives up: "a" stays journaled. (Had a send reached the server, its
+    # 204 would have stopped this producer with a StaleEpochError: not ours.)
+    path = json_stream.url[len(server.url):]
+    server.inject_fault(path, status=503, count=100_000, method="POST")
+    p = IdempotentProducer(json_stream, "j1", journal=str(tmp_path / "j"), retry=FAST)
+    p.append(json.dumps("a"))
+    with pytest.raises((DeliveryError, TimeoutError)):
+        p.close(timeout=1)
+    server.clear_faults()
+    # The next producer on the journal resends (0, 0): the server answers 204 (the earlier
+    # run's seq 0), which it must not take for "a stored before the crash".
+    with IdempotentProducer(json_stream, "j1", journal=str(tmp_path / "j"), retry=FAST) as q:
+        q.flush(timeout=30)
+    assert read_json(json_stream.url) == ["earlier", "a"]
+
+
+@pytest.mark.xfail(strict=False, raises=DeliveryError, reason=(
+    "J2 (library bug, journal_replay.attach / rules._new_epoch_400): seq 0 of the "
+    "journaled epoch failed in doubt before the reopen (a hole the sequencer kept in "
+    "memory only); the replayed seq 1 gets 400 'new epoch must start with sequence 0' "
+    "and its valid message fails as a bad request instead of moving to a new epoch"))
+def test_a_replayed_seq_1_after_a_hole_at_seq_0_is_delivered(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    with IdempotentProducer(json_stream, "j2", retry=FAST) as earlier:  # epoch 0
+        earlier.append(json.dumps("earlier"))
+    path = json_stream.url[len(server.url):]
+    server.inject_fault(path, status=503, count=100_000, method="POST")
+    failed = threading.Event()
+    p = IdempotentProducer(json_stream, "j2", epoch=5, journal=str(tmp_path / "j"),
+                           retry=FAST, delivery_timeout_ms=1000,
+                           on_error=lambda err: failed.set())
+    p.append(json.dumps("a"))  # (5, 0): 503s until its delivery timeout, then in doubt
+    assert failed.wait(30)
+    p.append(json.dumps("b"))  # (5, 1), kept: the hole at seq 0 may be stored after all
+    with pytest.raises((DeliveryError, TimeoutError)):
+        p.close(timeout=0.3)  # gives up: "b" stays journaled
+    server.clear_faults()
+    errors: list[Exception] = []
+    with IdempotentProducer(json_stream, "j2", journal=str(tmp_path / "j"), retry=FAST,
+                            on_error=errors.append) as q:
+        q.flush(timeout=30)
+    assert errors == []
+    assert read_json(json_stream.url) == ["earlier", "b"]
