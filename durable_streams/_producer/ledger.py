@@ -187,7 +187,7 @@ class Ledger:
             if self.looking:
                 self.looking = False
                 waiting, self.parked = self.parked, []
-                for batch in waiting:
+                for batch in sorted(waiting, key=lambda b: b.first_index):
                     self.fail(batch, self.look_errors.pop(batch.id, self.fatal))
             return
         self.fatal = err

@@ -47,7 +47,7 @@ class Renumbering(Ledger):
         """Parked batches whose answer was lost before the epoch changed (or, after a
         fence, every batch waiting to be looked for)."""
         if self.phase is Phase.FAILED:
-            return list(self.parked)
+            return sorted(self.parked, key=lambda b: b.first_index)
         return [b for b in self.parked if b.maybe_stored]
 
     def verified(self, batch: Batch, found: bool | None) -> None:
