@@ -34,12 +34,13 @@ class Fail:
 
 @dataclass(frozen=True)
 class Fatal:
-    """Stop the producer with ``error`` and fail the batch with it. ``look``: the server
-    fenced our epoch, so nothing more can be stored under it, and a batch in doubt is
-    first looked for in the stream (VERIFY) to report whether it may be stored."""
+    """Stop the producer with ``error`` and fail the batch with it. ``fenced_by``: the
+    server's epoch after a fence; nothing more can be stored under a lower one, so a
+    batch of a lower epoch in doubt is first looked for in the stream (VERIFY) to report
+    whether it may be stored."""
 
     error: errors.DurableStreamError
-    look: bool = False
+    fenced_by: int | None = None
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,10 @@ class Ledger:
         self.in_flight = 0  # SEAL/RESEND/VERIFY tasks under way
         self.parked: list[Batch] = []
         self.resend: deque[Batch] = deque()
-        # After a fence (Fatal with look): batches in doubt are parked and looked for in
-        # the stream before they are failed, each with the error it was stopped by.
-        self.looking = False
+        # After a fence (stop with fenced_by): the server's epoch; batches of a lower one
+        # in doubt are parked and looked for in the stream before they are failed, each
+        # with the error it was stopped by.
+        self.fenced_by: int | None = None
         self.look_errors: dict[int, errors.DurableStreamError] = {}
         #: the crash-safe journal (``journal=``): told of every seal, ack, failure, probe
         self.journal: Journal | None = None
@@ -179,19 +180,21 @@ class Ledger:
             # to a fresh epoch (we own the id, so epoch + 1 is ours to claim).
             self.begin_claim(None, self.epoch)
 
-    def stop(self, err: errors.DurableStreamError, *, look: bool = False) -> None:
+    def stop(self, err: errors.DurableStreamError, *, fenced_by: int | None = None
+             ) -> None:
         """A fatal error: fail everything not held by a sender; nothing more is sent.
-        ``look`` (a fence): batches in doubt are looked for in the stream first. A later
-        stop (closing, a journal failure) fails those still waiting at once."""
+        ``fenced_by`` (a fence: the server's epoch): batches in doubt of a lower epoch
+        are looked for in the stream first. A later stop (closing, a journal failure)
+        fails those still waiting at once."""
         if self.fatal is not None:
-            if self.looking:
-                self.looking = False
+            if self.fenced_by is not None:
+                self.fenced_by = None
                 waiting, self.parked = self.parked, []
                 for batch in sorted(waiting, key=lambda b: b.first_index):
                     self.fail(batch, self.look_errors.pop(batch.id, self.fatal))
             return
         self.fatal = err
-        self.looking = look
+        self.fenced_by = fenced_by
         self._to(Phase.FAILED, type(err).__name__)
         log.warning("producer %s: stopping: %s", self.producer_id, err)
         parked, self.parked = self.parked, []
@@ -203,9 +206,10 @@ class Ledger:
 
     def fail_stopped(self, batch: Batch, err: errors.DurableStreamError) -> None:
         """Fail a batch because the producer stopped with ``err``; after a fence, a batch
-        in doubt whose generation's tail is known waits (parked) to be looked for first."""
-        if (self.looking and batch.maybe_stored and batch.gen in self.probes
-                and not batch.final):
+        in doubt, of an epoch below the fence's, whose generation's tail is known, waits
+        (parked) to be looked for first."""
+        if (self.fenced_by is not None and batch.epoch < self.fenced_by
+                and batch.maybe_stored and batch.gen in self.probes and not batch.final):
             if batch.state is not BatchState.PARKED:
                 batch.move(BatchState.PARKED)
             self.parked.append(batch)

@@ -41,7 +41,7 @@ class Renumbering(Ledger):
         if self.in_flight:
             return False
         return self.phase is Phase.VERIFYING or (
-            self.phase is Phase.FAILED and self.looking and bool(self.parked))
+            self.phase is Phase.FAILED and self.fenced_by is not None and bool(self.parked))
 
     def verify_candidates(self) -> list[Batch]:
         """Parked batches whose answer was lost before the epoch changed (or, after a

@@ -236,7 +236,7 @@ def _on_fenced(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
     # The server's epoch only grows (PROTOCOL §5.2.1): once it is above ours, nothing
     # more is stored under our epoch, so the stream after the tail probe tells whether
     # a batch in doubt is stored.
-    return _done(Fatal(stale_epoch(sq, batch.epoch, o.epoch, o), look=o.epoch > batch.epoch))
+    return _done(Fatal(stale_epoch(sq, batch.epoch, o.epoch, o), fenced_by=o.epoch))
 
 
 def _on_gap(sq: Sequencer, batch: Batch, o: Outcome) -> Decision:

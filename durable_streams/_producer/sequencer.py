@@ -258,9 +258,9 @@ class Sequencer(Renumbering):
                 self.ack(batch, offset, duplicate=duplicate)
             case Fail(err, hole):
                 self.fail(batch, err, hole=hole)
-            case Fatal(err, look):
+            case Fatal(err, fenced_by):
                 if self.fatal is None:
-                    self.stop(err, look=look)
+                    self.stop(err, fenced_by=fenced_by)
                 self.fail_stopped(batch, err)
             case Mark(maybe_stored, ambiguous):
                 batch.maybe_stored = maybe_stored

@@ -74,12 +74,12 @@ def test_a_rule_changes_nothing_and_says_what_changes() -> None:
     assert not sink.fails and not sink.stops
     assert d.act is Act.DONE and len(d.changes) == 1
     change = d.changes[0]
-    assert isinstance(change, Fatal) and change.look
+    assert isinstance(change, Fatal) and change.fenced_by == 7
     assert isinstance(change.error, errors.StaleEpochError)
-    # a 403 naming an epoch that is not above ours proves nothing about later stores
-    d = rules.on_outcome(seq, b, fenced(0), 1.0)
+    # a 403 naming no epoch proves nothing about later stores
+    d = rules.on_outcome(seq, b, answer(403), 1.0)
     assert len(d.changes) == 1 and isinstance(d.changes[0], Fatal)
-    assert not d.changes[0].look
+    assert d.changes[0].fenced_by is None
 
 
 def test_take_over_resumes_at_the_journal_epoch() -> None:
@@ -144,6 +144,13 @@ def test_without_a_tail_probe_a_fenced_batch_is_reported_in_doubt_at_once() -> N
                   batches=[b])
     resend(seq, b)
     seq.on_outcome(b, fenced(7), 1.0)
+    assert b.state is BatchState.FAILED and sink.fails[0][1].maybe_stored is True
+
+
+def test_a_403_not_above_the_batch_epoch_fails_it_in_doubt_at_once() -> None:
+    seq, sink, _, (b,) = journaled(4, next_seq=5)
+    resend(seq, b)
+    seq.on_outcome(b, fenced(0), 1.0)  # not a fence of epoch 0: it proves nothing
     assert b.state is BatchState.FAILED and sink.fails[0][1].maybe_stored is True
 
 
