@@ -8,7 +8,8 @@ API (every method is called with the producer lock held):
 - Work: :meth:`Sequencer.next_work` says what an idle sender should do — a
   :class:`Task` of kind ``SEAL`` (a slot is reserved; seal the buffer), ``RESEND`` (a
   renumbered batch), ``PROBE`` (read the stream's tail: call :meth:`probe_done`),
-  ``VERIFY`` (look for in-doubt batches: :meth:`verify_candidates`, :meth:`verified`),
+  ``VERIFY`` (look for in-doubt batches after an epoch change, or after a fence before
+  they are reported: :meth:`verify_candidates`, :meth:`verified`),
   ``FAIL_BUFFER``, ``WAIT`` (for ``timeout`` seconds or a notification) or ``STOP``.
   Every SEAL/RESEND/VERIFY is ended with :meth:`finish_work`.
 - Batches: :meth:`admit` a sealed batch (False: parked until a new epoch); before each send
