@@ -281,3 +281,17 @@ class Accumulator:
         """A forked child: the parent's lock may be held by a thread that does not exist."""
         self._lock = lock
         self.space = threading.Condition(lock)
+
+    def restore_pending(self, journal: Journal, start: int, messages: list[bytes],
+                        sealed_bytes: int, now: float) -> None:
+        """Take over a reopened journal (``journal_replay.attach``): its unsealed
+        ``messages`` (indexes from ``start``) are buffered again, to be sealed at once
+        without lingering; they and the ``sealed_bytes`` of its pending sealed batches
+        count against the buffer (they may exceed it: appends then wait)."""
+        self.journal = journal
+        self.start = start
+        self.buf = list(messages)
+        self.nbytes = sum(len(m) for m in self.buf)
+        self.first_ts = now
+        self.seal_upto = start + len(self.buf)
+        self.room -= sealed_bytes + self.nbytes

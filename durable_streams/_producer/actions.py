@@ -1,5 +1,6 @@
 """The sequencer's vocabulary: its phases and their allowed transitions, the tasks it asks
-senders for, the decisions it makes about a batch's outcome, and the sink it reports to."""
+senders for, the decisions it makes about a batch's outcome (with the state changes they
+carry, see ``changes.py``), and the sink it reports to."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Protocol
 
 from .. import errors
 from .batch import Batch
+from .changes import Change
 
 
 class Phase(enum.Enum):
@@ -59,11 +61,15 @@ class Act(enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
+    """What a sender does next (``act`` and its arguments), and what the outcome changes
+    (``changes``, applied in order by the sequencer before the sender sees the decision)."""
+
     act: Act
     delay: float = 0.0
     earlier: range = range(0)
     offset: str = ""
     error: errors.DurableStreamError | None = None
+    changes: tuple[Change, ...] = ()
 
 
 DONE = Decision(Act.DONE)

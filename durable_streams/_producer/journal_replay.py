@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import _protocol as P
+from .. import errors
 from . import journal_format as F
-from .batch import Batch, BatchState
+from .batch import Batch
 
 if TYPE_CHECKING:
     from .accumulator import Accumulator
@@ -138,6 +139,18 @@ class ReplayBuilder:
                 batches.append(PendingBatch(key[0], key[1], self.json_of[key], live,
                                             [self.pending[i] for i in live]))
         batches.sort(key=lambda b: b.indexes[0])
+        for b in batches:
+            if b.epoch != self.epoch:
+                # Every renumbering is one seal record of the new epoch: a batch still
+                # pending at an older one means records are missing or out of place.
+                raise errors.JournalError(
+                    f"producer journal: the batch (epoch {b.epoch}, seq {b.seq}) in segment "
+                    f"{self.where[b.indexes[0]]} is pending although the journal moved to "
+                    f"epoch {self.epoch}, which cannot happen (a segment was copied in "
+                    "from another journal, or edited?); nothing was skipped. Move the "
+                    "journal directory aside to start afresh (its pending messages are "
+                    "then not delivered), or restore it from a copy",
+                    code="JOURNAL_CORRUPT")
         r.batches = batches
         r.unsealed = [(i, self.pending[i]) for i in sorted(self.pending)
                       if i not in self.seal_of]
@@ -154,54 +167,31 @@ def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPo
     a journaled batch is ours), pending sealed batches are queued for resending with
     their journaled (epoch, seq, body) ahead of anything new, and the unsealed messages
     go back into the buffer. Returns the number of messages replayed."""
-    acc.journal = journal
-    seq.journal = journal
     transport = pool.transport
     journal.content_type_of = lambda: transport.content_type
     r = journal.replay
+    json_mode: bool | None = None
     if r.content_type and not transport.content_type:
         # the replayed bodies were built for it: no HEAD needed before resending them
         transport.content_type = r.content_type
         transport.json_mode = P.is_json(r.content_type)
-        seq.json_mode = bool(transport.json_mode)
-    if r.epoch is not None:
-        seq.epoch = r.epoch
-        seq.next_seq = r.next_seq
-        seq.fresh_epoch = False
-        seq.highest_sent[0] = r.next_seq - 1
-        seq.stored_gen = 0  # every seq below next_seq at this epoch was sealed by us
-        seq.early_probe_gen = 0  # a tail read now could postdate our own data
-        if r.probe is not None:
-            seq.probes[0] = r.probe
+        json_mode = bool(transport.json_mode)
     now = time.monotonic()
-    pending_bytes = 0
+    batches = []
     for pb in r.batches:
-        nbytes = sum(len(m) for m in pb.messages)
-        b = Batch(list(pb.messages), nbytes, pb.indexes[0], pb.body, now + delivery_timeout)
+        b = Batch(list(pb.messages), sum(len(m) for m in pb.messages), pb.indexes[0],
+                  pb.body, now + delivery_timeout)
         b.epoch, b.seq = pb.epoch, pb.seq
-        # A batch of an older epoch (cannot happen: renumberings are atomic) is parked
-        # at its first check and looked for in the stream, or reported in doubt.
-        b.gen = 0 if pb.epoch == r.epoch else -1
-        b.maybe_stored = b.ambiguous = True  # it may be stored from before the crash
-        b.move(BatchState.QUEUED)
-        seq.batches[b.id] = b
-        seq.resend.append(b)
-        if b.gen == 0:
-            seq.unwritten.add(b.seq)
-        seq.counters.batches += 1
+        batches.append(b)
+    seq.take_over(journal, epoch=r.epoch, next_seq=r.next_seq, probe=r.probe,
+                  batches=batches, json_mode=json_mode)
+    for b, pb in zip(batches, r.batches, strict=True):
         journal.adopt(b, pb.indexes)
-        pending_bytes += nbytes
-    k = len(r.unsealed)
-    start = r.next_index - k
-    acc.start = start
-    acc.buf = [m for _, m in r.unsealed]
-    acc.nbytes = sum(len(m) for m in acc.buf)
-    acc.first_ts = now
-    acc.seal_upto = r.next_index  # sent at once, without lingering
+    start = r.next_index - len(r.unsealed)
+    acc.restore_pending(journal, start, [m for _, m in r.unsealed],
+                        sum(b.nbytes for b in batches), now)
     journal.set_remap({start + n: i for n, (i, _) in enumerate(r.unsealed) if start + n != i})
-    # Replayed bytes count against the buffer (they may exceed it: appends then wait).
-    acc.room -= pending_bytes + acc.nbytes
-    if r.batches or acc.buf:
+    if r.batches or r.unsealed:
         with contextlib.suppress(Exception):
             pool.wake()  # deliver the backlog without waiting for an append
     return r.count

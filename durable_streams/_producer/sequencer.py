@@ -8,7 +8,8 @@ API (every method is called with the producer lock held):
 - Work: :meth:`Sequencer.next_work` says what an idle sender should do — a
   :class:`Task` of kind ``SEAL`` (a slot is reserved; seal the buffer), ``RESEND`` (a
   renumbered batch), ``PROBE`` (read the stream's tail: call :meth:`probe_done`),
-  ``VERIFY`` (look for in-doubt batches: :meth:`verify_candidates`, :meth:`verified`),
+  ``VERIFY`` (look for in-doubt batches after an epoch change, or after a fence before
+  they are reported: :meth:`verify_candidates`, :meth:`verified`),
   ``FAIL_BUFFER``, ``WAIT`` (for ``timeout`` seconds or a notification) or ``STOP``.
   Every SEAL/RESEND/VERIFY is ended with :meth:`finish_work`.
 - Batches: :meth:`admit` a sealed batch (False: parked until a new epoch); before each send
@@ -31,6 +32,13 @@ API (every method is called with the producer lock held):
   ``stopped`` (a fatal error: refuse appends, fail the buffer). ``phase``, ``epoch``,
   ``next_seq``, ``last_offset`` and ``fatal`` can be read at any time.
 
+The rules (``rules.py``) decide what each outcome means without changing anything; the
+sequencer applies the changes their decision carries (``changes.py``) in :meth:`_apply`,
+so each piece of its state is changed by the sequencer alone. Its code is in three
+parts: ``ledger.py`` (the state, settling batches, claims), ``renumbering.py`` (after an
+epoch change or a fence: renumbering and looking for in-doubt batches) and this module
+(the API above). A journal is taken over with :meth:`take_over`.
+
 The phase changes only in :meth:`_to`, which checks :data:`ALLOWED` and logs each change.
 Retry delays come from the given ``RetryPolicy`` (``jitter=False`` makes them
 deterministic); ``now`` is always passed in, so a simulation can drive time.
@@ -38,95 +46,42 @@ deterministic); ``now`` is always passed in, so a simulation can drive time.
 
 from __future__ import annotations
 
-import logging
-import random
-from collections import deque
 from typing import TYPE_CHECKING
 
-from .. import _protocol as P
 from .. import errors
-from .._http import RetryPolicy
-from .._redact import redact_url
 from . import rules
-from .actions import ALLOWED, DONE, Act, Decision, Phase, Sink, Task, Work
-from .batch import Batch, BatchState, Counters
+from .actions import ALLOWED, DONE, SEND, Act, Decision, Phase, Sink, Task, Work
+from .batch import Batch, BatchState
+from .changes import (
+    Ack,
+    Change,
+    Claim,
+    CloseClaim,
+    Closed,
+    CountRetry,
+    Expect,
+    Fail,
+    Fatal,
+    Hold,
+    Mark,
+    Narrow,
+    Park,
+    Retried,
+    Split,
+    Undoubt,
+    Written,
+)
 from .outcome import Outcome
-from .reporter import copy_error
+from .renumbering import Renumbering
 
 if TYPE_CHECKING:
     from .journal import Journal
 
-log = logging.getLogger("durable_streams.producer")
-
 __all__ = ["ALLOWED", "Act", "Decision", "Phase", "Sequencer", "Sink", "Task", "Work"]
 
 
-class Sequencer:
+class Sequencer(Renumbering):
     """Epochs, sequence numbers, probes and the decision for every outcome."""
-
-    def __init__(self, *, producer_id: str, url: str, epoch: int, auto_claim: bool,
-                 fresh_epoch: bool, max_in_flight: int, retry: RetryPolicy,
-                 delivery_timeout: float, sink: Sink, counters: Counters | None = None,
-                 json_mode: bool = False) -> None:
-        self.producer_id = producer_id
-        self.url = url
-        self.where = redact_url(url)
-        self.auto_claim = auto_claim
-        self.fresh_epoch = fresh_epoch
-        self.max_in_flight = max_in_flight
-        self.retry = retry
-        self.delivery_timeout = delivery_timeout
-        self.sink = sink
-        self.counters = counters if counters is not None else Counters()
-        self.json_mode = json_mode
-        self.phase = Phase.UNCONFIRMED if auto_claim else Phase.STEADY
-        self.epoch = epoch
-        self.next_seq = 0
-        self.gen = 0  # one generation per epoch change
-        self.last_offset = ""
-        self.fatal: errors.DurableStreamError | None = None
-        self.stopping = False
-        self.highest_sent: dict[int, int] = {}  # gen -> highest seq sent
-        self.stored_gen = -1  # the latest generation whose server state a 200 proved ours
-        self.doubtful: set[tuple[int, int]] = set()  # (gen, seq) failed, outcome unknown
-        self.claim_fenced = False
-        # gen -> the stream's tail read before the generation's first send: where to look
-        # for our own data when a 204 is otherwise ambiguous
-        self.probes: dict[int, str] = {}
-        self.early_probe_gen = -1
-        self.probing: int | None = None  # the gen of the early probe under way
-        # Seqs of the current gen whose next attempt is not on the wire yet: seq N starts
-        # writing only once every lower unresolved seq has, so pipelined batches reach the
-        # server in order (§5.2.1) instead of being answered 409.
-        self.unwritten: set[int] = set()
-        # How many batches may be on the wire ahead of the oldest unacknowledged one:
-        # halved on a 409 caused by overtaking, grown by one per window of acks.
-        self.window = float(min(2, max_in_flight))
-        self.batches: dict[int, Batch] = {}  # unresolved sealed batches by id
-        self.in_flight = 0  # SEAL/RESEND/VERIFY tasks under way
-        self.parked: list[Batch] = []
-        self.resend: deque[Batch] = deque()
-        #: the crash-safe journal (``journal=``): told of every seal, ack, failure, probe
-        self.journal: Journal | None = None
-        # Claims in a row without an acknowledgement in between: the second and later
-        # ones wait (claim_backoff) before their batches are sent again, so that a server
-        # that fences (or "duplicates") every request cannot drive a claim storm.
-        self.claims_in_row = 0
-        self.claim_delay: float | None = None  # set by a claim; started by next_work
-        self.resend_at = 0.0  # renumbered batches are not resent before this time
-
-    # -- phase -------------------------------------------------------------------------
-    def _to(self, phase: Phase, why: str) -> None:
-        if phase not in ALLOWED[self.phase]:
-            raise RuntimeError(f"producer phase {self.phase.name} -> {phase.name} is not "
-                               f"allowed ({why})")
-        log.debug("producer %s: %s -> %s (%s)", self.producer_id, self.phase.name,
-                  phase.name, why)
-        self.phase = phase
-
-    @property
-    def draining(self) -> bool:
-        return self.phase is Phase.DRAINING or self.phase is Phase.VERIFYING
 
     def may_send(self) -> bool:
         # Until an epoch is confirmed by a success (auto-claim), one request at a time.
@@ -135,7 +90,7 @@ class Sequencer:
     # -- work --------------------------------------------------------------------------
     def next_work(self, buffered: bool, due_in: float, now: float) -> Task:
         """What an idle sender should do (``due_in``: seconds until the buffer is due)."""
-        if self.phase is Phase.VERIFYING and self.in_flight == 0:
+        if self.must_look():
             self.in_flight += 1
             return Task(Work.VERIFY)
         draining = self.draining
@@ -220,39 +175,14 @@ class Sequencer:
         self._assign(batch)
         return self._journal_sealed([batch])
 
-    def _journal_sealed(self, batches: list[Batch]) -> bool:
-        """Journal the (epoch, seq) of batches before their first send; if that cannot be
-        written, stop (sending them unjournaled could store them twice after a crash)."""
-        if self.journal is None or not batches:
-            return True
-        try:
-            self.journal.sealed(batches, self.json_mode)
-        except errors.JournalError as exc:
-            self.stop(exc)
-            for batch in batches:
-                self.fail(batch, exc)
-            return False
-        return True
-
-    def _assign(self, batch: Batch) -> None:
-        batch.epoch = self.epoch
-        batch.gen = self.gen
-        batch.seq = self.next_seq
-        batch.maybe_stored = False
-        self.next_seq += 1
-        self.unwritten.add(batch.seq)
-
     def check(self, batch: Batch) -> bool:
         """May the sender go on with this batch? (False: it was failed or parked.)"""
-        if batch.final:
-            return False
-        if self.fatal is not None:
-            self.fail(batch, self.fatal)
-            return False
-        if batch.gen != self.gen:
-            self.park(batch)
-            return False
-        return True
+        instead = rules.may_go_on(self, batch)
+        if instead is None:
+            return True
+        for change in instead:
+            self._change(batch, change)
+        return False
 
     def turn_ok(self, batch: Batch) -> bool:
         if batch.gen != self.gen:
@@ -288,25 +218,25 @@ class Sequencer:
     def any_pending(self, gen: int, seqs: range) -> bool:
         return any(self.pending(gen, s) for s in seqs)
 
-    # -- outcomes (the rules are in rules.py) --------------------------------------------------
+    # -- outcomes (the rules decide, in rules.py; _apply makes their changes) ---------------
     def on_outcome(self, batch: Batch, o: Outcome, now: float) -> Decision:
         """Decide what a batch's answer (or its failure) means."""
-        return rules.on_outcome(self, batch, o, now)
+        return self._apply(batch, rules.on_outcome(self, batch, o, now))
 
     def transient(self, batch: Batch, err: errors.DurableStreamError,
                   retry_after: float | None, now: float) -> Decision:
         """Retry later with the same (epoch, seq, body), or give up at the deadline."""
-        return rules.transient(self, batch, err, retry_after, now)
+        return self._apply(batch, rules.transient(self, batch, err, retry_after, now))
 
     def checked(self, batch: Batch, o: Outcome, found: bool | None, now: float
                 ) -> Decision:
         """The result of looking for a 204'd batch after its generation's probe."""
-        return rules.checked(self, batch, o, found, now)
+        return self._apply(batch, rules.checked(self, batch, o, found, now))
 
     def split_json(self, batch: Batch, good: list[bytes], bad: list[tuple[bytes, str]],
                    err: errors.DurableStreamError) -> Decision:
         """After a 400 in JSON mode: report the invalid messages, resend the valid ones."""
-        decision = rules.split_json(self, batch, good, bad, err)
+        decision = self._apply(batch, rules.split_json(self, batch, good, bad, err))
         if self.journal is not None and decision.act is Act.SEND:
             try:
                 self.journal.resealed(batch, self.json_mode)
@@ -316,198 +246,123 @@ class Sequencer:
                 return DONE
         return decision
 
+    def _apply(self, batch: Batch, decision: Decision) -> Decision:
+        """Make the changes a rule decided for ``batch``, in order: the one place where
+        an outcome changes the batch and the sequencer."""
+        for change in decision.changes:
+            self._change(batch, change)
+        return decision
+
+    def _change(self, batch: Batch, change: Change) -> None:
+        match change:
+            case Ack(offset, duplicate):
+                self.ack(batch, offset, duplicate=duplicate)
+            case Fail(err, hole):
+                self.fail(batch, err, hole=hole)
+            case Fatal(err, fenced_by):
+                if self.fatal is None:
+                    self.stop(err, fenced_by=fenced_by)
+                self.fail_stopped(batch, err)
+            case Mark(maybe_stored, ambiguous):
+                batch.maybe_stored = maybe_stored
+                if ambiguous is not None:
+                    batch.ambiguous = ambiguous
+            case Written():
+                self.written(batch.gen, batch.seq)
+            case Hold():
+                self.unwritten.add(batch.seq)
+            case Retried():
+                batch.retry_n += 1
+            case Expect(seq):
+                batch.last_expected = seq
+            case Park():
+                self.park_or_fail(batch)
+            case Split(good, bad, err):
+                self.sink.failed(bad, err, sum(len(m) for m in bad))
+                batch.messages = good
+                batch.nbytes = sum(len(m) for m in good)
+                batch.body = b"[" + b",".join(good) + b"]"
+                batch.retry_n = 0
+            case Claim(server_epoch, fenced, of_batch):
+                self.begin_claim(batch if of_batch else None, server_epoch, fenced=fenced)
+            case Undoubt(gen, seq):
+                self.doubtful.discard((gen, seq))
+            case Narrow():
+                self.window = max(1.0, self.window / 2)
+            case _:
+                raise AssertionError(f"{change!r} is not a change of a batch")
+
+    # -- close_stream ---------------------------------------------------------------------
     def close_attempt(self) -> tuple[int, int]:
         """Count one closing POST; the (epoch, seq) to send it with."""
-        return rules.close_attempt(self)
+        self.counters.requests += 1
+        return self.epoch, self.next_seq
 
     def on_close_outcome(self, o: Outcome, epoch: int, seq: int, now: float, deadline: float,
                          retry_n: int) -> Decision:
         """The decision for an answer to the closing POST (carrying producer headers)."""
-        return rules.on_close_outcome(self, o, epoch, seq, now, deadline, retry_n)
+        return self._apply_close(
+            rules.on_close_outcome(self, o, epoch, seq, now, deadline, retry_n))
 
     def close_checked(self, o: Outcome, epoch: int, seq: int, closed: bool | None,
                       now: float, deadline: float, retry_n: int) -> Decision:
         """After ``CHECK_STORED`` for the close: ``closed`` from a HEAD (None: failed)."""
-        return rules.close_checked(self, o, epoch, seq, closed, now, deadline, retry_n)
+        return self._apply_close(
+            rules.close_checked(self, o, epoch, seq, closed, now, deadline, retry_n))
 
-    # -- settling ------------------------------------------------------------------------
-    def ack(self, batch: Batch, offset: str, *, duplicate: bool) -> None:
-        if not batch.settle(BatchState.ACKED):
-            return
-        self.batches.pop(batch.id, None)
-        if self.journal is not None:
-            self.journal.resolved(batch, acked=True)
-        if batch.gen == self.gen:
-            if self.phase is Phase.UNCONFIRMED:
-                self._to(Phase.STEADY, f"epoch {self.epoch} confirmed")
-            self.unwritten.discard(batch.seq)
-        c = self.counters
-        c.acked += len(batch.messages)
-        c.bytes_acked += batch.nbytes
-        if duplicate:
-            c.duplicates += 1
-        if offset > self.last_offset:
-            self.last_offset = offset
-        if not duplicate and batch.gen > self.stored_gen and self._state_is_ours(batch):
-            self.stored_gen = batch.gen
-        if not duplicate:
-            self.claims_in_row = 0
-        if not duplicate and self.window < self.max_in_flight:
-            self.window = min(float(self.max_in_flight), self.window + 1 / self.window)
-        self.sink.acked(batch, offset, duplicate)
+    def _apply_close(self, decision: Decision) -> Decision:
+        for change in decision.changes:
+            match change:
+                case CountRetry():
+                    self.counters.retries += 1
+                case Closed(seq, offset):
+                    self.next_seq = seq + 1
+                    if offset > self.last_offset:
+                        self.last_offset = offset
+                case CloseClaim(server_epoch, cap, fallback):
+                    # The claim completes the decision: after its backoff, or RAISE if
+                    # it could not start (stopped, epoch overflow).
+                    before = self.epoch
+                    self.begin_claim(None, server_epoch, fenced=True)
+                    self.maybe_resequence()
+                    if self.epoch == before:
+                        return Decision(Act.RAISE, error=self.fatal or fallback)
+                    delay, self.claim_delay = min(self.claim_delay or 0.0, cap), None
+                    return Decision(Act.RETRY, delay=delay) if delay > 0 else SEND
+                case _:
+                    raise AssertionError(f"{change!r} is not a change of a close")
+        return decision
 
-    def _state_is_ours(self, batch: Batch) -> bool:
-        """Does a 200 for ``batch`` prove the server's state for its epoch is ours? Only
-        when every lower seq of the generation was acknowledged by us first: a 200 for
-        seq N > 0 may continue another writer's seq N-1 (an earlier run of the job at the
-        same epoch) while our own lower seqs were never stored. (Checked until the first
-        such 200 of a generation, not on every 200.)"""
-        gen, seq = batch.gen, batch.seq
-        return not (any(g == gen for g, _ in self.doubtful) or any(
-            b.gen == gen and 0 <= b.seq < seq for b in self.batches.values()))
-
-    def fail(self, batch: Batch, err: errors.DurableStreamError, *, hole: bool = False) -> None:
-        if not batch.settle(BatchState.FAILED):
-            return
-        self.batches.pop(batch.id, None)
-        if self.journal is not None:
-            self.journal.resolved(batch, acked=False)
-        if batch.gen == self.gen:
-            self.unwritten.discard(batch.seq)
-        if (batch.maybe_stored or batch.ambiguous) and not err.maybe_stored:
-            err = _in_doubt(err)
-        self.sink.failed(batch.messages, err, batch.nbytes)
-        if hole and self.fatal is None and batch.gen == self.gen:
-            if batch.maybe_stored:
-                # It may have been stored after all (its answers were lost). Renumbering
-                # later batches now could store one of them twice; keep their (epoch, seq)
-                # until the server confirms the hole with a 409 naming this seq.
-                self.doubtful.add((batch.gen, batch.seq))
-                return
-            # Later batches of this epoch can never be accepted after the hole: move them
-            # to a fresh epoch (we own the id, so epoch + 1 is ours to claim).
-            self.begin_claim(None, self.epoch)
-
-    def stop(self, err: errors.DurableStreamError) -> None:
-        """A fatal error: fail everything not held by a sender; nothing more is sent."""
-        if self.fatal is not None:
-            return
-        self.fatal = err
-        self._to(Phase.FAILED, type(err).__name__)
-        log.warning("producer %s: stopping: %s", self.producer_id, err)
-        for parked in self.parked:
-            self.fail(parked, err)
-        self.parked.clear()
-        while self.resend:
-            self.fail(self.resend.popleft(), err)
-        self.sink.stopped(err)
-
-    def park(self, batch: Batch) -> None:
-        if batch.state is not BatchState.ACTIVE:
-            return
-        batch.move(BatchState.PARKED)
-        self.parked.append(batch)
-
-    def park_or_fail(self, batch: Batch) -> None:
-        if self.fatal is not None:  # the claim could not start (e.g. epoch overflow)
-            self.fail(batch, self.fatal)
-        else:
-            self.park(batch)
-
-    # -- epochs ----------------------------------------------------------------------------
-    def begin_claim(self, batch: Batch | None, server_epoch: int, *,
-                    fenced: bool = False) -> None:
-        """Move to a higher epoch: drain, then re-sequence every unacknowledged batch."""
-        if batch is not None and batch.gen != self.gen:
-            return  # a transition is already under way
-        if self.fatal is not None:
-            return
-        if server_epoch + 1 > P.MAX_SAFE_INTEGER:
-            self.stop(errors.ProducerError(f"epoch overflow for {self.where}", url=self.url))
-            return
-        self.epoch = max(self.epoch + 1, server_epoch + 1)
-        self.gen += 1
-        # A batch whose answer was lost may be in the stream under the old epoch, whether
-        # we were fenced (403, another writer's 204) or left the epoch after a hole (a
-        # lower seq than the hole can be stored): such batches are looked for (VERIFY).
-        self.claim_fenced = fenced
-        self.unwritten = set()
-        while self.resend:
-            queued = self.resend.popleft()
-            queued.move(BatchState.PARKED)
-            self.parked.append(queued)
-        self.next_seq = 0
-        self.counters.claims += 1
-        self.claims_in_row += 1
-        self.claim_delay = self.claim_backoff()
-        self._to(Phase.DRAINING, f"claiming epoch {self.epoch}")
-        log.info("producer %s: claiming epoch %d for %s", self.producer_id, self.epoch,
-                 self.where)
-
-    def claim_backoff(self) -> float:
-        """Seconds before the batches of the latest claim are sent: none for the first
-        claim in a row (the normal case: a restarted writer claims once), then the retry
-        policy's delay but at least 0.25 s, doubling up to 5 s (with jitter)."""
-        n = self.claims_in_row - 2
-        if n < 0:
-            return 0.0
-        floor = min(0.25 * 2.0 ** min(n, 5), 5.0) * (0.5 + random.random() / 2)
-        return max(self.retry.delay(min(n, 30)), floor)
-
-    def maybe_resequence(self) -> None:
-        """When no old-epoch request is in flight, renumber the parked batches in order."""
-        if self.phase is not Phase.DRAINING or self.in_flight > 0:
-            return
-        if any(b.maybe_stored for b in self.parked):
-            # Some answers were lost: those batches may already be in the stream under
-            # the old epoch. A sender looks for them first (VERIFY).
-            why = "fenced" if self.claim_fenced else "after a hole"
-            self._to(Phase.VERIFYING, f"in-doubt batches to look for ({why})")
-            return
-        parked = sorted(self.parked, key=lambda b: b.first_index)
-        self.parked = []
-        for batch in parked:
-            self._assign(batch)
-            batch.move(BatchState.QUEUED)
-            self.resend.append(batch)
-        self._to(Phase.UNCONFIRMED, f"{len(parked)} batch(es) renumbered")
-        self._journal_sealed(parked)  # one record: a renumbering is atomic in the journal
-
-    def verify_candidates(self) -> list[Batch]:
-        """Parked batches whose answer was lost before the epoch changed."""
-        return [b for b in self.parked if b.maybe_stored]
-
-    def verified(self, batch: Batch, found: bool | None) -> None:
-        """Acknowledge it if it is in the stream after its generation's tail probe, resend
-        it (renumbered) if it is not, and report it as in doubt if that cannot be told."""
-        if batch.state is not BatchState.PARKED or batch not in self.parked:
-            return  # failed meanwhile (the producer stopped)
-        if found is False:
-            # Looked after the tail probe, with every request of the old epoch finished:
-            # not stored, and never will be under that (epoch, seq).
-            batch.maybe_stored = batch.ambiguous = False
-            return
-        self.parked.remove(batch)
-        batch.move(BatchState.ACTIVE)
-        if found is None:
-            self.fail(batch, errors.ProducerError(
-                f"producer {self.producer_id!r} left its epoch on {self.where} while the "
-                "outcome of this batch was unknown (its answer was lost) and the stream "
-                "could not be checked: it may or may not be stored, so it is not re-sent",
-                url=self.url, code="IN_DOUBT"))
-        else:
-            self.ack(batch, "", duplicate=True)
-
-
-def _in_doubt(err: errors.DurableStreamError) -> errors.DurableStreamError:
-    """``err`` for a batch that may be stored after all: a copy that says so (message and
-    ``maybe_stored``), so that a caller does not re-append it blindly."""
-    doubt = copy_error(err)
-    doubt.maybe_stored = True
-    text = str(err)
-    if not ("may have been stored" in text or "may or may not" in text):
-        doubt.message = text + (
-            " (it may have been stored: an earlier attempt got no clear answer, so "
-            "re-appending it may duplicate it)")
-        doubt.args = (doubt.message,)
-    return doubt
+    # -- a journal's past ---------------------------------------------------------------
+    def take_over(self, journal: Journal, *, epoch: int | None, next_seq: int,
+                  probe: str | None, batches: list[Batch], json_mode: bool | None = None
+                  ) -> None:
+        """Resume where a reopened journal left off (``journal_replay.attach``): at its
+        ``epoch`` and ``next_seq`` (every lower seq of that epoch was sealed by us, so a
+        204 for one is ours), with its tail ``probe``, and queue its pending sealed
+        ``batches`` (their journaled epoch, seq and body) to be resent first: each may be
+        stored from before the crash. All are of ``epoch`` (a renumbering is one journal
+        record)."""
+        for b in batches:
+            if b.epoch != epoch or not 0 <= b.seq < next_seq:
+                raise ValueError(f"{b!r} is not a batch of epoch {epoch} below seq {next_seq}")
+        self.journal = journal
+        if json_mode is not None:
+            self.json_mode = json_mode
+        if epoch is not None:
+            self.epoch = epoch
+            self.next_seq = next_seq
+            self.fresh_epoch = False
+            self.highest_sent[0] = next_seq - 1
+            self.stored_gen = 0
+            self.early_probe_gen = 0  # a tail read now could postdate our own data
+            if probe is not None:
+                self.probes[0] = probe
+        for b in batches:
+            b.gen = 0
+            b.maybe_stored = b.ambiguous = True
+            b.move(BatchState.QUEUED)
+            self.batches[b.id] = b
+            self.resend.append(b)
+            self.unwritten.add(b.seq)
+            self.counters.batches += 1

@@ -1,0 +1,222 @@
+"""Without a server: the rules are pure decisions the sequencer applies, and after a fence
+(PROTOCOL §5.2.1: a 403 naming a higher epoch; nothing more is stored under ours) each
+batch in doubt, such as one taken over from a reopened journal, is looked for in the
+stream after its generation's tail probe before it is reported: ``maybe_stored=True``
+only where that cannot tell."""
+
+from __future__ import annotations
+
+import pytest
+
+from durable_streams import _protocol as P
+from durable_streams import errors
+from durable_streams._producer import journal_format as F
+from durable_streams._producer import rules
+from durable_streams._producer.batch import Batch, BatchState
+from durable_streams._producer.changes import Fatal
+from durable_streams._producer.journal_replay import ReplayBuilder
+from durable_streams._producer.outcome import Kind, Outcome
+from durable_streams._producer.sequencer import Act, Phase, Sequencer, Work
+
+from .sim_producer import PID, in_doubt
+from .sim_server import Fault, OtherWriter
+from .test_sequencer import Sink, answer, make, new_batch
+from .test_sequencer_scenarios import answer as sim_answer
+from .test_sequencer_scenarios import make as scenario
+from .test_sequencer_scenarios import settle
+
+
+class Journal:
+    """What the sequencer tells a journal (the batches it resolves)."""
+
+    def __init__(self) -> None:
+        self.resolved_: list[tuple[int, bool]] = []
+
+    def resolved(self, batch: Batch, *, acked: bool) -> None:
+        self.resolved_.append((batch.seq, acked))
+
+    def admitted(self, batch: Batch) -> None:
+        pass
+
+    def sealed(self, batches: list[Batch], json_body: bool) -> None:
+        pass
+
+    def probed(self, epoch: int, offset: str) -> None:
+        pass
+
+
+def fenced(epoch: int) -> Outcome:
+    return answer(403, {P.PRODUCER_EPOCH: str(epoch)})
+
+
+def journaled(*seqs: int, next_seq: int = 6) -> tuple[Sequencer, Sink, Journal, list[Batch]]:
+    """A producer taking over a journal at epoch 0 whose batches ``seqs`` are pending."""
+    seq, sink = make()
+    journal = Journal()
+    batches = []
+    for n in seqs:
+        b = new_batch(f"<{n}>".encode())
+        b.epoch, b.seq = 0, n
+        batches.append(b)
+    seq.take_over(journal, epoch=0, next_seq=next_seq, probe="0_0",  # type: ignore[arg-type]
+                  batches=batches)
+    return seq, sink, journal, batches
+
+
+def resend(seq: Sequencer, batch: Batch) -> None:
+    task = seq.next_work(False, 0.0, 0.0)
+    assert task.work is Work.RESEND and task.batch is batch
+    assert seq.check(batch) and seq.turn_ok(batch)
+    seq.start_attempt(batch)
+    seq.written(batch.gen, batch.seq)
+
+
+def test_a_rule_changes_nothing_and_says_what_changes() -> None:
+    seq, sink, _, (b,) = journaled(4, next_seq=5)
+    resend(seq, b)
+    d = rules.on_outcome(seq, b, fenced(7), 1.0)
+    assert seq.fatal is None and seq.phase is Phase.STEADY and b.state is BatchState.ACTIVE
+    assert not sink.fails and not sink.stops
+    assert d.act is Act.DONE and len(d.changes) == 1
+    change = d.changes[0]
+    assert isinstance(change, Fatal) and change.fenced_by == 7
+    assert isinstance(change.error, errors.StaleEpochError)
+    # a 403 naming no epoch proves nothing about later stores
+    d = rules.on_outcome(seq, b, answer(403), 1.0)
+    assert len(d.changes) == 1 and isinstance(d.changes[0], Fatal)
+    assert d.changes[0].fenced_by is None
+
+
+def test_take_over_resumes_at_the_journal_epoch() -> None:
+    seq, _, journal, (b4, b5) = journaled(4, 5)
+    assert (seq.epoch, seq.next_seq, seq.probes[0]) == (0, 6, "0_0")
+    assert seq.journal is journal  # type: ignore[comparison-overlap]
+    assert list(seq.resend) == [b4, b5] and seq.unwritten == {4, 5}
+    assert all(b.maybe_stored and b.gen == 0 and b.state is BatchState.QUEUED
+               for b in (b4, b5))
+    with pytest.raises(ValueError, match="not a batch of epoch 3"):
+        make()[0].take_over(journal, epoch=3, next_seq=6, probe=None,  # type: ignore[arg-type]
+                            batches=[b4])
+
+
+@pytest.mark.parametrize(("found", "maybe_stored"), [(False, False), (None, True),
+                                                     (True, True)])
+def test_after_a_fence_journaled_batches_are_settled_by_the_stream(
+        found: bool | None, maybe_stored: bool) -> None:
+    seq, sink, journal, (b4, b5) = journaled(4, 5)
+    resend(seq, b4)
+    assert seq.on_outcome(b4, fenced(7), 1.0).act is Act.DONE
+    assert seq.phase is Phase.FAILED and isinstance(seq.fatal, errors.StaleEpochError)
+    # nothing reported yet: both wait to be looked for, once the request is finished
+    assert not sink.fails and set(seq.parked) == {b4, b5} and len(sink.stops) == 1
+    assert seq.next_work(False, 0.0, 1.0).work is Work.WAIT
+    seq.finish_work()
+    assert seq.next_work(False, 0.0, 1.0).work is Work.VERIFY
+    assert seq.verify_candidates() == [b4, b5]
+    seq.verified(b4, found)
+    seq.verified(b5, False)
+    seq.finish_work()
+    assert [m for m, _ in sink.fails] == [[b"<4>"], [b"<5>"]]
+    (_, e4), (_, e5) = sink.fails
+    assert isinstance(e4, errors.StaleEpochError) and e4.maybe_stored is maybe_stored
+    assert ("may have been stored" in str(e4)) is maybe_stored
+    assert isinstance(e5, errors.StaleEpochError) and e5.maybe_stored is False
+    assert journal.resolved_ == [(4, False), (5, False)] and not seq.parked
+    seq.stopping = True
+    assert seq.next_work(False, 0.0, 1.0).work is Work.STOP
+
+
+def test_a_batch_answered_after_the_fence_is_looked_for_too() -> None:
+    seq, sink, _, (b4, b5) = journaled(4, 5)
+    resend(seq, b4)
+    resend(seq, b5)  # pipelined: both on the wire
+    seq.on_outcome(b4, fenced(7), 1.0)
+    seq.finish_work()
+    assert seq.next_work(False, 0.0, 1.0).work is Work.WAIT  # b5 is still in flight
+    seq.on_outcome(b5, fenced(7), 1.0)
+    seq.finish_work()
+    assert not sink.fails and seq.next_work(False, 0.0, 1.0).work is Work.VERIFY
+    for b in seq.verify_candidates():
+        seq.verified(b, False)
+    assert [e.maybe_stored for _, e in sink.fails] == [False, False]
+
+
+def test_without_a_tail_probe_a_fenced_batch_is_reported_in_doubt_at_once() -> None:
+    seq, sink = make()
+    b = new_batch(b"<0>")
+    b.epoch, b.seq = 0, 0
+    seq.take_over(Journal(), epoch=0, next_seq=1, probe=None,  # type: ignore[arg-type]
+                  batches=[b])
+    resend(seq, b)
+    seq.on_outcome(b, fenced(7), 1.0)
+    assert b.state is BatchState.FAILED and sink.fails[0][1].maybe_stored is True
+
+
+def test_a_403_not_above_the_batch_epoch_fails_it_in_doubt_at_once() -> None:
+    seq, sink, _, (b,) = journaled(4, next_seq=5)
+    resend(seq, b)
+    seq.on_outcome(b, fenced(0), 1.0)  # not a fence of epoch 0: it proves nothing
+    assert b.state is BatchState.FAILED and sink.fails[0][1].maybe_stored is True
+
+
+def test_a_later_stop_reports_the_batches_still_to_look_for() -> None:
+    seq, sink, _, (b4, b5) = journaled(4, 5)
+    resend(seq, b4)
+    seq.on_outcome(b4, fenced(7), 1.0)
+    seq.stop(errors.ProducerClosedError("closed"))  # close() gives up waiting
+    assert [m for m, _ in sink.fails] == [[b"<4>"], [b"<5>"]] and not seq.parked
+    assert all(isinstance(e, errors.StaleEpochError) and e.maybe_stored
+               for _, e in sink.fails)
+    seq.finish_work()
+    assert seq.next_work(False, 0.0, 1.0).work is Work.WAIT
+
+
+def test_a_journal_with_a_batch_pending_at_an_older_epoch_is_corrupt() -> None:
+    builder = ReplayBuilder()
+    builder.segment(F.SegmentInfo("s", "p", 0, 0, None, 0, None))
+    builder.message(0, b"a", 0)
+    builder.message(1, b"b", 0)
+    builder.control(F.T_SEAL, F.encode_seal(0, [F.SealEntry(0, False, ((0, 1),))]))
+    builder.control(F.T_SEAL, F.encode_seal(1, [F.SealEntry(0, False, ((1, 1),))]))
+    with pytest.raises(errors.JournalError, match=r"\(epoch 0, seq 0\) in segment 0"):
+        builder.result(2)
+
+
+# -- against the simulated server (the real sequencer, simulated senders) -------------------
+
+def test_sim_fenced_after_a_request_lost_on_its_way_reports_it_not_stored() -> None:
+    p = scenario()
+    p.append(0, 0)
+    settle(p)
+    sim_answer(p, 0)
+    p.append(0, 1)
+    settle(p)
+    sim_answer(p, 1, Fault.DROP)  # lost before the server saw it: no answer
+    OtherWriter(p.server, PID).claim()
+    p.advance(1.0)
+    settle(p)
+    assert sim_answer(p, 1) is Kind.FENCED
+    err = p.book.failed[b"<0.1>"]
+    assert isinstance(err, errors.StaleEpochError) and err.maybe_stored is False
+    assert not in_doubt(err) and p.stored_ours() == [b"<0.0>"]
+    p.drain()
+    p.check_final()
+
+
+def test_sim_a_request_arriving_after_the_fence_cannot_make_not_stored_a_lie() -> None:
+    p = scenario()
+    p.append(0, 0)
+    settle(p)
+    sim_answer(p, 0)
+    p.append(0, 1)
+    settle(p)
+    sim_answer(p, 1, Fault.ZOMBIE)  # no answer now; the request reaches the server later
+    OtherWriter(p.server, PID).claim()
+    p.advance(1.0)
+    settle(p)
+    assert sim_answer(p, 1) is Kind.FENCED
+    assert p.book.failed[b"<0.1>"].maybe_stored is False
+    p.zombie_arrives(0)  # refused: its epoch is fenced
+    assert p.stored_ours() == [b"<0.0>"]
+    p.drain()
+    p.check_final()
