@@ -152,9 +152,8 @@ def test_full_buffer_blocks_until_room_is_freed() -> None:
     assert acc.buf[-1] == b"x"
 
 
-def test_refusal_is_raised_as_a_fresh_copy_also_to_blocked_appenders() -> None:
-    acc, _, _ = make(batch=10, capacity=10, max_block=30.0)
-    add(acc, b"1234567890")
+def _blocked_appender(acc: Accumulator) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread appending to a full ``acc``, returned once it waits for room."""
     raised: list[BaseException] = []
 
     def appender() -> None:
@@ -166,8 +165,16 @@ def test_refusal_is_raised_as_a_fresh_copy_also_to_blocked_appenders() -> None:
     thread = threading.Thread(target=appender)
     thread.start()
     deadline = time.monotonic() + 10
-    while acc.seal_upto == 0 and time.monotonic() < deadline:
+    while acc.seal_upto == 0 and time.monotonic() < deadline:  # it is waiting for room
         time.sleep(0.001)
+    assert acc.seal_upto == 1
+    return thread, raised
+
+
+def test_refusal_is_raised_as_a_fresh_copy_also_to_blocked_appenders() -> None:
+    acc, _, _ = make(batch=10, capacity=10, max_block=30.0)
+    add(acc, b"1234567890")
+    thread, raised = _blocked_appender(acc)
     refusal = errors.ProducerClosedError("closed")
     with acc.space:
         acc.refuse(refusal, Refusal.CLOSED)  # wakes the blocked appender itself
@@ -182,19 +189,7 @@ def test_a_refusal_that_comes_with_room_still_refuses_the_blocked_appender() -> 
     room, but the producer is closed, so its message must not be accepted."""
     acc, _, _ = make(batch=10, capacity=10, max_block=30.0)
     add(acc, b"1234567890")
-    raised: list[BaseException] = []
-
-    def appender() -> None:
-        try:
-            add(acc, b"x")
-        except errors.ProducerClosedError as exc:
-            raised.append(exc)
-
-    thread = threading.Thread(target=appender)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while acc.seal_upto == 0 and time.monotonic() < deadline:  # it is waiting for room
-        time.sleep(0.001)
+    thread, raised = _blocked_appender(acc)
     with acc.space:
         acc.release(10)
         acc.refuse(errors.ProducerClosedError("closed"), Refusal.CLOSED)
