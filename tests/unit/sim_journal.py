@@ -195,6 +195,7 @@ class JournalSimProducer(SimProducer):
             self.acc.release(batch.nbytes)
             self.book.acked.update(batch.messages)
             self.book.acked_batches.add(batch.id)
+            self.waits.on_acked()  # as the real Sink: the senders waiting on it look again
             return
         super().acked(batch, offset, duplicate)
 
