@@ -52,6 +52,9 @@ class Replay:
     probe: str | None = None  # that epoch's tail probe, if one was recorded
     content_type: str | None = None  # the stream's, as the batches were sealed with it
     next_index: int = 0
+    #: a 200 proved the server's producer state at ``epoch`` this journal's own (every
+    #: lower seq of it acknowledged first): a 204 for a journaled seq of it is ours
+    owned: bool = False
 
     @property
     def count(self) -> int:
@@ -73,6 +76,7 @@ class ReplayBuilder:
         self.low = -1  # the first index the journal still has
         self.pending_per_segment: dict[int, int] = {}
         self.content_type: str | None = None
+        self.owned: int | None = None  # the latest epoch proven ours (META owned_epoch)
 
     def segment(self, info: F.SegmentInfo) -> None:
         if self.low < 0:
@@ -81,6 +85,7 @@ class ReplayBuilder:
             if info.epoch is not None and info.probe is not None:
                 self.probes[info.epoch] = info.probe
             self.content_type = info.content_type
+            self.owned = info.owned
 
     def message(self, index: int, payload: bytes, segment: int) -> None:
         self.pending[index] = payload
@@ -120,6 +125,8 @@ class ReplayBuilder:
             meta = json.loads(payload)
             if meta.get("content_type"):
                 self.content_type = str(meta["content_type"])
+            if meta.get("owned_epoch") is not None:
+                self.owned = int(meta["owned_epoch"])
         elif rtype == F.T_SEGMENT:
             raise ValueError("a segment header inside a segment")
 
@@ -129,7 +136,8 @@ class ReplayBuilder:
 
     def result(self, next_index: int) -> Replay:
         r = Replay(epoch=self.epoch, next_seq=self.next_seq, next_index=next_index,
-                   content_type=self.content_type)
+                   content_type=self.content_type,
+                   owned=self.epoch is not None and self.owned == self.epoch)
         if self.epoch is not None:
             r.probe = self.probes.get(self.epoch)
         batches = []
@@ -163,10 +171,16 @@ class ReplayBuilder:
 def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPool,
            delivery_timeout: float) -> int:
     """(lock held) Make ``journal`` part of a new producer and take over what it holds:
-    the sequencer resumes at the journal's epoch and seq (it knows its own past: a 204 for
-    a journaled batch is ours), pending sealed batches are queued for resending with
-    their journaled (epoch, seq, body) ahead of anything new, and the unsealed messages
-    go back into the buffer. Returns the number of messages replayed."""
+    the sequencer resumes at the journal's epoch and seq, pending sealed batches are
+    queued for resending with their journaled (epoch, seq, body) ahead of anything new,
+    and the unsealed messages go back into the buffer. Returns the number of messages
+    replayed.
+
+    A 204 for a journaled batch is taken as ours at once only if the journal recorded
+    that a 200 proved the server's producer state at its epoch ours (``Replay.owned``):
+    otherwise that state may be another writer's (an earlier run of the job without this
+    journal, a second copy of it, at the same id and epoch), and the batch is looked for
+    in the stream after the epoch's journaled tail probe, as a live producer does."""
     transport = pool.transport
     journal.content_type_of = lambda: transport.content_type
     r = journal.replay
@@ -184,7 +198,7 @@ def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPo
         b.epoch, b.seq = pb.epoch, pb.seq
         batches.append(b)
     seq.take_over(journal, epoch=r.epoch, next_seq=r.next_seq, probe=r.probe,
-                  batches=batches, json_mode=json_mode)
+                  batches=batches, json_mode=json_mode, owned=r.owned)
     for b, pb in zip(batches, r.batches, strict=True):
         journal.adopt(b, pb.indexes)
     start = r.next_index - len(r.unsealed)

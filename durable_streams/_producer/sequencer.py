@@ -335,14 +335,15 @@ class Sequencer(Renumbering):
 
     # -- a journal's past ---------------------------------------------------------------
     def take_over(self, journal: Journal, *, epoch: int | None, next_seq: int,
-                  probe: str | None, batches: list[Batch], json_mode: bool | None = None
-                  ) -> None:
+                  probe: str | None, batches: list[Batch], json_mode: bool | None = None,
+                  owned: bool = False) -> None:
         """Resume where a reopened journal left off (``journal_replay.attach``): at its
-        ``epoch`` and ``next_seq`` (every lower seq of that epoch was sealed by us, so a
-        204 for one is ours), with its tail ``probe``, and queue its pending sealed
+        ``epoch`` and ``next_seq``, with its tail ``probe``, and queue its pending sealed
         ``batches`` (their journaled epoch, seq and body) to be resent first: each may be
         stored from before the crash. All are of ``epoch`` (a renumbering is one journal
-        record)."""
+        record). ``owned``: a 200 proved the server's state at ``epoch`` ours, so a 204
+        for one of our seqs is ours; otherwise it is checked in the stream after
+        ``probe`` (that state may be another writer's at the same id and epoch)."""
         for b in batches:
             if b.epoch != epoch or not 0 <= b.seq < next_seq:
                 raise ValueError(f"{b!r} is not a batch of epoch {epoch} below seq {next_seq}")
@@ -354,7 +355,7 @@ class Sequencer(Renumbering):
             self.next_seq = next_seq
             self.fresh_epoch = False
             self.highest_sent[0] = next_seq - 1
-            self.stored_gen = 0
+            self.stored_gen = 0 if owned else -1
             self.early_probe_gen = 0  # a tail read now could postdate our own data
             if probe is not None:
                 self.probes[0] = probe

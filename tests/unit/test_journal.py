@@ -353,3 +353,41 @@ def test_a_closed_journal_refuses_messages(tmp_path: Path) -> None:
     again = open_journal(str(tmp_path / "j"))
     assert [m for _, m in again.replay.unsealed] == [b"kept"]
     again.close()
+
+
+def test_an_epoch_proven_ours_survives_reopen_and_compaction_not_a_renumbering(
+        tmp_path: Path) -> None:
+    """``Replay.owned`` (J1): only once a 200 proved the server's producer state at the
+    journal's epoch ours (``Journal.proven``) is a 204 for a journaled seq of it taken
+    as ours; it is kept in the segment headers (compaction drops the META record), and
+    a renumbering to a new epoch starts unproven."""
+    d = Driver(str(tmp_path / "j"))
+    for _ in range(3):
+        d.append(b"m")
+    first = d.take(1)
+    assert first is not None
+    assert not d.crash_and_reopen().owned  # sealed, never proven: maybe another writer's
+    d.readopt()
+    (b,) = [b for b, _ in d.live.values()]
+    d.j.proven(b.epoch - 1)  # an older epoch than the journal's: nothing recorded
+    assert not d.crash_and_reopen().owned
+    d.readopt()
+    (b,) = [b for b, _ in d.live.values()]
+    d.j.proven(b.epoch)
+    d.resolve(b, acked=True)
+    assert d.crash_and_reopen().owned
+    d.readopt()
+    for _ in range(120):  # new segments: the one with the META record is compacted away
+        d.append(os.urandom(300))
+        batch = d.take(1)
+        assert batch is not None
+        d.resolve(batch, acked=True)
+    assert F.list_segments(d.path)[0][0] > 0
+    assert d.crash_and_reopen().owned
+    d.readopt()
+    d.append(b"x")
+    d.start_claim()
+    d.take(1)
+    d.renumber()
+    r = d.crash_and_reopen()
+    assert r.epoch == d.epoch and not r.owned

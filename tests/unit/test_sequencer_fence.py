@@ -31,6 +31,7 @@ class Journal:
 
     def __init__(self) -> None:
         self.resolved_: list[tuple[int, bool]] = []
+        self.proven_: list[int] = []
 
     def resolved(self, batch: Batch, *, acked: bool) -> None:
         self.resolved_.append((batch.seq, acked))
@@ -44,13 +45,18 @@ class Journal:
     def probed(self, epoch: int, offset: str) -> None:
         pass
 
+    def proven(self, epoch: int) -> None:
+        self.proven_.append(epoch)
+
 
 def fenced(epoch: int) -> Outcome:
     return answer(403, {P.PRODUCER_EPOCH: str(epoch)})
 
 
-def journaled(*seqs: int, next_seq: int = 6) -> tuple[Sequencer, Sink, Journal, list[Batch]]:
-    """A producer taking over a journal at epoch 0 whose batches ``seqs`` are pending."""
+def journaled(*seqs: int, next_seq: int = 6, owned: bool = False
+              ) -> tuple[Sequencer, Sink, Journal, list[Batch]]:
+    """A producer taking over a journal at epoch 0 whose batches ``seqs`` are pending
+    (``owned``: the journal recorded that a 200 proved epoch 0 ours)."""
     seq, sink = make()
     journal = Journal()
     batches = []
@@ -59,7 +65,7 @@ def journaled(*seqs: int, next_seq: int = 6) -> tuple[Sequencer, Sink, Journal, 
         b.epoch, b.seq = 0, n
         batches.append(b)
     seq.take_over(journal, epoch=0, next_seq=next_seq, probe="0_0",  # type: ignore[arg-type]
-                  batches=batches)
+                  batches=batches, owned=owned)
     return seq, sink, journal, batches
 
 
@@ -97,6 +103,43 @@ def test_take_over_resumes_at_the_journal_epoch() -> None:
     with pytest.raises(ValueError, match="not a batch of epoch 3"):
         make()[0].take_over(journal, epoch=3, next_seq=6, probe=None,  # type: ignore[arg-type]
                             batches=[b4])
+
+
+def duplicate(seq: int) -> Outcome:
+    return answer(204, {P.PRODUCER_EPOCH: "0", P.PRODUCER_SEQ: str(seq)})
+
+
+def test_a_204_for_a_journaled_batch_is_ours_only_where_the_journal_proved_it() -> None:
+    """J1: a journal whose epoch a 200 proved ours (``owned``): the 204 for a replayed
+    batch acknowledges it. Otherwise the server's state at that (id, epoch) may be
+    another writer's: the batch is looked for after the journaled probe first."""
+    seq, sink, _, (b,) = journaled(4, next_seq=5, owned=True)
+    resend(seq, b)
+    assert seq.on_outcome(b, duplicate(4), 1.0).act is Act.DONE
+    assert [(a is b, dup) for a, _, dup in sink.acks] == [(True, True)]
+    seq, sink, _, (b,) = journaled(4, next_seq=5)
+    resend(seq, b)
+    d = seq.on_outcome(b, duplicate(4), 1.0)
+    assert d.act is Act.CHECK_STORED and d.offset == "0_0" and not sink.acks
+    seq.checked(b, duplicate(4), False, 1.0)  # not in the stream: not ours
+    assert not sink.acks and isinstance(sink.fails[0][1], errors.StaleEpochError)
+    assert sink.fails[0][1].maybe_stored is False
+
+
+def test_a_200_that_proves_the_epoch_ours_is_told_to_the_journal() -> None:
+    seq, _, journal, (b4, b5) = journaled(4, 5)
+    resend(seq, b4)
+    resend(seq, b5)
+    seq.on_outcome(b5, answer(200, {P.STREAM_NEXT_OFFSET: "0_9"}), 1.0)
+    assert journal.proven_ == []  # seq 4 is not acknowledged yet: proves nothing
+    seq.on_outcome(b4, duplicate(4), 1.0)
+    seq.checked(b4, duplicate(4), True, 1.0)
+    b6 = new_batch(b"<6>")
+    assert seq.next_work(True, 0.0, 1.0).work is Work.SEAL and seq.admit(b6)
+    assert seq.check(b6) and seq.turn_ok(b6)
+    seq.start_attempt(b6)
+    seq.on_outcome(b6, answer(200, {P.STREAM_NEXT_OFFSET: "0_12"}), 1.0)
+    assert journal.proven_ == [0]
 
 
 @pytest.mark.parametrize(("found", "maybe_stored"), [(False, False), (None, True),

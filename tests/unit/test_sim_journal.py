@@ -268,15 +268,38 @@ def test_j1_control_without_a_kill(tmp_path: Path) -> None:
     assert w.ledger.reported[b"<0.0>"][1] == "acked"
 
 
-@pytest.mark.xfail(strict=False, raises=InvariantError, reason=(
-    "J1 (library bug, journal_replay.attach): after a kill, a 204 for a journaled batch is "
-    "taken as ours (attach sets stored_gen = 0) although the server's state at that "
-    "(id, epoch) is another writer's (here an earlier run without the journal): the "
-    "message is acknowledged as a duplicate and never stored"))
-def test_j1_a_replayed_batch_acknowledged_by_another_writers_204(tmp_path: Path) -> None:
+def test_j1_a_replayed_batch_is_not_acknowledged_by_another_writers_204(
+        tmp_path: Path) -> None:
+    """J1 (fixed): after the kill, the 204 for the journaled batch is not taken as ours
+    (no 200 ever proved epoch 0 this journal's: ``Replay.owned``); it is checked in the
+    stream after the journaled probe as without the kill, and delivered under a new
+    epoch."""
     w = j1_scenario(tmp_path, kill=True)
+    assert not w.jp.replay.owned
     w.finish()
     assert w.stored() == [b"<0.0>"]
+    assert w.ledger.reported[b"<0.0>"][:2] == (1, "acked")
+
+
+def test_a_204_after_the_kill_is_ours_at_once_where_a_200_proved_the_epoch(
+        tmp_path: Path) -> None:
+    """The common case (J1's other side): seq 0 was acknowledged by a 200 (the journal
+    records the epoch as ours), seq 1 is stored but its answer is lost in the kill; the
+    next producer's 204 for seq 1 acknowledges it without reading the stream."""
+    w = world(tmp_path)
+    w.append(0)
+    settle(w.p)
+    answer(w.p, 0)
+    w.append(0)
+    settle(w.p)
+    w.crash(random.Random(0), fate="stored")
+    assert w.jp.replay.owned and w.jp.replayed == 1
+    settle(w.p)
+    answer(w.p, 1)
+    assert w.p.stats["DUPLICATE->DONE"] == 1 and w.p.stats["READ"] == 0
+    w.finish()
+    assert w.stored() == [b"<0.0>", b"<0.1>"]
+    assert w.ledger.reported[b"<0.1>"][:2] == (1, "acked")
 
 
 def j2_scenario(tmp_path: Path, *, kill: bool) -> JournalWorld:
