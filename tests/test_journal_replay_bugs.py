@@ -1,5 +1,5 @@
 """The journal bugs the server-free simulation found (tests/unit/test_sim_journal.py,
-J1 and J2), reproduced against the reference server (README "Crash-safe journal").
+J1 and J2, both fixed), against the reference server (README "Crash-safe journal").
 An abandoned ``close(timeout)`` leaves the journal as a kill would (no DONE record), so
 neither needs a kill: both hit a producer that reopens what an earlier one left. (J2 leans
 on a 503 leaving seq 0 "maybe stored", as the producer now classifies it.)"""
@@ -64,13 +64,11 @@ def test_without_auto_claim_an_earlier_runs_204_stops_and_reports_the_replayed_b
     assert read_json(json_stream.url) == ["earlier"]
 
 
-@pytest.mark.xfail(strict=False, raises=DeliveryError, reason=(
-    "J2 (library bug, journal_replay.attach / rules._new_epoch_400): seq 0 of the "
-    "journaled epoch failed in doubt before the reopen (a hole the sequencer kept in "
-    "memory only); the replayed seq 1 gets 400 'new epoch must start with sequence 0' "
-    "and its valid message fails as a bad request instead of moving to a new epoch"))
 def test_a_replayed_seq_1_after_a_hole_at_seq_0_is_delivered(
         server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    """J2: seq 0 of the journal's epoch failed in doubt before the reopen (a hole, now
+    journaled); the replayed seq 1 gets 400 "new epoch must start with sequence 0",
+    which confirms the hole as it does for a live producer: "b" moves to a new epoch."""
     with IdempotentProducer(json_stream, "j2", retry=FAST) as earlier:  # epoch 0
         earlier.append(json.dumps("earlier"))
     path = json_stream.url[len(server.url):]

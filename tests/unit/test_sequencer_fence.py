@@ -53,7 +53,8 @@ def fenced(epoch: int) -> Outcome:
     return answer(403, {P.PRODUCER_EPOCH: str(epoch)})
 
 
-def journaled(*seqs: int, next_seq: int = 6, owned: bool = False
+def journaled(*seqs: int, next_seq: int = 6, owned: bool = False,
+              holes: list[int] | None = None
               ) -> tuple[Sequencer, Sink, Journal, list[Batch]]:
     """A producer taking over a journal at epoch 0 whose batches ``seqs`` are pending
     (``owned``: the journal recorded that a 200 proved epoch 0 ours)."""
@@ -65,7 +66,7 @@ def journaled(*seqs: int, next_seq: int = 6, owned: bool = False
         b.epoch, b.seq = 0, n
         batches.append(b)
     seq.take_over(journal, epoch=0, next_seq=next_seq, probe="0_0",  # type: ignore[arg-type]
-                  batches=batches, owned=owned)
+                  batches=batches, owned=owned, holes=holes)
     return seq, sink, journal, batches
 
 
@@ -140,6 +141,31 @@ def test_a_200_that_proves_the_epoch_ours_is_told_to_the_journal() -> None:
     seq.start_attempt(b6)
     seq.on_outcome(b6, answer(200, {P.STREAM_NEXT_OFFSET: "0_12"}), 1.0)
     assert journal.proven_ == [0]
+
+
+def test_a_journaled_hole_is_confirmed_by_the_new_epoch_400_of_each_later_seq() -> None:
+    """J2: the journal's hole at seq 0 is doubtful again after the take-over. The 400 "new
+    epoch must start with sequence 0" for seq 1 confirms it (a new epoch is claimed); the
+    same 400 for seq 2, answered after that claim, is no bad body either: both batches
+    are renumbered, none is failed."""
+    seq, sink, _, (b1, b2) = journaled(1, 2, next_seq=3, holes=[0])
+    assert seq.doubtful == {(0, 0)}
+    resend(seq, b1)
+    resend(seq, b2)
+    assert seq.on_outcome(b1, answer(400), 1.0).act is Act.DONE
+    assert seq.epoch == 1 and seq.phase is Phase.DRAINING and b1 in seq.parked
+    assert seq.on_outcome(b2, answer(400), 1.0).act is Act.DONE
+    assert not sink.fails and b2 in seq.parked and not b2.maybe_stored
+    seq.finish_work()
+    seq.finish_work()
+    while seq.phase is not Phase.UNCONFIRMED:  # b1 was sent in doubt: looked for first
+        assert seq.next_work(False, 0.0, 1.0).work is Work.VERIFY
+        for b in seq.verify_candidates():
+            seq.verified(b, False)
+        seq.finish_work()
+    assert [(b.epoch, b.seq) for b in seq.resend] == [(1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="holes"):
+        journaled(1, next_seq=2, holes=[2])
 
 
 @pytest.mark.parametrize(("found", "maybe_stored"), [(False, False), (None, True),

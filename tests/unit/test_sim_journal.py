@@ -7,11 +7,10 @@ pending, every accepted message is reported once over all generations, nothing r
 sent again, no (epoch, seq) is reused, and the stream holds each message at most once, in
 order.
 
-The walks found two library bugs, tolerated in the walks where their trigger fired
-(``sim_journal.JOURNAL_BUGS``) and pinned down by the xfail tests ``test_j1_*`` and
-``test_j2_*`` below (and against the reference server by
-tests/test_journal_replay_bugs.py). ``DS_SIM_ROUNDS=N`` runs N times as many walks
-(default 1); ``DS_SEQ_STRICT=1`` tolerates neither bug.
+The walks found two library bugs, J1 and J2 (fixed: ``test_j1_*`` and ``test_j2_*``
+below, and against the reference server tests/test_journal_replay_bugs.py).
+``DS_SIM_ROUNDS=N`` runs N times as many walks (default 1); ``DS_SEQ_STRICT=1`` tolerates
+only the limits (``sim_world.LIMITS``).
 """
 
 from __future__ import annotations
@@ -34,14 +33,14 @@ from hypothesis.stateful import initialize, precondition, rule
 from durable_streams import errors
 from durable_streams._producer.journal import Journal
 
-from .sim_journal import JOURNAL_BUGS, JConfig, JournalWorld, journal_walk
+from .sim_journal import JConfig, JournalWorld, journal_walk
 from .sim_producer import InvariantError, SimProducer
 from .sim_server import URL, Fault
 from .sim_world import FAULTS, KNOWN_BUGS, LIMITS, Config
 from .test_sequencer_machine import ProducerMachine
 
 STRICT = bool(os.environ.get("DS_SEQ_STRICT"))
-TOLERATE: tuple[str, ...] = LIMITS if STRICT else KNOWN_BUGS + JOURNAL_BUGS
+TOLERATE: tuple[str, ...] = LIMITS if STRICT else KNOWN_BUGS
 ROUNDS = max(1, int(os.environ.get("DS_SIM_ROUNDS", "1")))
 
 STATS: Counter[str] = Counter()
@@ -333,15 +332,44 @@ def test_j2_control_without_a_kill(tmp_path: Path) -> None:
     assert w.stored() == [b"<0.1>"]
 
 
-@pytest.mark.xfail(strict=False, raises=InvariantError, reason=(
-    "J2 (library bug, journal_replay.attach / rules._new_epoch_400): the hole at seq 0 of "
-    "the journaled epoch (failed in doubt before the kill) is not known after the reopen; "
-    "the 400 'new epoch must start with sequence 0' for the replayed seq 1 then fails its "
-    "valid messages as a bad request instead of moving them to a new epoch"))
-def test_j2_a_replayed_batch_failed_by_the_new_epoch_400(tmp_path: Path) -> None:
+def test_j2_a_replayed_batch_moves_to_a_new_epoch_after_the_new_epoch_400(
+        tmp_path: Path) -> None:
+    """J2 (fixed): the hole at seq 0 (failed in doubt before the kill) is journaled
+    (``Replay.holes``); after the reopen the 400 "new epoch must start with sequence 0"
+    for the replayed seq 1 confirms it, as without the kill: seq 1 moves to a new epoch
+    and is delivered."""
     w = j2_scenario(tmp_path, kill=True)
+    assert w.jp.replay.holes == [0]
     w.finish()
-    assert w.ledger.reported[b"<0.1>"][1] == "acked"
+    assert w.ledger.reported[b"<0.1>"][:2] == (1, "acked")
+    assert w.stored() == [b"<0.1>"]
+
+
+def test_a_hole_above_seq_0_confirmed_by_a_409_after_the_kill(tmp_path: Path) -> None:
+    """J2's other shape: seq 0 stored, seq 1 timed out in doubt (a hole), seq 2 pending
+    when the process is killed. After the reopen the 409 naming seq 1 confirms the hole
+    (journaled) and seq 2 moves to a new epoch, instead of failing with a sequence gap."""
+    w = world(tmp_path)
+    w.append(0)
+    settle(w.p)
+    answer(w.p, 0)
+    w.append(0)
+    settle(w.p)
+    answer(w.p, 1, Fault.DROP)
+    w.p.advance(30.0)
+    settle(w.p)
+    answer(w.p, 1, Fault.DROP)  # past the delivery timeout: failed, may be stored
+    assert w.ledger.reported[b"<0.1>"][1] == "failed"
+    w.append(0)
+    settle(w.p)
+    assert [(r.epoch, r.seq) for r in w.p.wire if r.kind == "post"] == [(0, 2)]
+    w.crash(random.Random(0), fate="lost")
+    assert w.jp.replay.holes == [1]
+    settle(w.p)
+    answer(w.p, 2)  # 409: the server expects seq 1
+    w.finish()
+    assert w.ledger.reported[b"<0.2>"][:2] == (1, "acked")
+    assert w.stored() == [b"<0.0>", b"<0.2>"]
 
 
 # -- scripted: what a kill leaves, and what the next producer makes of it ---------------------
