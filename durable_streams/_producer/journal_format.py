@@ -21,14 +21,14 @@ death of the writer in the middle of one record) if no valid record follows it a
 
 Record types: ``SEGMENT`` (the first record of each segment: format version, identity,
 the index of the segment's first message, the epoch and next seq at that point, the
-epoch's tail probe, the content type, whether that epoch is proven ours, its holes: see
-``journal_replay.Replay``), ``META`` (JSON:
-the stream's content type, once known; ``owned_epoch``, once a 200 proved the server's
-producer state at that epoch this journal's own: see ``journal_replay.attach``), ``MSG`` (one accepted message; its index is implicit: the segment's first index plus the
-MSG records before it), ``SEAL`` (batches given their (epoch, seq) before the first send:
-one record for one batch or for a whole re-numbering, so a re-numbering is atomic),
-``DONE`` (messages acknowledged or reported failed) and ``PROBE`` (the stream's tail read
-before an epoch's first send: where to look for our batches later).
+epoch's tail probe, the content type, whether that epoch is proven ours and its holes:
+see ``journal_replay.Replay``), ``META`` (JSON: the stream's content type, once known;
+``owned_epoch``, once a 200 proved the server's producer state at that epoch this
+journal's own), ``MSG`` (one accepted message; its index is implicit: the segment's first
+index plus the MSG records before it), ``SEAL`` (batches given their (epoch, seq) before
+the first send: one record for one batch or for a whole re-numbering, so a re-numbering
+is atomic), ``DONE`` (messages acknowledged or reported failed) and ``PROBE`` (the stream's
+tail read before an epoch's first send: where to look for our batches later).
 """
 
 from __future__ import annotations

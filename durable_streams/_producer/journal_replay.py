@@ -125,13 +125,13 @@ class ReplayBuilder:
                 self.next_seq = max(self.next_seq, e.seq + 1)
         elif rtype == F.T_DONE:
             kind, runs = F.decode_done(payload)
-            ended = None  # the sealed batch these messages end (one, usually)
+            ended: tuple[int, int] | None = None  # the sealed batch these messages end
             for i in F.from_runs(runs):
-                key = self.seal_of.get(i) if i in self.pending else None
-                if key is not None and key != ended and key[0] == self.epoch:
-                    ended = key
+                of = self.seal_of.get(i) if i in self.pending else None
+                if of is not None and of != ended and of[0] == self.epoch:
+                    ended = of
                     self.holes, self.acked_seq = settle_seq(
-                        self.holes, self.acked_seq, key[1], kind == F.DONE_ACKED)
+                        self.holes, self.acked_seq, of[1], kind == F.DONE_ACKED)
                 self._resolve(i)
         elif rtype == F.T_PROBE:
             epoch, offset = F.decode_probe(payload)
