@@ -87,3 +87,40 @@ def test_higher_epoch_meanwhile_reports_never_stored_batches_as_not_stored(
     _, reported = _fenced_reopen(server, json_stream, tmp_path, sealed=True)
     assert {json.loads(m) for e in reported for m in e.undelivered} == set(range(20, 30))
     assert not any(e.maybe_stored for e in reported), [str(e) for e in reported]
+
+
+def test_a_journaled_batch_found_stored_after_the_fence_is_acknowledged(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    """0..9 are sealed and journaled (their sends refused with 503), the journal copied
+    as a kill -9 would leave it; then they are stored and the producer closed. Another
+    writer claims epoch 7. The next producer on the copied journal is fenced at its
+    first resend; each batch is found in the stream after the journaled tail probe, so
+    it is acknowledged, not reported: close() raises nothing, nothing is doubled."""
+    journal = str(tmp_path / "j")
+    path = json_stream.url[len(server.url):]
+    server.inject_fault(path, status=503, count=100_000, method="POST")
+    p = IdempotentProducer(json_stream, "jf", journal=journal, max_batch_items=5,
+                           retry=FAST)
+    for i in range(10):
+        p.append(json.dumps(i))
+
+    def all_sealed() -> bool:
+        with p._lock:
+            return sum(len(b.messages) for b in p._seq.batches.values()) == 10
+    assert wait_until(all_sealed)
+    snapshot = {f: (Path(journal) / f).read_bytes() for f in os.listdir(journal)}
+    server.clear_faults()
+    p.close(timeout=30)  # stored now, and acknowledged in the journal (undone below)
+    for name in os.listdir(journal):
+        if name not in snapshot:
+            os.unlink(Path(journal) / name)
+    for name, data in snapshot.items():
+        (Path(journal) / name).write_bytes(data)
+    with IdempotentProducer(json_stream, "jf", epoch=7) as other:
+        other.append(json.dumps("x"))
+    reported: list[DurableStreamError] = []
+    q = IdempotentProducer(json_stream, "jf", journal=journal, retry=FAST,
+                           on_error=reported.append)
+    q.close(timeout=60)
+    assert reported == []
+    assert read_json(json_stream.url) == [*range(10), "x"]

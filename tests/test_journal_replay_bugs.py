@@ -1,5 +1,5 @@
 """The journal bugs the server-free simulation found (tests/unit/test_sim_journal.py,
-J1 and J2), reproduced against the reference server (README "Crash-safe journal").
+J1 and J2, both fixed), against the reference server (README "Crash-safe journal").
 An abandoned ``close(timeout)`` leaves the journal as a kill would (no DONE record), so
 neither needs a kill: both hit a producer that reopens what an earlier one left. (J2 leans
 on a 503 leaving seq 0 "maybe stored", as the producer now classifies it.)"""
@@ -14,43 +14,61 @@ import pytest
 from producer_helpers import FAST, read_json
 
 from durable_streams import DeliveryError, DurableStream, IdempotentProducer
+from durable_streams.errors import StaleEpochError
 from durable_streams.testing import ReferenceServer
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "J1 (library bug, journal_replay.attach sets stored_gen = 0): after a reopen, a 204 "
-    "for a journaled batch is taken as ours although the server's state at that "
-    "(id, epoch) is an earlier run's without the journal: the message is acknowledged as "
-    "a duplicate and never stored"))
-def test_a_replayed_batch_is_not_acknowledged_by_an_earlier_runs_204(
-        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
-    # An earlier run of the job, without a journal, stored (id, epoch 0, seq 0).
+def _journal_an_unsent_batch_after_an_earlier_run(
+        server: ReferenceServer, json_stream: DurableStream, journal: str) -> None:
+    """An earlier run of the job, without a journal, stored (id "j1", epoch 0, seq 0).
+    This run (epoch 0 too, the default without auto_claim) journals "a" as (0, 0); every
+    send fails; close gives up: "a" stays journaled, never stored."""
     with IdempotentProducer(json_stream, "j1", retry=FAST) as earlier:
         earlier.append(json.dumps("earlier"))
-    # This run (epoch 0 too, the default without auto_claim) journals "a" as (0, 0); every
-    # send fails; close gives up: "a" stays journaled. (Had a send reached the server, its
-    # 204 would have stopped this producer with a StaleEpochError: not ours.)
     path = json_stream.url[len(server.url):]
     server.inject_fault(path, status=503, count=100_000, method="POST")
-    p = IdempotentProducer(json_stream, "j1", journal=str(tmp_path / "j"), retry=FAST)
+    p = IdempotentProducer(json_stream, "j1", journal=journal, retry=FAST)
     p.append(json.dumps("a"))
     with pytest.raises((DeliveryError, TimeoutError)):
         p.close(timeout=1)
     server.clear_faults()
-    # The next producer on the journal resends (0, 0): the server answers 204 (the earlier
-    # run's seq 0), which it must not take for "a stored before the crash".
-    with IdempotentProducer(json_stream, "j1", journal=str(tmp_path / "j"), retry=FAST) as q:
+
+
+def test_a_replayed_batch_is_not_acknowledged_by_an_earlier_runs_204(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    """J1: the next producer on the journal resends (0, 0); the server answers 204 (the
+    earlier run's seq 0). No 200 ever proved epoch 0 ours, so the 204 is checked in the
+    stream after the journaled tail probe: "a" is not there, and is delivered under a new
+    epoch (auto_claim) instead of being acknowledged unstored."""
+    journal = str(tmp_path / "j")
+    _journal_an_unsent_batch_after_an_earlier_run(server, json_stream, journal)
+    with IdempotentProducer(json_stream, "j1", journal=journal, retry=FAST,
+                            auto_claim=True) as q:
         q.flush(timeout=30)
     assert read_json(json_stream.url) == ["earlier", "a"]
 
 
-@pytest.mark.xfail(strict=False, raises=DeliveryError, reason=(
-    "J2 (library bug, journal_replay.attach / rules._new_epoch_400): seq 0 of the "
-    "journaled epoch failed in doubt before the reopen (a hole the sequencer kept in "
-    "memory only); the replayed seq 1 gets 400 'new epoch must start with sequence 0' "
-    "and its valid message fails as a bad request instead of moving to a new epoch"))
+def test_without_auto_claim_an_earlier_runs_204_stops_and_reports_the_replayed_batch(
+        server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    """J1 without auto_claim: as a live producer, the reopened one stops with
+    StaleEpochError, and "a" is reported, not stored (it was looked for: maybe_stored is
+    False)."""
+    journal = str(tmp_path / "j")
+    _journal_an_unsent_batch_after_an_earlier_run(server, json_stream, journal)
+    q = IdempotentProducer(json_stream, "j1", journal=journal, retry=FAST)
+    with pytest.raises(DeliveryError) as info:
+        q.close(timeout=30)
+    assert info.value.undelivered == (json.dumps("a").encode(),)
+    assert isinstance(info.value.errors[0], StaleEpochError)
+    assert not info.value.errors[0].maybe_stored
+    assert read_json(json_stream.url) == ["earlier"]
+
+
 def test_a_replayed_seq_1_after_a_hole_at_seq_0_is_delivered(
         server: ReferenceServer, json_stream: DurableStream, tmp_path: Path) -> None:
+    """J2: seq 0 of the journal's epoch failed in doubt before the reopen (a hole, now
+    journaled); the replayed seq 1 gets 400 "new epoch must start with sequence 0",
+    which confirms the hole as it does for a live producer: "b" moves to a new epoch."""
     with IdempotentProducer(json_stream, "j2", retry=FAST) as earlier:  # epoch 0
         earlier.append(json.dumps("earlier"))
     path = json_stream.url[len(server.url):]

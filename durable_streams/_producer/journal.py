@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from .. import errors
 from . import journal_format as F
-from .journal_replay import Replay, ReplayBuilder
+from .journal_replay import Replay, ReplayBuilder, settle_seq
 from .journal_segments import RESERVE, SEGMENT_BYTES, Segments
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ class Journal:
         self.next_seq = 0
         self.probes: dict[int, str] = {}
         self.content_type: str | None = None
+        #: the epoch whose server state a 200 proved ours, if it is the latest (``epoch``)
+        self.owned: int | None = None
+        #: ``epoch``'s holes and highest acknowledged seq (``Replay.holes``)
+        self.holes: set[int] = set()
+        self.acked_seq = -1
         #: where the stream's content type is read at each seal (set by attach)
         self.content_type_of: Callable[[], str | None] = lambda: None
         #: batch id -> (journal index runs, its message list when registered)
@@ -107,6 +112,8 @@ class Journal:
             r = j.replay = builder.result(j.files.load(builder, j._check_identity))
             j.epoch, j.next_seq = r.epoch, r.next_seq
             j.content_type = r.content_type
+            j.owned = r.epoch if r.owned else None
+            j.holes, j.acked_seq = set(r.holes), builder.acked_seq
             if r.epoch is not None and r.probe is not None:
                 j.probes[r.epoch] = r.probe
             j.files.resume(builder.pending_per_segment)
@@ -134,7 +141,9 @@ class Journal:
             stream=self.stream, producer_id=self.producer_id, number=number,
             first_index=first_index, epoch=self.epoch, next_seq=self.next_seq,
             probe=None if self.epoch is None else self.probes.get(self.epoch),
-            content_type=self.content_type))
+            content_type=self.content_type,
+            owned=self.owned if self.owned == self.epoch else None,
+            holes=tuple(F.to_runs(sorted(self.holes))), acked_seq=self.acked_seq))
 
     # -- the life of a batch (hooks called by the producer's parts, lock held) -------------
     def taken(self, first: int, messages: list[bytes]) -> None:
@@ -207,6 +216,7 @@ class Journal:
         self.files.write(F.T_SEAL, F.encode_seal(epoch, entries), sync=True)
         if self.epoch != epoch:
             self.epoch, self.next_seq = epoch, 0
+            self.holes, self.acked_seq = set(), -1
         self.next_seq = max(self.next_seq, max(e.seq for e in entries) + 1)
 
     def resealed(self, batch: Batch, json_body: bool) -> None:
@@ -227,6 +237,9 @@ class Journal:
         live = self._live.pop(batch.id, None)
         if live is None or (not acked and self.keep_pending):
             return  # (abandoned by close(): it stays journaled)
+        if batch.epoch == self.epoch and batch.seq >= 0:
+            self.holes, self.acked_seq = settle_seq(self.holes, self.acked_seq, batch.seq,
+                                                    acked)
         self._done(F.DONE_ACKED if acked else F.DONE_FAILED, live[0])
 
     def dropped(self, first: int, count: int) -> None:
@@ -251,6 +264,19 @@ class Journal:
             self.files.write(F.T_PROBE, F.encode_probe(epoch, offset))
         except errors.JournalError as exc:  # only costs a later check its start point
             log.warning("producer journal: could not record a tail probe: %s", exc)
+
+    def proven(self, epoch: int) -> None:
+        """A 200 proved the server's producer state at ``epoch`` ours (every lower seq of
+        it acknowledged first): a later producer on this journal may take a 204 for a seq
+        of it as ours (``journal_replay.attach``). Recorded for the latest sealed epoch
+        only; an older one is left behind already."""
+        if self.files.disabled or epoch != self.epoch or self.owned == epoch:
+            return
+        self.owned = epoch
+        try:
+            self.files.write(F.T_META, json.dumps({"owned_epoch": epoch}).encode())
+        except errors.JournalError as exc:  # only costs the next producer a check
+            log.warning("producer journal: could not record the epoch as ours: %s", exc)
 
     def _done(self, kind: int, runs: F.Runs) -> None:
         if not runs:

@@ -21,12 +21,14 @@ death of the writer in the middle of one record) if no valid record follows it a
 
 Record types: ``SEGMENT`` (the first record of each segment: format version, identity,
 the index of the segment's first message, the epoch and next seq at that point, the
-epoch's tail probe, the content type), ``META`` (the stream's content type, once known),
-``MSG`` (one accepted message; its index is implicit: the segment's first index plus the
-MSG records before it), ``SEAL`` (batches given their (epoch, seq) before the first send:
-one record for one batch or for a whole re-numbering, so a re-numbering is atomic),
-``DONE`` (messages acknowledged or reported failed) and ``PROBE`` (the stream's tail read
-before an epoch's first send: where to look for our batches later).
+epoch's tail probe, the content type, whether that epoch is proven ours and its holes:
+see ``journal_replay.Replay``), ``META`` (JSON: the stream's content type, once known;
+``owned_epoch``, once a 200 proved the server's producer state at that epoch this
+journal's own), ``MSG`` (one accepted message; its index is implicit: the segment's first
+index plus the MSG records before it), ``SEAL`` (batches given their (epoch, seq) before
+the first send: one record for one batch or for a whole re-numbering, so a re-numbering
+is atomic), ``DONE`` (messages acknowledged or reported failed) and ``PROBE`` (the stream's
+tail read before an epoch's first send: where to look for our batches later).
 """
 
 from __future__ import annotations
@@ -111,6 +113,12 @@ class SegmentInfo:
     probe: str | None  # the epoch's tail probe, if known
     content_type: str | None = None  # the stream's, once known (bodies are sent with it)
     version: int = FORMAT
+    #: ``epoch`` if a 200 proved the server's producer state at it this journal's own
+    owned: int | None = None
+    #: seqs of ``epoch`` reported failed above its highest acknowledged one (holes), as
+    #: (first, count) runs, and that highest acknowledged seq (-1: none)
+    holes: tuple[tuple[int, int], ...] = ()
+    acked_seq: int = -1
 
 
 def encode_segment(info: SegmentInfo) -> bytes:
@@ -118,6 +126,8 @@ def encode_segment(info: SegmentInfo) -> bytes:
         "format": info.version, "stream": info.stream, "producer_id": info.producer_id,
         "segment": info.number, "first_index": info.first_index, "epoch": info.epoch,
         "next_seq": info.next_seq, "probe": info.probe, "content_type": info.content_type,
+        "owned": info.owned, "holes": [list(r) for r in info.holes],
+        "acked_seq": info.acked_seq,
     }, sort_keys=True).encode()
 
 
@@ -130,7 +140,10 @@ def decode_segment(payload: bytes) -> SegmentInfo:
                        probe=None if d["probe"] is None else str(d["probe"]),
                        content_type=(None if d.get("content_type") is None
                                      else str(d["content_type"])),
-                       version=int(d["format"]))
+                       version=int(d["format"]),
+                       owned=None if d.get("owned") is None else int(d["owned"]),
+                       holes=tuple((int(f), int(c)) for f, c in d.get("holes") or ()),
+                       acked_seq=int(d.get("acked_seq", -1)))
 
 
 @dataclass(frozen=True)

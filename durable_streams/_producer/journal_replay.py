@@ -52,6 +52,13 @@ class Replay:
     probe: str | None = None  # that epoch's tail probe, if one was recorded
     content_type: str | None = None  # the stream's, as the batches were sealed with it
     next_index: int = 0
+    #: a 200 proved the server's producer state at ``epoch`` this journal's own (every
+    #: lower seq of it acknowledged first): a 204 for a journaled seq of it is ours
+    owned: bool = False
+    #: the holes of ``epoch``: seqs reported failed (DONE) above its highest acknowledged
+    #: one. Each may be stored or not (its answer lost); a later seq's 409 naming it, or
+    #: a 400 "new epoch must start with sequence 0" for a hole at 0, confirms it is not
+    holes: list[int] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -73,6 +80,9 @@ class ReplayBuilder:
         self.low = -1  # the first index the journal still has
         self.pending_per_segment: dict[int, int] = {}
         self.content_type: str | None = None
+        self.owned: int | None = None  # the latest epoch proven ours (META owned_epoch)
+        self.holes: set[int] = set()  # seqs of ``epoch`` failed (DONE) above acked_seq
+        self.acked_seq = -1  # the highest seq of ``epoch`` acknowledged (DONE)
 
     def segment(self, info: F.SegmentInfo) -> None:
         if self.low < 0:
@@ -81,6 +91,9 @@ class ReplayBuilder:
             if info.epoch is not None and info.probe is not None:
                 self.probes[info.epoch] = info.probe
             self.content_type = info.content_type
+            self.owned = info.owned
+            self.holes = set(F.from_runs(info.holes))
+            self.acked_seq = info.acked_seq
 
     def message(self, index: int, payload: bytes, segment: int) -> None:
         self.pending[index] = payload
@@ -108,10 +121,17 @@ class ReplayBuilder:
                 self.json_of[key] = e.json_body
                 if self.epoch != epoch:
                     self.epoch, self.next_seq = epoch, 0
+                    self.holes, self.acked_seq = set(), -1
                 self.next_seq = max(self.next_seq, e.seq + 1)
         elif rtype == F.T_DONE:
-            _, runs = F.decode_done(payload)
+            kind, runs = F.decode_done(payload)
+            ended: tuple[int, int] | None = None  # the sealed batch these messages end
             for i in F.from_runs(runs):
+                of = self.seal_of.get(i) if i in self.pending else None
+                if of is not None and of != ended and of[0] == self.epoch:
+                    ended = of
+                    self.holes, self.acked_seq = settle_seq(
+                        self.holes, self.acked_seq, of[1], kind == F.DONE_ACKED)
                 self._resolve(i)
         elif rtype == F.T_PROBE:
             epoch, offset = F.decode_probe(payload)
@@ -120,6 +140,8 @@ class ReplayBuilder:
             meta = json.loads(payload)
             if meta.get("content_type"):
                 self.content_type = str(meta["content_type"])
+            if meta.get("owned_epoch") is not None:
+                self.owned = int(meta["owned_epoch"])
         elif rtype == F.T_SEGMENT:
             raise ValueError("a segment header inside a segment")
 
@@ -129,7 +151,9 @@ class ReplayBuilder:
 
     def result(self, next_index: int) -> Replay:
         r = Replay(epoch=self.epoch, next_seq=self.next_seq, next_index=next_index,
-                   content_type=self.content_type)
+                   content_type=self.content_type,
+                   owned=self.epoch is not None and self.owned == self.epoch,
+                   holes=sorted(self.holes))
         if self.epoch is not None:
             r.probe = self.probes.get(self.epoch)
         batches = []
@@ -160,13 +184,37 @@ class ReplayBuilder:
         return r
 
 
+def settle_seq(holes: set[int], acked_seq: int, seq: int, acked: bool
+               ) -> tuple[set[int], int]:
+    """The holes of an epoch and its highest acknowledged seq, after ``seq`` of it was
+    acknowledged or reported failed: an acknowledged seq means every lower one is stored
+    (the server takes one epoch's seqs in order), so no lower seq is a hole any more."""
+    if acked:
+        if seq > acked_seq:
+            return {s for s in holes if s > seq}, seq
+        return holes, acked_seq
+    if seq > acked_seq:
+        return holes | {seq}, acked_seq
+    return holes, acked_seq
+
+
 def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPool,
            delivery_timeout: float) -> int:
     """(lock held) Make ``journal`` part of a new producer and take over what it holds:
-    the sequencer resumes at the journal's epoch and seq (it knows its own past: a 204 for
-    a journaled batch is ours), pending sealed batches are queued for resending with
-    their journaled (epoch, seq, body) ahead of anything new, and the unsealed messages
-    go back into the buffer. Returns the number of messages replayed."""
+    the sequencer resumes at the journal's epoch and seq, pending sealed batches are
+    queued for resending with their journaled (epoch, seq, body) ahead of anything new,
+    and the unsealed messages go back into the buffer. Returns the number of messages
+    replayed.
+
+    A 204 for a journaled batch is taken as ours at once only if the journal recorded
+    that a 200 proved the server's producer state at its epoch ours (``Replay.owned``):
+    otherwise that state may be another writer's (an earlier run of the job without this
+    journal, a second copy of it, at the same id and epoch), and the batch is looked for
+    in the stream after the epoch's journaled tail probe, as a live producer does. The
+    holes of the epoch (``Replay.holes``: seqs reported failed, maybe stored) are known to
+    the sequencer again, as the live producer knew them: a later seq's 409 naming one (or
+    a 400 for a new epoch after a hole at seq 0) moves the pending batches to a new
+    epoch."""
     transport = pool.transport
     journal.content_type_of = lambda: transport.content_type
     r = journal.replay
@@ -184,7 +232,7 @@ def attach(journal: Journal, *, acc: Accumulator, seq: Sequencer, pool: SenderPo
         b.epoch, b.seq = pb.epoch, pb.seq
         batches.append(b)
     seq.take_over(journal, epoch=r.epoch, next_seq=r.next_seq, probe=r.probe,
-                  batches=batches, json_mode=json_mode)
+                  batches=batches, json_mode=json_mode, owned=r.owned, holes=r.holes)
     for b, pb in zip(batches, r.batches, strict=True):
         journal.adopt(b, pb.indexes)
     start = r.next_index - len(r.unsealed)

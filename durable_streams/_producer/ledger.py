@@ -142,6 +142,8 @@ class Ledger:
             self.last_offset = offset
         if not duplicate and batch.gen > self.stored_gen and self._state_is_ours(batch):
             self.stored_gen = batch.gen
+            if self.journal is not None:  # the next producer on the journal trusts it too
+                self.journal.proven(batch.epoch)
         if not duplicate:
             self.claims_in_row = 0
         if not duplicate and self.window < self.max_in_flight:

@@ -75,13 +75,17 @@ class Renumbering(Ledger):
             self.ack(batch, "", duplicate=True)
 
     def _looked(self, batch: Batch, found: bool | None) -> None:
-        """After a fence: report the batch failed with the error it was stopped by, saying
-        it may be stored unless the stream after the tail probe shows it is not (nothing
-        can be stored under a fenced epoch any more). One found there is reported in doubt
-        too: it is stored, so it must not be appended again."""
+        """After a fence, settle the batch by the stream after its tail probe (nothing can
+        be stored under a fenced epoch any more): found there, it is stored (once) and
+        acknowledged; not found, it is reported failed with the error it was stopped by,
+        as not stored; where the stream could not be read, failed saying it may be
+        stored."""
         self.parked.remove(batch)
         err = self.look_errors.pop(batch.id, None) or self.fatal
         assert err is not None
+        if found is True:
+            self.ack(batch, "", duplicate=True)
+            return
         if found is False:
             batch.maybe_stored = batch.ambiguous = False
         self.fail(batch, err)

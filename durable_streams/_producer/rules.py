@@ -81,6 +81,13 @@ def on_outcome(sq: Sequencer, batch: Batch, o: Outcome, now: float) -> Decision:
         decision = _new_epoch_400(sq, batch)
         if decision is not None:
             return decision
+    if kind is Kind.BAD_REQUEST and batch.seq > 0 and batch.gen != sq.gen:
+        # The epoch changed while this was in flight (say another seq's 400 "new epoch
+        # must start with sequence 0" confirmed a hole at seq 0): this 400 may be that
+        # answer too, not one for the body. Nothing of it is stored; it is renumbered
+        # (a bad body gets its 400 again there, final for a seq 0).
+        instead = may_go_on(sq, batch)
+        return _done(NOT_STORED, *(instead if instead is not None else (PARK,)))
     if kind is Kind.BAD_REQUEST or kind is Kind.TOO_LARGE:
         # The body itself is refused: no attempt of this same body can have been stored.
         if kind is Kind.BAD_REQUEST and sq.json_mode and len(batch.messages) >= 2:

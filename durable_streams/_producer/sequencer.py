@@ -335,17 +335,22 @@ class Sequencer(Renumbering):
 
     # -- a journal's past ---------------------------------------------------------------
     def take_over(self, journal: Journal, *, epoch: int | None, next_seq: int,
-                  probe: str | None, batches: list[Batch], json_mode: bool | None = None
-                  ) -> None:
+                  probe: str | None, batches: list[Batch], json_mode: bool | None = None,
+                  owned: bool = False, holes: list[int] | None = None) -> None:
         """Resume where a reopened journal left off (``journal_replay.attach``): at its
-        ``epoch`` and ``next_seq`` (every lower seq of that epoch was sealed by us, so a
-        204 for one is ours), with its tail ``probe``, and queue its pending sealed
+        ``epoch`` and ``next_seq``, with its tail ``probe``, and queue its pending sealed
         ``batches`` (their journaled epoch, seq and body) to be resent first: each may be
         stored from before the crash. All are of ``epoch`` (a renumbering is one journal
-        record)."""
+        record). ``owned``: a 200 proved the server's state at ``epoch`` ours, so a 204
+        for one of our seqs is ours; otherwise it is checked in the stream after
+        ``probe`` (that state may be another writer's at the same id and epoch).
+        ``holes``: seqs of ``epoch`` reported failed that may or may not be stored (kept
+        as ``doubtful``, as the live producer kept them)."""
         for b in batches:
             if b.epoch != epoch or not 0 <= b.seq < next_seq:
                 raise ValueError(f"{b!r} is not a batch of epoch {epoch} below seq {next_seq}")
+        if holes and (epoch is None or not all(0 <= s < next_seq for s in holes)):
+            raise ValueError(f"holes {holes} are not seqs of epoch {epoch} below {next_seq}")
         self.journal = journal
         if json_mode is not None:
             self.json_mode = json_mode
@@ -354,10 +359,11 @@ class Sequencer(Renumbering):
             self.next_seq = next_seq
             self.fresh_epoch = False
             self.highest_sent[0] = next_seq - 1
-            self.stored_gen = 0
+            self.stored_gen = 0 if owned else -1
             self.early_probe_gen = 0  # a tail read now could postdate our own data
             if probe is not None:
                 self.probes[0] = probe
+            self.doubtful.update((0, s) for s in holes or ())
         for b in batches:
             b.gen = 0
             b.maybe_stored = b.ambiguous = True

@@ -353,3 +353,83 @@ def test_a_closed_journal_refuses_messages(tmp_path: Path) -> None:
     again = open_journal(str(tmp_path / "j"))
     assert [m for _, m in again.replay.unsealed] == [b"kept"]
     again.close()
+
+
+def test_an_epoch_proven_ours_survives_reopen_and_compaction_not_a_renumbering(
+        tmp_path: Path) -> None:
+    """``Replay.owned`` (J1): only once a 200 proved the server's producer state at the
+    journal's epoch ours (``Journal.proven``) is a 204 for a journaled seq of it taken
+    as ours; it is kept in the segment headers (compaction drops the META record), and
+    a renumbering to a new epoch starts unproven."""
+    d = Driver(str(tmp_path / "j"))
+    for _ in range(3):
+        d.append(b"m")
+    first = d.take(1)
+    assert first is not None
+    assert not d.crash_and_reopen().owned  # sealed, never proven: maybe another writer's
+    d.readopt()
+    (b,) = [b for b, _ in d.live.values()]
+    d.j.proven(b.epoch - 1)  # an older epoch than the journal's: nothing recorded
+    assert not d.crash_and_reopen().owned
+    d.readopt()
+    (b,) = [b for b, _ in d.live.values()]
+    d.j.proven(b.epoch)
+    d.resolve(b, acked=True)
+    assert d.crash_and_reopen().owned
+    d.readopt()
+    for _ in range(120):  # new segments: the one with the META record is compacted away
+        d.append(os.urandom(300))
+        batch = d.take(1)
+        assert batch is not None
+        d.resolve(batch, acked=True)
+    assert F.list_segments(d.path)[0][0] > 0
+    assert d.crash_and_reopen().owned
+    d.readopt()
+    d.append(b"x")
+    d.start_claim()
+    d.take(1)
+    d.renumber()
+    r = d.crash_and_reopen()
+    assert r.epoch == d.epoch and not r.owned
+
+
+def test_holes_of_the_epoch_survive_reopen_and_compaction(tmp_path: Path) -> None:
+    """``Replay.holes`` (J2): seqs of the journal's epoch reported failed (each may be
+    stored or not) above its highest acknowledged seq; an acknowledgement of a later seq
+    proves every lower one stored (no hole), and a renumbering starts without holes. Kept
+    in the segment headers across compaction."""
+    d = Driver(str(tmp_path / "j"))
+    seqs = []
+    for _ in range(4):
+        d.append(b"m")
+        b = d.take(1)
+        assert b is not None
+        seqs.append(b)
+    d.resolve(seqs[0], acked=True)
+    d.resolve(seqs[1], acked=False)  # seq 1: a hole
+    r = d.crash_and_reopen()
+    assert r.holes == [1]
+    d.readopt()
+    live = sorted((b for b, _ in d.live.values()), key=lambda b: b.seq)
+    d.resolve(live[1], acked=False)  # seq 3 too
+    d.resolve(live[0], acked=True)  # seq 2 stored: seq 1 was stored after all
+    assert d.crash_and_reopen().holes == [3]
+    d.readopt()
+    for k in range(120):  # compaction drops the records; the headers keep the holes
+        d.append(os.urandom(300))
+        batch = d.take(1)
+        assert batch is not None
+        d.resolve(batch, acked=k not in (50, 119))  # seq 54 is cleared by 55's ack
+    first = F.list_segments(d.path)[0][0]
+    for _ in range(120):  # invalid messages (no seq): segments made and compacted
+        d.append(os.urandom(300))
+        assert d.take(1, bad={0}) is None
+    assert F.list_segments(d.path)[0][0] > first
+    r = d.crash_and_reopen()
+    assert r.holes == [123]
+    d.readopt()
+    d.append(b"x")
+    d.start_claim()
+    d.take(1)
+    d.renumber()
+    assert d.crash_and_reopen().holes == []

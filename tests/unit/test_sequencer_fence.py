@@ -31,6 +31,7 @@ class Journal:
 
     def __init__(self) -> None:
         self.resolved_: list[tuple[int, bool]] = []
+        self.proven_: list[int] = []
 
     def resolved(self, batch: Batch, *, acked: bool) -> None:
         self.resolved_.append((batch.seq, acked))
@@ -44,13 +45,19 @@ class Journal:
     def probed(self, epoch: int, offset: str) -> None:
         pass
 
+    def proven(self, epoch: int) -> None:
+        self.proven_.append(epoch)
+
 
 def fenced(epoch: int) -> Outcome:
     return answer(403, {P.PRODUCER_EPOCH: str(epoch)})
 
 
-def journaled(*seqs: int, next_seq: int = 6) -> tuple[Sequencer, Sink, Journal, list[Batch]]:
-    """A producer taking over a journal at epoch 0 whose batches ``seqs`` are pending."""
+def journaled(*seqs: int, next_seq: int = 6, owned: bool = False,
+              holes: list[int] | None = None
+              ) -> tuple[Sequencer, Sink, Journal, list[Batch]]:
+    """A producer taking over a journal at epoch 0 whose batches ``seqs`` are pending
+    (``owned``: the journal recorded that a 200 proved epoch 0 ours)."""
     seq, sink = make()
     journal = Journal()
     batches = []
@@ -59,7 +66,7 @@ def journaled(*seqs: int, next_seq: int = 6) -> tuple[Sequencer, Sink, Journal, 
         b.epoch, b.seq = 0, n
         batches.append(b)
     seq.take_over(journal, epoch=0, next_seq=next_seq, probe="0_0",  # type: ignore[arg-type]
-                  batches=batches)
+                  batches=batches, owned=owned, holes=holes)
     return seq, sink, journal, batches
 
 
@@ -99,10 +106,74 @@ def test_take_over_resumes_at_the_journal_epoch() -> None:
                             batches=[b4])
 
 
+def duplicate(seq: int) -> Outcome:
+    return answer(204, {P.PRODUCER_EPOCH: "0", P.PRODUCER_SEQ: str(seq)})
+
+
+def test_a_204_for_a_journaled_batch_is_ours_only_where_the_journal_proved_it() -> None:
+    """J1: a journal whose epoch a 200 proved ours (``owned``): the 204 for a replayed
+    batch acknowledges it. Otherwise the server's state at that (id, epoch) may be
+    another writer's: the batch is looked for after the journaled probe first."""
+    seq, sink, _, (b,) = journaled(4, next_seq=5, owned=True)
+    resend(seq, b)
+    assert seq.on_outcome(b, duplicate(4), 1.0).act is Act.DONE
+    assert [(a is b, dup) for a, _, dup in sink.acks] == [(True, True)]
+    seq, sink, _, (b,) = journaled(4, next_seq=5)
+    resend(seq, b)
+    d = seq.on_outcome(b, duplicate(4), 1.0)
+    assert d.act is Act.CHECK_STORED and d.offset == "0_0" and not sink.acks
+    seq.checked(b, duplicate(4), False, 1.0)  # not in the stream: not ours
+    assert not sink.acks and isinstance(sink.fails[0][1], errors.StaleEpochError)
+    assert sink.fails[0][1].maybe_stored is False
+
+
+def test_a_200_that_proves_the_epoch_ours_is_told_to_the_journal() -> None:
+    seq, _, journal, (b4, b5) = journaled(4, 5)
+    resend(seq, b4)
+    resend(seq, b5)
+    seq.on_outcome(b5, answer(200, {P.STREAM_NEXT_OFFSET: "0_9"}), 1.0)
+    assert journal.proven_ == []  # seq 4 is not acknowledged yet: proves nothing
+    seq.on_outcome(b4, duplicate(4), 1.0)
+    seq.checked(b4, duplicate(4), True, 1.0)
+    b6 = new_batch(b"<6>")
+    assert seq.next_work(True, 0.0, 1.0).work is Work.SEAL and seq.admit(b6)
+    assert seq.check(b6) and seq.turn_ok(b6)
+    seq.start_attempt(b6)
+    seq.on_outcome(b6, answer(200, {P.STREAM_NEXT_OFFSET: "0_12"}), 1.0)
+    assert journal.proven_ == [0]
+
+
+def test_a_journaled_hole_is_confirmed_by_the_new_epoch_400_of_each_later_seq() -> None:
+    """J2: the journal's hole at seq 0 is doubtful again after the take-over. The 400 "new
+    epoch must start with sequence 0" for seq 1 confirms it (a new epoch is claimed); the
+    same 400 for seq 2, answered after that claim, is no bad body either: both batches
+    are renumbered, none is failed."""
+    seq, sink, _, (b1, b2) = journaled(1, 2, next_seq=3, holes=[0])
+    assert seq.doubtful == {(0, 0)}
+    resend(seq, b1)
+    resend(seq, b2)
+    assert seq.on_outcome(b1, answer(400), 1.0).act is Act.DONE
+    assert seq.epoch == 1 and seq.phase is Phase.DRAINING and b1 in seq.parked
+    assert seq.on_outcome(b2, answer(400), 1.0).act is Act.DONE
+    assert not sink.fails and b2 in seq.parked and not b2.maybe_stored
+    seq.finish_work()
+    seq.finish_work()
+    while seq.phase is not Phase.UNCONFIRMED:  # b1 was sent in doubt: looked for first
+        assert seq.next_work(False, 0.0, 1.0).work is Work.VERIFY
+        for b in seq.verify_candidates():
+            seq.verified(b, False)
+        seq.finish_work()
+    assert [(b.epoch, b.seq) for b in seq.resend] == [(1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="holes"):
+        journaled(1, next_seq=2, holes=[2])
+
+
 @pytest.mark.parametrize(("found", "maybe_stored"), [(False, False), (None, True),
-                                                     (True, True)])
+                                                     (True, None)])
 def test_after_a_fence_journaled_batches_are_settled_by_the_stream(
-        found: bool | None, maybe_stored: bool) -> None:
+        found: bool | None, maybe_stored: bool | None) -> None:
+    """Found in the stream: acknowledged (``maybe_stored`` None: not reported); not found:
+    failed as not stored; the stream could not be read: failed, maybe stored."""
     seq, sink, journal, (b4, b5) = journaled(4, 5)
     resend(seq, b4)
     assert seq.on_outcome(b4, fenced(7), 1.0).act is Act.DONE
@@ -116,12 +187,18 @@ def test_after_a_fence_journaled_batches_are_settled_by_the_stream(
     seq.verified(b4, found)
     seq.verified(b5, False)
     seq.finish_work()
-    assert [m for m, _ in sink.fails] == [[b"<4>"], [b"<5>"]]
-    (_, e4), (_, e5) = sink.fails
-    assert isinstance(e4, errors.StaleEpochError) and e4.maybe_stored is maybe_stored
-    assert ("may have been stored" in str(e4)) is maybe_stored
+    if maybe_stored is None:
+        assert [(a is b4, dup) for a, _, dup in sink.acks] == [(True, True)]
+        assert [m for m, _ in sink.fails] == [[b"<5>"]]
+        (_, e5), = sink.fails
+    else:
+        assert not sink.acks
+        assert [m for m, _ in sink.fails] == [[b"<4>"], [b"<5>"]]
+        (_, e4), (_, e5) = sink.fails
+        assert isinstance(e4, errors.StaleEpochError) and e4.maybe_stored is maybe_stored
+        assert ("may have been stored" in str(e4)) is maybe_stored
     assert isinstance(e5, errors.StaleEpochError) and e5.maybe_stored is False
-    assert journal.resolved_ == [(4, False), (5, False)] and not seq.parked
+    assert journal.resolved_ == [(4, found is True), (5, False)] and not seq.parked
     seq.stopping = True
     assert seq.next_work(False, 0.0, 1.0).work is Work.STOP
 

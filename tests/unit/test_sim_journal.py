@@ -7,11 +7,10 @@ pending, every accepted message is reported once over all generations, nothing r
 sent again, no (epoch, seq) is reused, and the stream holds each message at most once, in
 order.
 
-The walks found two library bugs, tolerated in the walks where their trigger fired
-(``sim_journal.JOURNAL_BUGS``) and pinned down by the xfail tests ``test_j1_*`` and
-``test_j2_*`` below (and against the reference server by
-tests/test_journal_replay_bugs.py). ``DS_SIM_ROUNDS=N`` runs N times as many walks
-(default 1); ``DS_SEQ_STRICT=1`` tolerates neither bug.
+The walks found two library bugs, J1 and J2 (fixed: ``test_j1_*`` and ``test_j2_*``
+below, and against the reference server tests/test_journal_replay_bugs.py).
+``DS_SIM_ROUNDS=N`` runs N times as many walks (default 1); ``DS_SEQ_STRICT=1`` tolerates
+only the limits (``sim_world.LIMITS``).
 """
 
 from __future__ import annotations
@@ -34,14 +33,14 @@ from hypothesis.stateful import initialize, precondition, rule
 from durable_streams import errors
 from durable_streams._producer.journal import Journal
 
-from .sim_journal import JOURNAL_BUGS, JConfig, JournalWorld, journal_walk
+from .sim_journal import JConfig, JournalWorld, journal_walk
 from .sim_producer import InvariantError, SimProducer
 from .sim_server import URL, Fault
 from .sim_world import FAULTS, KNOWN_BUGS, LIMITS, Config
 from .test_sequencer_machine import ProducerMachine
 
 STRICT = bool(os.environ.get("DS_SEQ_STRICT"))
-TOLERATE: tuple[str, ...] = LIMITS if STRICT else KNOWN_BUGS + JOURNAL_BUGS
+TOLERATE: tuple[str, ...] = LIMITS if STRICT else KNOWN_BUGS
 ROUNDS = max(1, int(os.environ.get("DS_SIM_ROUNDS", "1")))
 
 STATS: Counter[str] = Counter()
@@ -118,7 +117,8 @@ def test_journal_walks_reach_every_situation(tmp_path: Path) -> None:
 def test_the_walks_catch_a_broken_journal(mutation: str, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The invariants bite: a journal that forgets acknowledgements (replays them), loses
-    an unsealed message, or restarts the seqs of its epoch fails the walks."""
+    an unsealed message, or restarts the seqs of its epoch fails the walks (or is refused
+    at the reopen by the library's own checks)."""
     from durable_streams._producer import journal as J
     from durable_streams._producer import journal_replay as JR
 
@@ -140,7 +140,9 @@ def test_the_walks_catch_a_broken_journal(mutation: str, tmp_path: Path,
     for seed in range(60):
         try:
             journal_walk(seed, str(tmp_path), tolerate=TOLERATE)
-        except InvariantError:
+        except (InvariantError, errors.JournalError, ValueError):
+            # an invariant, or the library's own consistency checks refusing the broken
+            # journal at the reopen (the replay, ``Sequencer.take_over``)
             caught += 1
         shutil.rmtree(tmp_path / f"j{seed}", ignore_errors=True)
     assert caught >= 3
@@ -265,15 +267,38 @@ def test_j1_control_without_a_kill(tmp_path: Path) -> None:
     assert w.ledger.reported[b"<0.0>"][1] == "acked"
 
 
-@pytest.mark.xfail(strict=False, raises=InvariantError, reason=(
-    "J1 (library bug, journal_replay.attach): after a kill, a 204 for a journaled batch is "
-    "taken as ours (attach sets stored_gen = 0) although the server's state at that "
-    "(id, epoch) is another writer's (here an earlier run without the journal): the "
-    "message is acknowledged as a duplicate and never stored"))
-def test_j1_a_replayed_batch_acknowledged_by_another_writers_204(tmp_path: Path) -> None:
+def test_j1_a_replayed_batch_is_not_acknowledged_by_another_writers_204(
+        tmp_path: Path) -> None:
+    """J1 (fixed): after the kill, the 204 for the journaled batch is not taken as ours
+    (no 200 ever proved epoch 0 this journal's: ``Replay.owned``); it is checked in the
+    stream after the journaled probe as without the kill, and delivered under a new
+    epoch."""
     w = j1_scenario(tmp_path, kill=True)
+    assert not w.jp.replay.owned
     w.finish()
     assert w.stored() == [b"<0.0>"]
+    assert w.ledger.reported[b"<0.0>"][:2] == (1, "acked")
+
+
+def test_a_204_after_the_kill_is_ours_at_once_where_a_200_proved_the_epoch(
+        tmp_path: Path) -> None:
+    """The common case (J1's other side): seq 0 was acknowledged by a 200 (the journal
+    records the epoch as ours), seq 1 is stored but its answer is lost in the kill; the
+    next producer's 204 for seq 1 acknowledges it without reading the stream."""
+    w = world(tmp_path)
+    w.append(0)
+    settle(w.p)
+    answer(w.p, 0)
+    w.append(0)
+    settle(w.p)
+    w.crash(random.Random(0), fate="stored")
+    assert w.jp.replay.owned and w.jp.replayed == 1
+    settle(w.p)
+    answer(w.p, 1)
+    assert w.p.stats["DUPLICATE->DONE"] == 1 and w.p.stats["READ"] == 0
+    w.finish()
+    assert w.stored() == [b"<0.0>", b"<0.1>"]
+    assert w.ledger.reported[b"<0.1>"][:2] == (1, "acked")
 
 
 def j2_scenario(tmp_path: Path, *, kill: bool) -> JournalWorld:
@@ -307,15 +332,44 @@ def test_j2_control_without_a_kill(tmp_path: Path) -> None:
     assert w.stored() == [b"<0.1>"]
 
 
-@pytest.mark.xfail(strict=False, raises=InvariantError, reason=(
-    "J2 (library bug, journal_replay.attach / rules._new_epoch_400): the hole at seq 0 of "
-    "the journaled epoch (failed in doubt before the kill) is not known after the reopen; "
-    "the 400 'new epoch must start with sequence 0' for the replayed seq 1 then fails its "
-    "valid messages as a bad request instead of moving them to a new epoch"))
-def test_j2_a_replayed_batch_failed_by_the_new_epoch_400(tmp_path: Path) -> None:
+def test_j2_a_replayed_batch_moves_to_a_new_epoch_after_the_new_epoch_400(
+        tmp_path: Path) -> None:
+    """J2 (fixed): the hole at seq 0 (failed in doubt before the kill) is journaled
+    (``Replay.holes``); after the reopen the 400 "new epoch must start with sequence 0"
+    for the replayed seq 1 confirms it, as without the kill: seq 1 moves to a new epoch
+    and is delivered."""
     w = j2_scenario(tmp_path, kill=True)
+    assert w.jp.replay.holes == [0]
     w.finish()
-    assert w.ledger.reported[b"<0.1>"][1] == "acked"
+    assert w.ledger.reported[b"<0.1>"][:2] == (1, "acked")
+    assert w.stored() == [b"<0.1>"]
+
+
+def test_a_hole_above_seq_0_confirmed_by_a_409_after_the_kill(tmp_path: Path) -> None:
+    """J2's other shape: seq 0 stored, seq 1 timed out in doubt (a hole), seq 2 pending
+    when the process is killed. After the reopen the 409 naming seq 1 confirms the hole
+    (journaled) and seq 2 moves to a new epoch, instead of failing with a sequence gap."""
+    w = world(tmp_path)
+    w.append(0)
+    settle(w.p)
+    answer(w.p, 0)
+    w.append(0)
+    settle(w.p)
+    answer(w.p, 1, Fault.DROP)
+    w.p.advance(30.0)
+    settle(w.p)
+    answer(w.p, 1, Fault.DROP)  # past the delivery timeout: failed, may be stored
+    assert w.ledger.reported[b"<0.1>"][1] == "failed"
+    w.append(0)
+    settle(w.p)
+    assert [(r.epoch, r.seq) for r in w.p.wire if r.kind == "post"] == [(0, 2)]
+    w.crash(random.Random(0), fate="lost")
+    assert w.jp.replay.holes == [1]
+    settle(w.p)
+    answer(w.p, 2)  # 409: the server expects seq 1
+    w.finish()
+    assert w.ledger.reported[b"<0.2>"][:2] == (1, "acked")
+    assert w.stored() == [b"<0.0>", b"<0.2>"]
 
 
 # -- scripted: what a kill leaves, and what the next producer makes of it ---------------------
