@@ -36,7 +36,7 @@ from . import errors
 from ._http import HeadersLike, RetryPolicy, TimeoutLike
 from ._producer import assembly, closing, flushing, lifecycle
 from ._producer.accumulator import Refusal
-from ._producer.journal_replay import attach, open_journal
+from ._producer.journal_attach import attach, open_journal
 from ._producer.options import EXIT_TIMEOUT_MS, ProducerStats, check_all, check_wait, encode_final
 from ._producer.reporter import ErrorCallback
 from ._redact import redact_url

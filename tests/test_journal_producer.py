@@ -34,7 +34,7 @@ import json, os, sys
 sys.path.insert(0, sys.argv[4])
 from durable_streams import IdempotentProducer
 if len(sys.argv) > 6:  # small segments: the kill may land in a rollover or a compaction
-    import durable_streams._producer.journal_replay as jr
+    import durable_streams._producer.journal_attach as jr
     jr._test_segment_bytes = int(sys.argv[6])
 url, journal, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
 p = IdempotentProducer(url, "jw", journal=journal, max_batch_items=int(sys.argv[5]),
@@ -97,7 +97,7 @@ def test_kill_9_across_segment_rollover_and_compaction(
         json_stream: DurableStream, tmp_path: Path) -> None:
     """Small segments (test-only internal knob): each round makes and compacts many
     segments, so kills land in rollovers and compactions too."""
-    import durable_streams._producer.journal_replay as jr
+    import durable_streams._producer.journal_attach as jr
 
     rounds = 50 if os.environ.get("DS_FULL_FAULTS") == "1" else 4
     journal = str(tmp_path / "journal")

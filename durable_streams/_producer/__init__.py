@@ -17,7 +17,9 @@
 - ``closing``      the shutdown after ``close()``'s flush, ``close_stream()``'s closing POST
 - ``reporter``     failures to ``on_error`` on its own thread and to ``flush()``/``close()``
 - ``lifecycle``    the module-level registry, exit flush, fork hook and errors, thread ownership
-- ``journal``      the crash-safe journal (``journal=``): lock, segments, records, compaction
+- ``journal``      the crash-safe journal (``journal=``): identity, the hooks of a batch's life
+- ``journal_segments`` its files: lock, the mapped tail, the appender's fast path, compaction
 - ``journal_format`` its on-disk records (framing, checksums, torn tails, corruption)
-- ``journal_replay`` what a journal holds pending, and how a new producer takes it over
+- ``journal_replay`` what a journal holds pending (folded from its records), read-only summaries
+- ``journal_attach`` how a new producer opens its journal and takes over what it holds
 """

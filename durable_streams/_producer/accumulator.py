@@ -284,7 +284,7 @@ class Accumulator:
 
     def restore_pending(self, journal: Journal, start: int, messages: list[bytes],
                         sealed_bytes: int, now: float) -> None:
-        """Take over a reopened journal (``journal_replay.attach``): its unsealed
+        """Take over a reopened journal (``journal_attach.attach``): its unsealed
         ``messages`` (indexes from ``start``) are buffered again, to be sealed at once
         without lingering; they and the ``sealed_bytes`` of its pending sealed batches
         count against the buffer (they may exceed it: appends then wait)."""

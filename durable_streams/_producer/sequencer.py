@@ -337,7 +337,7 @@ class Sequencer(Renumbering):
     def take_over(self, journal: Journal, *, epoch: int | None, next_seq: int,
                   probe: str | None, batches: list[Batch], json_mode: bool | None = None,
                   owned: bool = False, holes: list[int] | None = None) -> None:
-        """Resume where a reopened journal left off (``journal_replay.attach``): at its
+        """Resume where a reopened journal left off (``journal_attach.attach``): at its
         ``epoch`` and ``next_seq``, with its tail ``probe``, and queue its pending sealed
         ``batches`` (their journaled epoch, seq and body) to be resent first: each may be
         stored from before the crash. All are of ``epoch`` (a renumbering is one journal

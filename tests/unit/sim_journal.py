@@ -45,7 +45,8 @@ from durable_streams import errors
 from durable_streams._producer import journal_format as F
 from durable_streams._producer.batch import Batch
 from durable_streams._producer.journal import Journal
-from durable_streams._producer.journal_replay import Replay, attach
+from durable_streams._producer.journal_attach import attach
+from durable_streams._producer.journal_replay import Replay
 
 from .sim_producer import PID, InvariantError, Req, SimProducer, in_doubt, ours
 from .sim_server import URL, Fault, SimServer
