@@ -24,7 +24,9 @@ API (every method is called with the producer lock held):
   After ``RETRY``/``WAIT_EARLIER``/``SEND`` the sender loops: ``check``, ``turn_ok``,
   ``start_attempt`` again (same epoch, seq and body). Seq 0 of a generation is sent only
   once the tail is known: :meth:`needs_probe`, :meth:`probe_running`, :meth:`probe_done`.
-  A transport failure marks the body written itself; set ``stopping`` when closing.
+  A transport failure marks the body written itself. The senders' own events:
+  :meth:`close_requested`, :meth:`content_type_known` (at each seal),
+  :meth:`earlier_resolved` (after ``WAIT_EARLIER``) and :meth:`crashed` (a bug).
 - Closing the stream: :meth:`close_attempt` then :meth:`on_close_outcome` (same rules);
   on ``CHECK_STORED`` (a 204: closed, or a plain duplicate?) a HEAD, then
   :meth:`close_checked`.
@@ -366,3 +368,29 @@ class Sequencer(Renumbering):
             self.resend.append(b)
             self.unwritten.add(b.seq)
             self.counters.batches += 1
+
+    # -- events of the senders (the pool and Delivery report them; nothing else writes
+    # -- the sequencer's or a batch's state) ------------------------------------------------
+    def close_requested(self) -> None:
+        """``close()`` began (appends are refused already): idle senders get STOP once
+        nothing is left to send, and after a fatal error a batch is not retried."""
+        self.stopping = True
+
+    def content_type_known(self, json_mode: bool) -> None:
+        """A batch was built for the stream's content type (``json_mode``: its body is a
+        JSON array): it is journaled with it, and a 400 to such a batch of several
+        messages splits out the invalid ones (``split_json``)."""
+        self.json_mode = json_mode
+
+    def earlier_resolved(self, batch: Batch) -> None:
+        """The seqs an out-of-order 409 named as missing are resolved (``any_pending``
+        turned False): the resend of ``batch`` starts a new run of retries (the first
+        delay again, not one grown by the wait)."""
+        batch.retry_n = 0
+
+    def crashed(self, batch: Batch, err: errors.DurableStreamError) -> None:
+        """Delivering ``batch`` raised unexpectedly (a bug): fail it alone with ``err``,
+        in doubt if it was ever sent (it may be stored)."""
+        if batch.attempts:
+            batch.ambiguous = True
+        self.fail(batch, err)
