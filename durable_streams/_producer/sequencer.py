@@ -81,6 +81,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ALLOWED", "Act", "Decision", "Phase", "Sequencer", "Sink", "Task", "Work"]
 
+#: A body this large may still be on its way to the server when it is written to the
+#: socket: the next seq waits for its answer instead (see :meth:`Sequencer.large_ahead`).
+LARGE_BODY = 256 * 1024
+
 
 class Sequencer(Renumbering):
     """Epochs, sequence numbers, probes and the decision for every outcome."""
@@ -190,7 +194,7 @@ class Sequencer(Renumbering):
         if batch.gen != self.gen:
             return True
         seq = batch.seq
-        if any(s < seq for s in self.unwritten):
+        if any(s < seq for s in self.unwritten) or self.large_ahead(batch):
             return False
         lowest = min((b.seq for b in self.batches.values() if b.gen == batch.gen and b.seq >= 0),
                      default=seq)
@@ -394,3 +398,12 @@ class Sequencer(Renumbering):
         if batch.attempts:
             batch.ambiguous = True
         self.fail(batch, err)
+
+    def large_ahead(self, batch: Batch) -> bool:
+        """Is a large batch (a body of ``LARGE_BODY`` bytes or more) with a lower seq of
+        ``batch``'s generation unanswered? Then ``batch`` waits for its turn: written to
+        the socket is not received by the server for such a body, and a later seq on
+        another connection that arrived first would be refused (409) and sent again."""
+        seq, gen = batch.seq, batch.gen
+        return any(b.gen == gen and 0 <= b.seq < seq and len(b.body) >= LARGE_BODY
+                   for b in self.batches.values())
