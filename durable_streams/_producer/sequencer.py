@@ -14,7 +14,8 @@ API (every method is called with the producer lock held):
   Every SEAL/RESEND/VERIFY is ended with :meth:`finish_work`.
 - Batches: :meth:`admit` a sealed batch (False: parked until a new epoch); before each send
   :meth:`check` it (False: it was failed or parked meanwhile), wait until :meth:`turn_ok`
-  (pipelined seqs reach the server in order), take ``(epoch, seq)`` from
+  (pipelined seqs reach the server in order: a lower seq is written, or answered
+  if its body is large, :meth:`large_ahead`), take ``(epoch, seq)`` from
   :meth:`start_attempt`, report the body written with :meth:`written`, then feed the
   :class:`~.outcome.Outcome` to :meth:`on_outcome`. It returns a :class:`Decision`:
   ``DONE`` (acknowledged, failed or parked: let go), ``RETRY`` after ``delay`` seconds,
