@@ -14,8 +14,8 @@ API (every method is called with the producer lock held):
   Every SEAL/RESEND/VERIFY is ended with :meth:`finish_work`.
 - Batches: :meth:`admit` a sealed batch (False: parked until a new epoch); before each send
   :meth:`check` it (False: it was failed or parked meanwhile), wait until :meth:`turn_ok`
-  (pipelined seqs reach the server in order: a lower seq is written, or answered
-  if its body is large, :meth:`large_ahead`), take ``(epoch, seq)`` from
+  (pipelined seqs reach the server in order: lower seqs are written, and a large
+  batch two seqs below is answered, :meth:`large_ahead`), take ``(epoch, seq)`` from
   :meth:`start_attempt`, report the body written with :meth:`written`, then feed the
   :class:`~.outcome.Outcome` to :meth:`on_outcome`. It returns a :class:`Decision`:
   ``DONE`` (acknowledged, failed or parked: let go), ``RETRY`` after ``delay`` seconds,
@@ -82,8 +82,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ALLOWED", "Act", "Decision", "Phase", "Sequencer", "Sink", "Task", "Work"]
 
-#: A body this large may still be on its way to the server when it is written to the
-#: socket: the next seq waits for its answer instead (see :meth:`Sequencer.large_ahead`).
+#: A body this large may still be on its way to the server when it is written to its
+#: socket: behind such a batch the window is two (see :meth:`Sequencer.large_ahead`).
 LARGE_BODY = 256 * 1024
 
 
@@ -401,10 +401,12 @@ class Sequencer(Renumbering):
         self.fail(batch, err)
 
     def large_ahead(self, batch: Batch) -> bool:
-        """Is a large batch (a body of ``LARGE_BODY`` bytes or more) with a lower seq of
-        ``batch``'s generation unanswered? Then ``batch`` waits for its turn: written to
-        the socket is not received by the server for such a body, and a later seq on
-        another connection that arrived first would be refused (409) and sent again."""
+        """Is a large batch (a body of ``LARGE_BODY`` bytes or more) two or more seqs
+        below ``batch`` in its generation unanswered? Then ``batch`` waits for its turn:
+        behind a large batch the window is two. Written to its socket, a large body may
+        still be on its way to the server, and a later seq sent on another connection
+        that arrives first is refused (409) and uploaded again; the seq right after it
+        still goes once it is written, so that one upload overlaps the server's work."""
         seq, gen = batch.seq, batch.gen
-        return any(b.gen == gen and 0 <= b.seq < seq and len(b.body) >= LARGE_BODY
+        return any(b.gen == gen and 0 <= b.seq < seq - 1 and len(b.body) >= LARGE_BODY
                    for b in self.batches.values())

@@ -1,6 +1,7 @@
-"""The turn of a pipelined seq after a large batch: it is sent once the large batch is
-answered, not merely written to its socket (README "Locks": the turn wait), so that it
-cannot overtake the large body on the way to the server (a 409 and a re-upload)."""
+"""The turn of pipelined seqs behind a large batch: the window is two there (README
+"Locks": the turn wait). The seq right after a large batch goes once it is written; the
+later ones wait for its answer, since a large body written to its socket may still be on
+its way, and a later seq that overtook it would be refused (409) and uploaded again."""
 
 from __future__ import annotations
 
@@ -35,45 +36,51 @@ def steady(seq: Sequencer) -> None:
     seq.window = float(seq.max_in_flight)
 
 
-def test_a_seq_after_a_large_batch_waits_for_its_answer() -> None:
+def written(seq: Sequencer, batch: Batch) -> None:
+    assert seq.turn_ok(batch)
+    seq.start_attempt(batch)
+    seq.written(batch.gen, batch.seq)
+
+
+def test_behind_a_large_batch_the_window_is_two() -> None:
     seq, _ = make(max_in_flight=5)
     steady(seq)
-    large, small = sealed(seq, LARGE_BODY), sealed(seq, 10)
-    assert seq.turn_ok(large) and not seq.turn_ok(small)
-    seq.start_attempt(large)
-    seq.written(large.gen, large.seq)
-    assert not seq.turn_ok(small)  # written to the socket is not received
+    large, nxt, after = sealed(seq, LARGE_BODY), sealed(seq, 10), sealed(seq, 10)
+    assert not seq.turn_ok(nxt)  # lower seqs are written first, as ever
+    written(seq, large)
+    written(seq, nxt)  # the seq right after it goes once it is written
+    assert not seq.turn_ok(after)  # written to the socket is not received: wait
     seq.on_outcome(large, ok("0_2"), 0.0)
-    assert seq.turn_ok(small)
+    assert seq.turn_ok(after)
 
 
-def test_a_large_batch_after_small_ones_is_pipelined() -> None:
+def test_small_batches_keep_the_whole_window() -> None:
     seq, _ = make(max_in_flight=5)
     steady(seq)
-    small, large, after = sealed(seq, LARGE_BODY - 1), sealed(seq, LARGE_BODY), sealed(seq, 1)
-    seq.start_attempt(small)
-    seq.written(small.gen, small.seq)
-    assert seq.turn_ok(large)  # only an earlier large body holds a seq back
-    seq.start_attempt(large)
-    seq.written(large.gen, large.seq)
-    assert not seq.turn_ok(after)
-    seq.on_outcome(small, ok("0_2"), 0.0)
-    assert not seq.turn_ok(after)
+    a, b, c, d = (sealed(seq, n) for n in (LARGE_BODY - 1, LARGE_BODY, 1, 1))
+    written(seq, a)
+    written(seq, b)  # only a large body two or more seqs below holds a seq back
+    written(seq, c)
+    assert not seq.turn_ok(d)  # b is large and unanswered
+    seq.on_outcome(a, ok("0_2"), 0.0)
+    assert not seq.turn_ok(d)
+    seq.on_outcome(b, ok("0_3"), 0.0)
+    assert seq.turn_ok(d)
 
 
-def test_a_large_batch_that_is_retried_still_holds_the_next_seq() -> None:
+def test_a_large_batch_that_is_retried_still_holds_the_seqs_behind_it() -> None:
     seq, _ = make(max_in_flight=5)
     steady(seq)
-    large, small = sealed(seq, 2 * LARGE_BODY), sealed(seq, 1)
-    seq.start_attempt(large)
+    large, nxt, after = sealed(seq, 2 * LARGE_BODY), sealed(seq, 1), sealed(seq, 1)
+    written(seq, large)
+    written(seq, nxt)
     lost: Outcome = transport_failure(errors.TransportError("connection reset", url="u"))
     assert seq.on_outcome(large, lost, 0.0).act is Act.RETRY
-    assert not seq.turn_ok(small)
-    seq.start_attempt(large)
-    seq.written(large.gen, large.seq)
-    assert not seq.turn_ok(small)
+    assert not seq.turn_ok(after)
+    written(seq, large)
+    assert not seq.turn_ok(after)
     seq.on_outcome(large, ok("0_2"), 0.0)
-    assert seq.turn_ok(small)
+    assert seq.turn_ok(after)
 
 
 @pytest.mark.parametrize("block", range(2))
