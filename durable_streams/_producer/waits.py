@@ -14,7 +14,8 @@ SenderPool._next_task)                                              baton (one s
 ``settled`` (``flush()``)      every message below its target is    ``acked``, ``failed``
                                acknowledged or failed
 ``turn`` (a sender before a    ``turn_ok`` (lower seqs written, no  ``written``, ``acked``,
-send: Delivery._wait_turn)     large batch 2+ below unanswered,     ``failed``, ``new_generation``,
+send: Delivery._wait_turn)     large batch 2+ below unanswered      ``failed``, ``new_generation``,
+                               once a seq was overtaken,
                                window room), or the batch can no    ``fatal``
                                longer be sent
 ``earlier`` (a sender after    the earlier seqs are resolved, or    ``acked``, ``failed``,

@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from durable_streams import _protocol as P
 from durable_streams import errors
 from durable_streams._producer import sequencer as sequencer_module
 from durable_streams._producer.batch import Batch
@@ -17,7 +18,7 @@ from durable_streams._producer.outcome import Outcome, transport_failure
 from durable_streams._producer.sequencer import LARGE_BODY, Act, Sequencer, Work
 
 from .sim_world import FAULTS, KNOWN_BUGS, Config, World
-from .test_sequencer import make, ok
+from .test_sequencer import answer, make, ok
 
 
 def sealed(seq: Sequencer, size: int) -> Batch:
@@ -28,8 +29,9 @@ def sealed(seq: Sequencer, size: int) -> Batch:
     return batch
 
 
-def steady(seq: Sequencer) -> None:
-    """Past the first acknowledgement (pipelining starts), with the window at its widest."""
+def steady(seq: Sequencer, *, overtaken: bool = True) -> None:
+    """Past the first acknowledgement (pipelining starts), with the window at its widest;
+    ``overtaken``: a seq of the generation was overtaken already."""
     first = sealed(seq, 1)
     seq.probe_done(0, "0_0", early=False)
     seq.start_attempt(first)
@@ -37,6 +39,8 @@ def steady(seq: Sequencer) -> None:
     seq.on_outcome(first, ok("0_1"), 0.0)
     seq.finish_work()
     seq.window = float(seq.max_in_flight)
+    if overtaken:
+        seq.overtaken(first)
 
 
 def written(seq: Sequencer, batch: Batch) -> None:
@@ -54,6 +58,24 @@ def test_behind_a_large_batch_the_window_is_two() -> None:
     written(seq, nxt)  # the seq right after it goes once it is written
     assert not seq.turn_ok(after)  # written to the socket is not received: wait
     seq.on_outcome(large, ok("0_2"), 0.0)
+    assert seq.turn_ok(after)
+
+
+def test_the_whole_window_is_used_until_a_seq_is_overtaken() -> None:
+    seq, _ = make(max_in_flight=5)
+    steady(seq, overtaken=False)
+    large, nxt, after = sealed(seq, LARGE_BODY), sealed(seq, 10), sealed(seq, 10)
+    written(seq, large)
+    written(seq, nxt)
+    written(seq, after)  # most servers never reorder: nothing waits behind large bodies
+    # ``after`` reached the server first: 409, expecting ``large``'s seq
+    gap = answer(409, {P.PRODUCER_EXPECTED_SEQ: str(large.seq),
+                       P.PRODUCER_RECEIVED_SEQ: str(after.seq)}, seq=after.seq)
+    assert seq.on_outcome(after, gap, 0.0).act is Act.WAIT_EARLIER
+    assert seq.overtaken_gen == after.gen and seq.window == 2.5
+    assert seq.turn_ok(nxt) and not seq.turn_ok(after)  # from now on: two behind it
+    seq.on_outcome(large, ok("0_2"), 0.0)
+    seq.on_outcome(nxt, ok("0_3"), 0.0)
     assert seq.turn_ok(after)
 
 
@@ -102,6 +124,9 @@ def test_random_walks_with_large_batches(monkeypatch: pytest.MonkeyPatch, block:
     a sender waiting for its turn behind one is woken by its answer (or its failure, a
     new epoch, a stop)."""
     monkeypatch.setattr(sequencer_module, "LARGE_BODY", 12)
+    # as if a seq of every generation had been overtaken already (the walks seldom do)
+    monkeypatch.setattr(Sequencer, "overtaken_gen", property(lambda self: self.gen,
+                                                             lambda self, gen: None))
     held = [0]
     large_ahead = Sequencer.large_ahead
 
