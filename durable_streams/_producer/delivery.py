@@ -116,7 +116,7 @@ class Delivery:
                 self.waits.earlier.wait(1.0)
             if not self.seq.check(batch):
                 return False
-            batch.retry_n = 0
+            self.seq.earlier_resolved(batch)
             return True
 
     # -- probes and verification ---------------------------------------------------------------

@@ -123,7 +123,7 @@ class SenderPool:
         """(lock held) Let the senders end once nothing is left to send (``close()`` has
         refused appends already)."""
         self.stopping = True
-        self.seq.stopping = True
+        self.seq.close_requested()
         self.waits.on_stop()  # every sender must see STOP
         return list(self.threads)
 
@@ -259,7 +259,7 @@ class SenderPool:
                 return None
             with self.lock:
                 self.acc.sealed(good)
-                self.seq.json_mode = bool(self.transport.json_mode)
+                self.seq.content_type_known(bool(self.transport.json_mode))
                 if bad:
                     self.failed([m for m, _ in bad], errors.BadRequestError(
                         f"{len(bad)} message(s) for the JSON stream {self.transport.where} "
@@ -282,9 +282,7 @@ class SenderPool:
         except Exception as exc:  # pragma: no cover - a bug; never lose the batch silently
             log.exception("producer %s: unexpected error sending a batch", self.producer_id)
             with self.lock:
-                if batch.attempts:  # it may have been sent: say it may be stored
-                    batch.ambiguous = True
-                self.seq.fail(batch, errors.ProducerError(
+                self.seq.crashed(batch, errors.ProducerError(
                     f"unexpected error sending to {self.transport.where}: {exc!r}",
                     url=self.transport.url))
         finally:

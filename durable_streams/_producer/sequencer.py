@@ -12,19 +12,23 @@ API (every method is called with the producer lock held):
   they are reported: :meth:`verify_candidates`, :meth:`verified`),
   ``FAIL_BUFFER``, ``WAIT`` (for ``timeout`` seconds or a notification) or ``STOP``.
   Every SEAL/RESEND/VERIFY is ended with :meth:`finish_work`.
-- Batches: :meth:`admit` a sealed batch (False: parked until a new epoch); before each send
-  :meth:`check` it (False: it was failed or parked meanwhile), wait until :meth:`turn_ok`
-  (pipelined seqs reach the server in order), take ``(epoch, seq)`` from
-  :meth:`start_attempt`, report the body written with :meth:`written`, then feed the
-  :class:`~.outcome.Outcome` to :meth:`on_outcome`. It returns a :class:`Decision`:
-  ``DONE`` (acknowledged, failed or parked: let go), ``RETRY`` after ``delay`` seconds,
-  ``WAIT_EARLIER`` (send again once the seqs in ``earlier`` are resolved: see
-  :meth:`any_pending`), ``CHECK_STORED`` (read the stream after the probe offset and call
-  :meth:`checked`) or ``SPLIT_JSON`` (drop invalid JSON messages: :meth:`split_json`).
-  After ``RETRY``/``WAIT_EARLIER``/``SEND`` the sender loops: ``check``, ``turn_ok``,
-  ``start_attempt`` again (same epoch, seq and body). Seq 0 of a generation is sent only
-  once the tail is known: :meth:`needs_probe`, :meth:`probe_running`, :meth:`probe_done`.
-  A transport failure marks the body written itself; set ``stopping`` when closing.
+- Batches: :meth:`admit` a sealed batch (False: parked until a new epoch); before each
+  send :meth:`check` it (False: it was failed or parked meanwhile), wait until
+  :meth:`turn_ok` (pipelined seqs reach the server in order: lower seqs are written, and,
+  once a seq was overtaken, a large batch two seqs below is answered:
+  :meth:`large_ahead`), take ``(epoch, seq)`` from :meth:`start_attempt`, report the body
+  written with :meth:`written`, then feed the :class:`~.outcome.Outcome` to
+  :meth:`on_outcome`. It returns a :class:`Decision`: ``DONE`` (acknowledged, failed or
+  parked: let go), ``RETRY`` after ``delay`` seconds, ``WAIT_EARLIER`` (send again once
+  the seqs in ``earlier`` are resolved: see :meth:`any_pending`), ``CHECK_STORED`` (read
+  the stream after the probe offset and call :meth:`checked`) or ``SPLIT_JSON`` (drop
+  invalid JSON messages: :meth:`split_json`). After ``RETRY``/``WAIT_EARLIER``/``SEND``
+  the sender loops: ``check``, ``turn_ok``, ``start_attempt`` again (same epoch, seq and
+  body). Seq 0 of a generation is sent only once the tail is known: :meth:`needs_probe`,
+  :meth:`probe_running`, :meth:`probe_done`. A transport failure marks the body written
+  itself. The senders' own events: :meth:`close_requested`, :meth:`content_type_known`
+  (at each seal), :meth:`earlier_resolved` (after ``WAIT_EARLIER``) and :meth:`crashed`
+  (a bug).
 - Closing the stream: :meth:`close_attempt` then :meth:`on_close_outcome` (same rules);
   on ``CHECK_STORED`` (a 204: closed, or a plain duplicate?) a HEAD, then
   :meth:`close_checked`.
@@ -78,6 +82,11 @@ if TYPE_CHECKING:
     from .journal import Journal
 
 __all__ = ["ALLOWED", "Act", "Decision", "Phase", "Sequencer", "Sink", "Task", "Work"]
+
+#: A body this large may still be on its way to the server when it is written to its
+#: socket: once a seq was overtaken, the window behind such a batch is two (see
+#: :meth:`Sequencer.large_ahead`).
+LARGE_BODY = 256 * 1024
 
 
 class Sequencer(Renumbering):
@@ -188,7 +197,7 @@ class Sequencer(Renumbering):
         if batch.gen != self.gen:
             return True
         seq = batch.seq
-        if any(s < seq for s in self.unwritten):
+        if any(s < seq for s in self.unwritten) or self.large_ahead(batch):
             return False
         lowest = min((b.seq for b in self.batches.values() if b.gen == batch.gen and b.seq >= 0),
                      default=seq)
@@ -289,6 +298,7 @@ class Sequencer(Renumbering):
                 self.doubtful.discard((gen, seq))
             case Narrow():
                 self.window = max(1.0, self.window / 2)
+                self.overtaken(batch)
             case _:
                 raise AssertionError(f"{change!r} is not a change of a batch")
 
@@ -372,3 +382,52 @@ class Sequencer(Renumbering):
             self.resend.append(b)
             self.unwritten.add(b.seq)
             self.counters.batches += 1
+
+    # -- events of the senders (the pool and Delivery report them; nothing else writes
+    # -- the sequencer's or a batch's state) ------------------------------------------------
+    def close_requested(self) -> None:
+        """``close()`` began (appends are refused already): idle senders get STOP once
+        nothing is left to send, and after a fatal error a batch is not retried."""
+        self.stopping = True
+
+    def content_type_known(self, json_mode: bool) -> None:
+        """A batch was built for the stream's content type (``json_mode``: its body is a
+        JSON array): it is journaled with it, and a 400 to such a batch of several
+        messages splits out the invalid ones (``split_json``)."""
+        self.json_mode = json_mode
+
+    def earlier_resolved(self, batch: Batch) -> None:
+        """The seqs an out-of-order 409 named as missing are resolved (``any_pending``
+        turned False): the resend of ``batch`` starts a new run of retries (the first
+        delay again, not one grown by the wait)."""
+        batch.retry_n = 0
+
+    def crashed(self, batch: Batch, err: errors.DurableStreamError) -> None:
+        """Delivering ``batch`` raised unexpectedly (a bug): fail it alone with ``err``,
+        in doubt if it was ever sent (it may be stored)."""
+        if batch.attempts:
+            batch.ambiguous = True
+        self.fail(batch, err)
+
+    #: the latest generation in which a seq overtook an earlier one (a 409, ``Narrow``)
+    overtaken_gen = -1
+
+    def overtaken(self, batch: Batch) -> None:
+        """``batch`` reached the server before an earlier seq of its generation (a 409
+        named the earlier one): from now on, the window behind a large batch of this
+        generation is two (:meth:`large_ahead`)."""
+        self.overtaken_gen = batch.gen
+
+    def large_ahead(self, batch: Batch) -> bool:
+        """Once a seq of ``batch``'s generation was overtaken (:meth:`overtaken`): is a
+        large batch (a body of ``LARGE_BODY`` bytes or more) two or more seqs below
+        ``batch`` unanswered? Then ``batch`` waits for its turn: behind a large batch the
+        window is two. Written to its socket, a large body may still be on its way to the
+        server, and a later seq sent on another connection that arrives first is refused
+        (409) and uploaded again; the seq right after it still goes once it is written,
+        so that one upload overlaps the server's work. (Until the first overtaking the
+        whole window is used: most servers and links never reorder.)"""
+        seq, gen = batch.seq, batch.gen
+        return gen == self.overtaken_gen and any(
+            b.gen == gen and 0 <= b.seq < seq - 1 and len(b.body) >= LARGE_BODY
+            for b in self.batches.values())

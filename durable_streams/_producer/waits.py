@@ -13,9 +13,11 @@ SenderPool._next_task)                                              baton (one s
                                                                     ``fatal`` (every sender)
 ``settled`` (``flush()``)      every message below its target is    ``acked``, ``failed``
                                acknowledged or failed
-``turn`` (a sender before a    ``turn_ok`` (lower seqs written,     ``written``, ``acked``,
-send: Delivery._wait_turn)     window room), or the batch can no    ``failed``, ``new_generation``,
-                               longer be sent                       ``fatal``
+``turn`` (a sender before a    ``turn_ok`` (lower seqs written, no  ``written``, ``acked``,
+send: Delivery._wait_turn)     large batch 2+ below unanswered      ``failed``, ``new_generation``,
+                               once a seq was overtaken,
+                               window room), or the batch can no    ``fatal``
+                               longer be sent
 ``earlier`` (a sender after    the earlier seqs are resolved, or    ``acked``, ``failed``,
 an out-of-order 409)           the batch can no longer be sent      ``new_generation``, ``fatal``
 ``probed`` (the sender of      the early tail probe of its          ``probed``

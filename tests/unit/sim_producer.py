@@ -377,7 +377,7 @@ class SimProducer:
     def stop(self) -> None:
         """As ``close()``: the senders seal everything and end once nothing is left."""
         self.stopping = True
-        self.seq.stopping = True
+        self.seq.close_requested()
         self.waits.on_stop()
 
     def drain(self, max_rounds: int = 3000) -> None:
@@ -590,6 +590,7 @@ class SimProducer:
                 code="INVALID_JSON"), sum(len(m) for m, _ in bad))
         if not good:
             return None
+        self.seq.content_type_known(self.server.json_mode)
         nbytes = total if not bad else sum(len(m) for m in good)
         batch = Batch(good, nbytes, first, body, self.now + self.delivery_timeout)
         self.batches.append(batch)
@@ -676,7 +677,7 @@ class SimProducer:
                 not self.seq.any_pending(batch.gen, earlier) or not self._sendable(batch)))
         if not self.seq.check(batch):
             return False
-        batch.retry_n = 0
+        self.seq.earlier_resolved(batch)
         return True
 
     def _probe(self, gen: int, *, early: bool) -> Step:

@@ -117,7 +117,7 @@ def test_giving_up_says_the_real_time_and_attempts() -> None:
     b = sent(seq)  # deadline 100 with a 10 s delivery timeout: sealed at 90
     assert seq.on_outcome(b, answer(503), 93.0).act is Act.RETRY
     seq.start_attempt(b)
-    seq.stopping = True
+    seq.close_requested()
     seq.stop(errors.ProducerClosedError("closed before acknowledged", url=URL))
     seq.on_outcome(b, answer(503), 93.5)
     err = sink.fails[-1][1]

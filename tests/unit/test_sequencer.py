@@ -179,7 +179,7 @@ def test_early_probe_requested_once_per_generation_while_lingering() -> None:
 
 def test_stop_only_when_nothing_is_left() -> None:
     seq, _ = make()
-    seq.stopping = True
+    seq.close_requested()
     assert seq.next_work(False, 0.0, 0.0).work is Work.STOP
     assert seq.next_work(True, 0.0, 0.0).work is Work.SEAL
 
