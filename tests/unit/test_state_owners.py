@@ -36,11 +36,11 @@ ELSEWHERE = {
     ("journal.py", "open", "j.next_seq"),
     ("journal.py", "open", "j.probes[r.epoch]"),
     ("journal_replay.py", "result", "r.batches"),  # the Replay's
-    ("journal_replay.py", "attach", "transport.json_mode"),  # the Transport's
+    ("journal_attach.py", "attach", "transport.json_mode"),  # the Transport's
     ("_read_session.py", "set_content_type", "self.cursor.json_mode"),  # a ReadCursor's
     # a batch rebuilt from the journal, before Sequencer.take_over checks and takes it
-    ("journal_replay.py", "attach", "b.epoch"),
-    ("journal_replay.py", "attach", "b.seq"),
+    ("journal_attach.py", "attach", "b.epoch"),
+    ("journal_attach.py", "attach", "b.seq"),
     # wiring: the sequencer handle of the pool and its Delivery (not a Batch's seq)
     ("assembly.py", "build", "pool.seq"),
     ("sender.py", "seq", "self.delivery.seq"),
