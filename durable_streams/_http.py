@@ -10,7 +10,6 @@ import math
 # thread exists, keeps a fork during a request from leaving that import's lock held in the
 # child (where every later request would then deadlock).
 import netrc  # noqa: F401
-import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,8 +23,8 @@ import requests.auth
 import requests.utils
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from . import _jitter, errors
 from . import _protocol as P
-from . import errors
 from ._redact import INSIDE_REQUEST, install_log_filters, redact_text, redact_url
 from ._response import ERROR_BODY_LIMIT, Response
 from ._session_transport import SessionTransport
@@ -142,7 +141,7 @@ class RetryPolicy:
                        self.max_delay_ms)
         except OverflowError:  # thousands of retries: 2.0 ** 1100 overflows; the cap applies
             base = self.max_delay_ms
-        wait = base / 2 + random.random() * base / 2 if self.jitter else base
+        wait = base / 2 + _jitter.fraction() * base / 2 if self.jitter else base
         wait /= 1000.0
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.max_retry_after))

@@ -9,12 +9,11 @@ network I/O, so a log server that is down or silent cannot delay or break start-
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import errors
+from . import _jitter, errors
 from ._http import NO_RETRY
 from ._redact import redact_url
 from .stream import DurableStream
@@ -30,7 +29,7 @@ CHECK_TIMEOUT = (5.0, 5.0)
 def retry_delay(failures: int) -> float:
     """The wait after ``failures`` consecutive failed attempts (with jitter)."""
     base = min(MAX_DELAY, FIRST_DELAY * (2.0 ** min(failures - 1, 16)))
-    return base / 2 + random.random() * base / 2
+    return base / 2 + _jitter.fraction() * base / 2
 
 
 class StreamCheck:

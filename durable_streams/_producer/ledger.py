@@ -9,12 +9,11 @@ lock held."""
 from __future__ import annotations
 
 import logging
-import random
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .. import _jitter, errors
 from .. import _protocol as P
-from .. import errors
 from .._http import RetryPolicy
 from .._redact import redact_url
 from .actions import ALLOWED, Phase, Sink
@@ -268,7 +267,7 @@ class Ledger:
         n = self.claims_in_row - 2
         if n < 0:
             return 0.0
-        floor = min(0.25 * 2.0 ** min(n, 5), 5.0) * (0.5 + random.random() / 2)
+        floor = min(0.25 * 2.0 ** min(n, 5), 5.0) * (0.5 + _jitter.fraction() / 2)
         return max(self.retry.delay(min(n, 30)), floor)
 
 

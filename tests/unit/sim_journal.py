@@ -41,7 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from durable_streams import errors
+from durable_streams import _jitter, errors
 from durable_streams._producer import journal_format as F
 from durable_streams._producer.batch import Batch
 from durable_streams._producer.journal import Journal
@@ -531,8 +531,8 @@ def journal_walk(seed: int, directory: str, steps: int = 150,
     """A seeded random walk with kills; a failure replays with the same seed (and
     ``trace=[]`` to see what happened)."""
     rnd = random.Random(seed)
-    state = random.getstate()
-    random.seed(seed)  # the claim backoff's jitter: the same seed, the same walk
+    state = _jitter.RNG.getstate()
+    _jitter.RNG.seed(seed)  # the claim backoff's jitter: the same seed, the same walk
     try:
         cfg = Config.draw(rnd)
         jcfg = JConfig.draw(rnd)
@@ -546,5 +546,5 @@ def journal_walk(seed: int, directory: str, steps: int = 150,
         world.random_steps(rnd, steps)
         world.finish([rnd.choice(FAULTS) for _ in range(3)], rnd)
     finally:
-        random.setstate(state)
+        _jitter.RNG.setstate(state)
     return world

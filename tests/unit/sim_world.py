@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from durable_streams import errors
+from durable_streams import _jitter, errors
 
 from .sim_producer import PID, SimProducer
 from .sim_server import Fault, OtherWriter, SimServer, previous_run
@@ -124,11 +124,16 @@ KNOWN_BUGS = LIMITS
 def random_walk(seed: int, steps: int = 60, trace: list[str] | None = None,
                 tolerate: tuple[str, ...] = KNOWN_BUGS) -> World:
     rnd = random.Random(seed)
-    world = World(Config.draw(rnd))
-    if trace is not None:
-        trace.append(repr(world.cfg))
-        world.p.trace = world.p.seq.trace = trace
-    world.p.tolerate = set(tolerate)
-    world.random_steps(rnd, steps)
-    world.finish([rnd.choice(FAULTS) for _ in range(3)])
+    state = _jitter.RNG.getstate()
+    _jitter.RNG.seed(seed)  # the claim backoff's jitter: the same seed, the same walk
+    try:
+        world = World(Config.draw(rnd))
+        if trace is not None:
+            trace.append(repr(world.cfg))
+            world.p.trace = world.p.seq.trace = trace
+        world.p.tolerate = set(tolerate)
+        world.random_steps(rnd, steps)
+        world.finish([rnd.choice(FAULTS) for _ in range(3)])
+    finally:
+        _jitter.RNG.setstate(state)
     return world
