@@ -507,11 +507,15 @@ def test_concurrent_flushes_each_wait_for_their_messages(
 
 
 def test_max_block_zero_raises_at_once_when_full(
-        json_stream: DurableStream, make: Callable[..., IdempotentProducer]) -> None:
+        server: ReferenceServer, json_stream: DurableStream,
+        make: Callable[..., IdempotentProducer]) -> None:
     from durable_streams import BufferFullError
 
     p = make(json_stream, linger_ms=60_000, max_buffer_bytes=10, max_batch_bytes=10,
              max_block_ms=0)
+    # The full batch is sent at once: slow its answer, so that no acknowledgement can
+    # free the room before the next append (the premise: the buffer is full).
+    server.inject_fault(json_stream.url, delayMs=1000, method="POST")
     p.append(b'"12345678"')  # 10 bytes: the buffer is full
     start = time.monotonic()
     with pytest.raises(BufferFullError):
