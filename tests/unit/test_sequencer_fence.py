@@ -18,7 +18,7 @@ from durable_streams._producer.journal_replay import ReplayBuilder
 from durable_streams._producer.outcome import Kind, Outcome
 from durable_streams._producer.sequencer import Act, Phase, Sequencer, Work
 
-from .sim_producer import PID, in_doubt
+from .sim_producer import PID, SimProducer, in_doubt
 from .sim_server import Fault, OtherWriter
 from .test_sequencer import Sink, answer, make, new_batch
 from .test_sequencer_scenarios import answer as sim_answer
@@ -261,18 +261,25 @@ def test_a_journal_with_a_batch_pending_at_an_older_epoch_is_corrupt() -> None:
 
 # -- against the simulated server (the real sequencer, simulated senders) -------------------
 
-def test_sim_fenced_after_a_request_lost_on_its_way_reports_it_not_stored() -> None:
+def _fenced_after(fault: Fault) -> SimProducer:
+    """Seq 0 stored and acknowledged; seq 1 meets ``fault``; then another writer claims a
+    higher epoch and seq 1's retry is fenced."""
     p = scenario()
     p.append(0, 0)
     settle(p)
     sim_answer(p, 0)
     p.append(0, 1)
     settle(p)
-    sim_answer(p, 1, Fault.DROP)  # lost before the server saw it: no answer
+    sim_answer(p, 1, fault)
     OtherWriter(p.server, PID).claim()
     p.advance(1.0)
     settle(p)
     assert sim_answer(p, 1) is Kind.FENCED
+    return p
+
+
+def test_sim_fenced_after_a_request_lost_on_its_way_reports_it_not_stored() -> None:
+    p = _fenced_after(Fault.DROP)  # lost before the server saw it: no answer
     err = p.book.failed[b"<0.1>"]
     assert isinstance(err, errors.StaleEpochError) and err.maybe_stored is False
     assert not in_doubt(err) and p.stored_ours() == [b"<0.0>"]
@@ -281,17 +288,7 @@ def test_sim_fenced_after_a_request_lost_on_its_way_reports_it_not_stored() -> N
 
 
 def test_sim_a_request_arriving_after_the_fence_cannot_make_not_stored_a_lie() -> None:
-    p = scenario()
-    p.append(0, 0)
-    settle(p)
-    sim_answer(p, 0)
-    p.append(0, 1)
-    settle(p)
-    sim_answer(p, 1, Fault.ZOMBIE)  # no answer now; the request reaches the server later
-    OtherWriter(p.server, PID).claim()
-    p.advance(1.0)
-    settle(p)
-    assert sim_answer(p, 1) is Kind.FENCED
+    p = _fenced_after(Fault.ZOMBIE)  # no answer now; the request reaches the server later
     assert p.book.failed[b"<0.1>"].maybe_stored is False
     p.zombie_arrives(0)  # refused: its epoch is fenced
     assert p.stored_ours() == [b"<0.0>"]

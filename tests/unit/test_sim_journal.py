@@ -301,6 +301,16 @@ def test_a_204_after_the_kill_is_ours_at_once_where_a_200_proved_the_epoch(
     assert w.ledger.reported[b"<0.1>"][:2] == (1, "acked")
 
 
+def _time_out_in_doubt(w: JournalWorld, seq: int, message: bytes, *, wait: float) -> None:
+    """``seq`` gets no answer, again after ``wait`` seconds, past the delivery timeout: it
+    is reported failed, maybe stored (a hole the sequencer remembers)."""
+    answer(w.p, seq, Fault.DROP)
+    w.p.advance(wait)
+    settle(w.p)
+    answer(w.p, seq, Fault.DROP)
+    assert w.ledger.reported[message][1] == "failed"
+
+
 def j2_scenario(tmp_path: Path, *, kill: bool) -> JournalWorld:
     """The producer's epoch (1000) is above the server's (0): seq 0 is sent, gets no
     answer and times out (reported in doubt: a hole the sequencer remembers); seq 1 is
@@ -308,11 +318,7 @@ def j2_scenario(tmp_path: Path, *, kill: bool) -> JournalWorld:
     w = world(tmp_path, earlier_run=1, auto_claim=True, fresh=True)
     w.append(0)
     settle(w.p)
-    answer(w.p, 0, Fault.DROP)
-    w.p.advance(10.0)
-    settle(w.p)
-    answer(w.p, 0, Fault.DROP)  # past the delivery timeout: failed, may be stored
-    assert w.ledger.reported[b"<0.0>"][1] == "failed"
+    _time_out_in_doubt(w, 0, b"<0.0>", wait=10.0)
     w.append(0)
     settle(w.p)
     assert [(r.epoch, r.seq) for r in w.p.wire if r.kind == "post"] == [(1000, 1)]
@@ -355,11 +361,7 @@ def test_a_hole_above_seq_0_confirmed_by_a_409_after_the_kill(tmp_path: Path) ->
     answer(w.p, 0)
     w.append(0)
     settle(w.p)
-    answer(w.p, 1, Fault.DROP)
-    w.p.advance(30.0)
-    settle(w.p)
-    answer(w.p, 1, Fault.DROP)  # past the delivery timeout: failed, may be stored
-    assert w.ledger.reported[b"<0.1>"][1] == "failed"
+    _time_out_in_doubt(w, 1, b"<0.1>", wait=30.0)
     w.append(0)
     settle(w.p)
     assert [(r.epoch, r.seq) for r in w.p.wire if r.kind == "post"] == [(0, 2)]
